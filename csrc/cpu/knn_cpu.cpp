@@ -1,0 +1,215 @@
+// CPU kernel of ood_zoo::knn: a GEMM per bank tile (ATen mm, i.e. MKL/oneDNN) fused with a running
+// top-k per query, so that only a [Q, tile_rows] block of similarities exists at any time.
+//
+// Per tile, the epilogue turns the raw dot products s = <q, b> into ranking values on the fly:
+//   cosine: s * (1 / max(|b|, eps)) with the queries normalised beforehand;
+//   l2:     max(0, |q|^2 + |b|^2 - 2 s), square-rooted only for the k survivors.
+// Each query keeps a bounded heap of its k best candidates (worst at the root). Candidates arrive
+// in increasing bank order, so once the heap is full a candidate enters only if its value is
+// strictly better than the root's: one comparison per element on the common path.
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <numeric>
+#include <tuple>
+#include <vector>
+
+#include "../common.h"
+
+namespace ood_zoo {
+namespace {
+
+// Ranking order: similarities descend (Largest), distances ascend; ties go to the lower index.
+template <typename T, bool Largest>
+inline bool better(T av, int64_t ai, T bv, int64_t bi) {
+  if (av != bv) {
+    return Largest ? av > bv : av < bv;
+  }
+  return ai < bi;
+}
+
+// Insert into a heap of `size` < k entries whose root is the worst one.
+template <typename T, bool Largest>
+inline void heap_push(T* hv, int64_t* hi, int64_t size, T v, int64_t i) {
+  int64_t pos = size;
+  while (pos > 0) {
+    const int64_t parent = (pos - 1) / 2;
+    if (!better<T, Largest>(hv[parent], hi[parent], v, i)) {
+      break;
+    }
+    hv[pos] = hv[parent];
+    hi[pos] = hi[parent];
+    pos = parent;
+  }
+  hv[pos] = v;
+  hi[pos] = i;
+}
+
+// Replace the root (the worst entry) of a full heap of k entries and sift the newcomer down.
+template <typename T, bool Largest>
+inline void heap_replace_root(T* hv, int64_t* hi, int64_t k, T v, int64_t i) {
+  int64_t pos = 0;
+  while (true) {
+    int64_t child = 2 * pos + 1;
+    if (child >= k) {
+      break;
+    }
+    if (child + 1 < k && better<T, Largest>(hv[child], hi[child], hv[child + 1], hi[child + 1])) {
+      ++child;  // descend towards the worse child
+    }
+    if (!better<T, Largest>(v, i, hv[child], hi[child])) {
+      break;
+    }
+    hv[pos] = hv[child];
+    hi[pos] = hi[child];
+    pos = child;
+  }
+  hv[pos] = v;
+  hi[pos] = i;
+}
+
+// Offer candidates offset + j (j < n, value score(j)) to one query's heap holding `filled` entries.
+template <typename T, bool Largest, typename Score>
+inline void offer_tile(const Score& score, int64_t n, int64_t offset, T* hv, int64_t* hi,
+                       int64_t k, int64_t filled) {
+  int64_t j = 0;
+  for (; j < n && filled < k; ++j, ++filled) {
+    heap_push<T, Largest>(hv, hi, filled, score(j), offset + j);
+  }
+  if (j == n) {
+    return;
+  }
+  T worst = hv[0];
+  for (; j < n; ++j) {
+    const T v = score(j);
+    // A later candidate never wins a tie, so a strict comparison decides entry.
+    if (Largest ? v > worst : v < worst) {
+      heap_replace_root<T, Largest>(hv, hi, k, v, offset + j);
+      worst = hv[0];
+    }
+  }
+}
+
+// out[i] = |row i|^2 (accumulated in double), or 1 / max(|row i|, eps) when `inverse`.
+template <typename T>
+void row_norms(const T* a, int64_t rows, int64_t cols, bool inverse, T* out) {
+  at::parallel_for(0, rows, std::max<int64_t>(1, 32768 / std::max<int64_t>(cols, 1)),
+                   [&](int64_t begin, int64_t end) {
+                     for (int64_t r = begin; r < end; ++r) {
+                       const T* row = a + r * cols;
+                       double acc = 0.0;
+                       for (int64_t c = 0; c < cols; ++c) {
+                         acc += static_cast<double>(row[c]) * static_cast<double>(row[c]);
+                       }
+                       out[r] = inverse ? static_cast<T>(1.0 / std::max(std::sqrt(acc), kNormEps))
+                                        : static_cast<T>(acc);
+                     }
+                   });
+}
+
+template <typename T, bool Largest>
+void knn_kernel(const at::Tensor& queries, const at::Tensor& bank, int64_t k, int64_t tile_rows,
+                at::Tensor& values, at::Tensor& indices) {
+  const int64_t nq = queries.size(0);
+  const int64_t d = queries.size(1);
+  const int64_t n_bank = bank.size(0);
+  const int64_t tile = std::min(tile_rows, n_bank);
+
+  // Cosine: normalise the queries once. L2: keep |q|^2 for the expanded form.
+  at::Tensor q = queries.contiguous();
+  std::vector<T> q_term(static_cast<size_t>(nq));
+  row_norms<T>(q.const_data_ptr<T>(), nq, d, /*inverse=*/Largest, q_term.data());
+  if (Largest) {
+    q = q.clone();
+    T* qp = q.data_ptr<T>();
+    at::parallel_for(0, nq, std::max<int64_t>(1, 32768 / std::max<int64_t>(d, 1)),
+                     [&](int64_t begin, int64_t end) {
+                       for (int64_t r = begin; r < end; ++r) {
+                         for (int64_t c = 0; c < d; ++c) {
+                           qp[r * d + c] *= q_term[r];
+                         }
+                       }
+                     });
+  }
+
+  std::vector<T> heap_v(static_cast<size_t>(nq * k));
+  std::vector<int64_t> heap_i(static_cast<size_t>(nq * k));
+  std::vector<T> b_term(static_cast<size_t>(tile));
+
+  for (int64_t start = 0; start < n_bank; start += tile) {
+    const int64_t n = std::min(tile, n_bank - start);
+    const at::Tensor b = bank.narrow(0, start, n).to(q.scalar_type()).contiguous();
+    row_norms<T>(b.const_data_ptr<T>(), n, d, /*inverse=*/Largest, b_term.data());
+    const at::Tensor s = q.mm(b.t());  // [nq, n], row-major
+    const T* sp = s.const_data_ptr<T>();
+    const T* bt = b_term.data();
+    const int64_t filled = std::min(k, start);
+    at::parallel_for(0, nq, std::max<int64_t>(1, 16384 / n), [&](int64_t begin, int64_t end) {
+      for (int64_t r = begin; r < end; ++r) {
+        const T* row = sp + r * n;
+        T* hv = heap_v.data() + r * k;
+        int64_t* hi = heap_i.data() + r * k;
+        if constexpr (Largest) {
+          offer_tile<T, Largest>([&](int64_t j) { return row[j] * bt[j]; }, n, start, hv, hi, k,
+                                 filled);
+        } else {
+          const T qq = q_term[r];
+          offer_tile<T, Largest>(
+              [&](int64_t j) { return std::max(qq + bt[j] - T(2) * row[j], T(0)); }, n, start,
+              hv, hi, k, filled);
+        }
+      }
+    });
+  }
+
+  // Sort each heap best-first and write it out (square-rooting distances).
+  T* out_v = values.data_ptr<T>();
+  int64_t* out_i = indices.data_ptr<int64_t>();
+  at::parallel_for(0, nq, std::max<int64_t>(1, 4096 / k), [&](int64_t begin, int64_t end) {
+    std::vector<int64_t> order(static_cast<size_t>(k));
+    for (int64_t r = begin; r < end; ++r) {
+      const T* hv = heap_v.data() + r * k;
+      const int64_t* hi = heap_i.data() + r * k;
+      std::iota(order.begin(), order.end(), int64_t{0});
+      std::sort(order.begin(), order.end(), [&](int64_t a, int64_t b) {
+        return better<T, Largest>(hv[a], hi[a], hv[b], hi[b]);
+      });
+      for (int64_t j = 0; j < k; ++j) {
+        const T v = hv[order[j]];
+        out_v[r * k + j] = Largest ? v : std::sqrt(v);
+        out_i[r * k + j] = hi[order[j]];
+      }
+    }
+  });
+}
+
+std::tuple<at::Tensor, at::Tensor> knn_cpu(const at::Tensor& queries, const at::Tensor& bank,
+                                           int64_t k, c10::string_view metric,
+                                           int64_t tile_rows) {
+  check_knn_args(queries, bank, k, tile_rows);
+  const bool cosine = metric_is_cosine(metric);
+  const at::ScalarType dtype = compute_dtype(queries.scalar_type());
+  const at::Tensor q = queries.to(dtype);
+  at::Tensor values = q.new_empty({q.size(0), k});
+  at::Tensor indices = q.new_empty({q.size(0), k}, q.options().dtype(at::kLong));
+  if (q.size(0) == 0) {
+    return {values, indices};
+  }
+  if (dtype == at::kDouble) {
+    cosine ? knn_kernel<double, true>(q, bank, k, tile_rows, values, indices)
+           : knn_kernel<double, false>(q, bank, k, tile_rows, values, indices);
+  } else {
+    cosine ? knn_kernel<float, true>(q, bank, k, tile_rows, values, indices)
+           : knn_kernel<float, false>(q, bank, k, tile_rows, values, indices);
+  }
+  return {values, indices};
+}
+
+}  // namespace
+}  // namespace ood_zoo
+
+TORCH_LIBRARY_IMPL(ood_zoo, CPU, m) { m.impl("knn", &ood_zoo::knn_cpu); }

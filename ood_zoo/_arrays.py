@@ -1,0 +1,129 @@
+"""Array handling shared by every detector: validation, numpy/torch conversion, compute dtypes.
+
+Inputs may be numpy arrays (a ``np.memmap`` included) or torch tensors on any device, in
+fp16/bf16/fp32/fp64. Computation happens in float32, or float64 when the input is float64, so
+half-precision inputs are always accumulated in fp32 or better. Outputs come back as the kind that
+went in: a numpy array for numpy input, a tensor on the input's device for torch input.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from .errors import InputError
+
+ArrayLike = np.ndarray | torch.Tensor
+
+#: Rows checked at a time for NaN/Inf, so that a memmap bank is never loaded whole.
+_FINITE_CHECK_ROWS = 65_536
+
+
+@dataclass(frozen=True)
+class ArrayKind:
+    """Where an input came from, so that the output can go back the same way."""
+
+    is_numpy: bool
+    device: torch.device
+
+    @classmethod
+    def of(cls, array: ArrayLike) -> ArrayKind:
+        if isinstance(array, torch.Tensor):
+            return cls(is_numpy=False, device=array.device)
+        return cls(is_numpy=True, device=torch.device("cpu"))
+
+    def wrap(self, tensor: torch.Tensor) -> ArrayLike:
+        """Return ``tensor`` as this kind: numpy on the CPU, or a tensor on the input's device."""
+        if self.is_numpy:
+            return tensor.detach().cpu().numpy()
+        return tensor.to(self.device)
+
+
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The accumulation dtype for an input dtype: float64 stays float64, all else is float32."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def as_tensor(array: Any, *, name: str) -> torch.Tensor:
+    """View ``array`` as a torch tensor without copying where possible (numpy memmaps included).
+
+    Raises
+    ------
+    InputError
+        If ``array`` is not a numpy array or torch tensor of a real floating or integer dtype.
+    """
+    if isinstance(array, torch.Tensor):
+        return array
+    if isinstance(array, np.ndarray):
+        if array.dtype.kind not in "fiu":
+            raise InputError(f"{name}: unsupported numpy dtype {array.dtype}")
+        with warnings.catch_warnings():
+            # A read-only memmap is fine: ood_zoo never writes into its inputs.
+            warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+            return torch.from_numpy(np.asarray(array))
+    raise InputError(
+        f"{name}: expected a numpy array or a torch tensor, got {type(array).__name__}"
+    )
+
+
+def check_matrix(
+    array: Any,
+    *,
+    name: str,
+    n_features: int | None = None,
+    allow_empty: bool = False,
+) -> torch.Tensor:
+    """Validate a 2-D floating feature matrix and return it as a tensor (no copy, no upcast).
+
+    Checks the rank, the dtype, emptiness, the feature dimension against ``n_features`` and that
+    every value is finite. The finiteness check runs in bounded-memory row chunks.
+    """
+    tensor = as_tensor(array, name=name)
+    if not tensor.is_floating_point():
+        raise InputError(f"{name}: expected floating-point values, got dtype {tensor.dtype}")
+    if tensor.dim() != 2:
+        raise InputError(
+            f"{name}: expected a 2-D array of shape [n_samples, n_features], "
+            f"got {tensor.dim()}-D with shape {tuple(tensor.shape)}"
+        )
+    if not allow_empty and (tensor.shape[0] == 0 or tensor.shape[1] == 0):
+        raise InputError(f"{name}: empty input of shape {tuple(tensor.shape)}")
+    if n_features is not None and tensor.shape[1] != n_features:
+        raise InputError(
+            f"{name}: has {tensor.shape[1]} features, but the detector was fitted with "
+            f"{n_features}"
+        )
+    check_finite(tensor, name=name)
+    return tensor
+
+
+def check_finite(tensor: torch.Tensor, *, name: str) -> None:
+    """Raise :class:`InputError` naming the first row that holds NaN or Inf."""
+    for start in range(0, tensor.shape[0], _FINITE_CHECK_ROWS):
+        block = tensor[start : start + _FINITE_CHECK_ROWS]
+        bad = ~torch.isfinite(block)
+        if bad.any():
+            row = start + int(bad.any(dim=-1).nonzero()[0, 0]) if block.dim() > 1 else start
+            kind = "NaN" if torch.isnan(block).any() else "Inf"
+            raise InputError(f"{name}: contains {kind} (first bad row {row})")
+
+
+def check_labels(labels: Any, *, n_samples: int, name: str = "labels") -> torch.Tensor:
+    """Validate class labels: 1-D integers of length ``n_samples``. Returns an int64 CPU tensor."""
+    tensor = as_tensor(labels, name=name)
+    if tensor.dim() != 1:
+        raise InputError(f"{name}: expected a 1-D array, got shape {tuple(tensor.shape)}")
+    if tensor.shape[0] != n_samples:
+        raise InputError(
+            f"{name}: has {tensor.shape[0]} entries but there are {n_samples} samples"
+        )
+    if tensor.is_floating_point():
+        if not torch.all(tensor == tensor.round()):
+            raise InputError(f"{name}: expected integer class labels, got non-integer floats")
+    elif tensor.dtype == torch.bool or tensor.is_complex():
+        raise InputError(f"{name}: expected integer class labels, got dtype {tensor.dtype}")
+    return tensor.to(device="cpu", dtype=torch.int64)

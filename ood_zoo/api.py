@@ -1,0 +1,361 @@
+"""The detector API: one base class, declared requirements and hyperparameters.
+
+Score convention (everywhere in ood_zoo): **higher = more in-distribution**, as in Liu et al.,
+"How Good Are LLMs at Out-of-Distribution Detection?" (LREC-COLING 2024) and scikit-learn's
+``score_samples``.
+
+A detector subclass declares, as class-level data,
+
+- ``name``: the registry name (``"cosine"``),
+- ``requires``: a :class:`Requirements` saying which inputs it needs,
+- ``params``: its hyperparameters as :class:`Param` records with defaults,
+- ``state_tensors``: the names of its fitted tensor attributes (saved by :meth:`Detector.save`),
+
+and implements ``_fit`` and ``_score`` on validated tensors. The base class does validation,
+numpy/torch round-tripping, thresholds and persistence, so every detector behaves the same.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, ClassVar, Self
+
+import torch
+
+from ._arrays import ArrayKind, ArrayLike, check_labels, check_matrix
+from .errors import InputError, NotFittedError
+
+#: Default target true-positive rate of in-distribution samples for :meth:`Detector.predict`.
+DEFAULT_TARGET_TPR = 0.95
+
+#: At most this many fit rows are scored to place the default threshold (a seeded subsample).
+THRESHOLD_SAMPLE_ROWS = 10_000
+
+
+@dataclass(frozen=True)
+class Requirements:
+    """What a detector needs, so a runner can extract inputs once and feed every detector.
+
+    Attributes
+    ----------
+    features : bool
+        Needs hidden-state features ``[n, d]``.
+    labels : bool
+        Needs integer ID class labels at fit time.
+    logits : bool
+        Needs class (or label-token) logits ``[n, C]`` at fit and score time.
+    fit : bool
+        Needs ``fit`` before ``score``. Logit detectors such as MSP do not.
+    language_model : bool
+        Needs the language model itself (e.g. perplexity); such detectors are fed by a runner.
+    """
+
+    features: bool = True
+    labels: bool = False
+    logits: bool = False
+    fit: bool = True
+    language_model: bool = False
+
+    def as_dict(self) -> dict[str, bool]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Param:
+    """A declared hyperparameter with its default, type and allowed values.
+
+    Attributes
+    ----------
+    name, default, doc
+        The keyword, its default value and a one-line description.
+    type
+        ``int``, ``float``, ``str`` or ``bool``; values are checked (ints are accepted as floats).
+    choices
+        The allowed values, if the parameter is categorical.
+    minimum
+        The smallest allowed value (inclusive), for numeric parameters.
+    exclusive_minimum
+        If true, ``minimum`` itself is not allowed.
+    """
+
+    name: str
+    default: Any
+    doc: str
+    type: type = float
+    choices: tuple[Any, ...] | None = None
+    minimum: float | None = None
+    exclusive_minimum: bool = False
+
+    def validate(self, value: Any, owner: str) -> Any:
+        """Return ``value`` converted to this parameter's type, or raise ``ValueError``."""
+        where = f"{owner}: parameter {self.name!r}"
+        if self.type is bool:
+            if not isinstance(value, bool):
+                raise ValueError(f"{where} must be a bool, got {value!r}")
+        elif self.type is int:
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ValueError(f"{where} must be an int, got {value!r}")
+        elif self.type is float:
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise ValueError(f"{where} must be a number, got {value!r}")
+            value = float(value)
+            if not math.isfinite(value):
+                raise ValueError(f"{where} must be finite, got {value!r}")
+        elif self.type is str and not isinstance(value, str):
+            raise ValueError(f"{where} must be a string, got {value!r}")
+        if self.choices is not None and value not in self.choices:
+            raise ValueError(f"{where} must be one of {list(self.choices)}, got {value!r}")
+        if self.minimum is not None:
+            too_small = value <= self.minimum if self.exclusive_minimum else value < self.minimum
+            if too_small:
+                op = ">" if self.exclusive_minimum else ">="
+                raise ValueError(f"{where} must be {op} {self.minimum}, got {value!r}")
+        return value
+
+    def as_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["type"] = self.type.__name__
+        return out
+
+
+def threshold_at_tpr(id_scores: torch.Tensor, tpr: float) -> float:
+    """The largest threshold ``t`` with ``mean(id_scores >= t) >= tpr``.
+
+    Parameters
+    ----------
+    id_scores : torch.Tensor
+        1-D scores of in-distribution samples (higher = more ID).
+    tpr : float
+        Target fraction of ID samples to accept, in ``(0, 1]``.
+    """
+    if not 0.0 < tpr <= 1.0:
+        raise ValueError(f"target TPR must be in (0, 1], got {tpr}")
+    ordered = torch.sort(id_scores.detach().flatten().double(), descending=True).values
+    accept = math.ceil(tpr * ordered.numel() - 1e-9)  # how many ID samples must pass
+    return float(ordered[max(accept, 1) - 1])
+
+
+class Detector:
+    """Base class of every OOD detector.
+
+    Subclasses set the class attributes below and implement :meth:`_fit` and :meth:`_score`.
+
+    Parameters
+    ----------
+    target_tpr : float
+        The fraction of in-distribution samples :meth:`predict` accepts; the threshold is placed
+        on the fit data (or on a calibration set, see :meth:`calibrate`). Default 0.95.
+    **params
+        The detector's declared hyperparameters (see ``params``); unknown names are an error.
+
+    Attributes
+    ----------
+    threshold_ : float or None
+        Score threshold used by :meth:`predict`; ``None`` until fit data or a calibration set
+        has been seen.
+    n_features_in_, n_logits_in_ : int or None
+        Feature and logit widths seen at fit time.
+    """
+
+    name: ClassVar[str] = ""
+    version: ClassVar[str] = "1"
+    requires: ClassVar[Requirements] = Requirements()
+    params: ClassVar[tuple[Param, ...]] = ()
+    state_tensors: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, *, target_tpr: float = DEFAULT_TARGET_TPR, **params: Any) -> None:
+        declared = {p.name: p for p in self.params}
+        unknown = sorted(set(params) - set(declared))
+        if unknown:
+            known = ", ".join(declared) or "none"
+            raise TypeError(
+                f"{self.name or type(self).__name__}: unknown parameter(s) {unknown}; "
+                f"known parameters: {known}"
+            )
+        self.hparams: dict[str, Any] = {
+            p.name: p.validate(params.get(p.name, p.default), self.name) for p in self.params
+        }
+        if not 0.0 < target_tpr <= 1.0:
+            raise ValueError(f"target_tpr must be in (0, 1], got {target_tpr}")
+        self.target_tpr = float(target_tpr)
+        self.threshold_: float | None = None
+        self.n_features_in_: int | None = None
+        self.n_logits_in_: int | None = None
+        self.is_fitted_ = False
+
+    # ------------------------------------------------------------------ subclass hooks
+    def _fit(
+        self, features: torch.Tensor | None, labels: torch.Tensor | None,
+        logits: torch.Tensor | None,
+    ) -> None:
+        """Compute fitted state from validated inputs (features/logits keep their dtype)."""
+
+    def _score(self, features: torch.Tensor | None, logits: torch.Tensor | None) -> torch.Tensor:
+        """Return 1-D scores (higher = more ID) in fp32, or fp64 for fp64 input."""
+        raise NotImplementedError
+
+    def _fit_scores(
+        self, features: torch.Tensor | None, logits: torch.Tensor | None, rows: torch.Tensor,
+    ) -> torch.Tensor:
+        """Scores of the fit rows ``rows``, used to place the default threshold.
+
+        Detectors whose fit data is their own reference set (kNN banks) override this with a
+        leave-one-out score, since a sample always matches itself.
+        """
+        return self._score(_take(features, rows), _take(logits, rows))
+
+    # ------------------------------------------------------------------ public API
+    def fit(
+        self, features: ArrayLike | None = None, labels: ArrayLike | None = None,
+        logits: ArrayLike | None = None,
+    ) -> Self:
+        """Fit on in-distribution data and place the :meth:`predict` threshold on it.
+
+        Inputs a detector does not need (see ``requires``) are ignored, so a runner can pass
+        the same inputs to every detector.
+        """
+        x, y, z = self._check_inputs(features, labels, logits, fitting=True)
+        self._fit(x, y, z)
+        for attr in self.state_tensors:  # saved tensors are contiguous; score as they will load
+            value = getattr(self, attr, None)
+            if not isinstance(value, torch.Tensor):
+                raise TypeError(f"{self.name}: _fit did not set state tensor {attr!r}")
+            setattr(self, attr, value.contiguous())
+        self.n_features_in_ = None if x is None else int(x.shape[1])
+        self.n_logits_in_ = None if z is None else int(z.shape[1])
+        self.is_fitted_ = True
+        n = _n_rows(x, z)
+        if n:
+            generator = torch.Generator().manual_seed(0)
+            rows = (
+                torch.arange(n)
+                if n <= THRESHOLD_SAMPLE_ROWS
+                else torch.randperm(n, generator=generator)[:THRESHOLD_SAMPLE_ROWS].sort().values
+            )
+            self.threshold_ = threshold_at_tpr(self._fit_scores(x, z, rows), self.target_tpr)
+        else:
+            self.threshold_ = None
+        return self
+
+    def score(self, features: ArrayLike | None = None, logits: ArrayLike | None = None) -> ArrayLike:
+        """Return one score per sample; **higher = more in-distribution**.
+
+        The result is a numpy array for numpy input and a tensor on the input's device for
+        torch input; float32, or float64 for float64 input.
+        """
+        self._check_fitted()
+        x, _, z = self._check_inputs(features, None, logits, fitting=False)
+        reference = features if features is not None and self.requires.features else logits
+        return ArrayKind.of(reference).wrap(self._score(x, z))
+
+    def calibrate(
+        self, features: ArrayLike | None = None, logits: ArrayLike | None = None,
+        tpr: float | None = None,
+    ) -> Self:
+        """Place the :meth:`predict` threshold on held-out ID data, accepting a ``tpr`` fraction."""
+        if tpr is not None:
+            if not 0.0 < tpr <= 1.0:
+                raise ValueError(f"tpr must be in (0, 1], got {tpr}")
+            self.target_tpr = float(tpr)
+        self._check_fitted()
+        x, _, z = self._check_inputs(features, None, logits, fitting=False)
+        self.threshold_ = threshold_at_tpr(self._score(x, z), self.target_tpr)
+        return self
+
+    def predict(self, features: ArrayLike | None = None, logits: ArrayLike | None = None) -> ArrayLike:
+        """Return a boolean per sample: ``True`` = in-distribution (score >= ``threshold_``)."""
+        if self.threshold_ is None:
+            raise NotFittedError(
+                f"{self.name}: no threshold yet; call fit() with data or calibrate() first"
+            )
+        scores = self.score(features, logits)
+        return scores >= self.threshold_
+
+    def get_params(self) -> dict[str, Any]:
+        """The hyperparameters, as passed to the constructor (``target_tpr`` included)."""
+        return {**self.hparams, "target_tpr": self.target_tpr}
+
+    def save(self, path: str | Path) -> Path:
+        """Save to directory ``path``: safetensors for tensors, JSON for the rest (no pickle)."""
+        from .io import save_detector
+
+        return save_detector(self, path)
+
+    @classmethod
+    def load(cls, path: str | Path) -> Self:
+        """Load a detector saved by :meth:`save`; it must be this class's detector."""
+        from .io import load_detector
+
+        return load_detector(path, expected=cls)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """The fitted tensors named in ``state_tensors``, as contiguous CPU tensors."""
+        self._check_fitted()
+        return {n: getattr(self, n).detach().cpu().contiguous() for n in self.state_tensors}
+
+    def load_state_dict(self, tensors: Mapping[str, torch.Tensor]) -> None:
+        """Restore the fitted tensors saved by :meth:`state_dict`."""
+        missing = [n for n in self.state_tensors if n not in tensors]
+        if missing:
+            raise KeyError(f"{self.name}: saved state lacks tensors {missing}")
+        for n in self.state_tensors:
+            setattr(self, n, tensors[n])
+        self.is_fitted_ = True
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.hparams.items())
+        return f"{type(self).__name__}({args})"
+
+    # ------------------------------------------------------------------ helpers
+    def _check_fitted(self) -> None:
+        if self.requires.fit and not self.is_fitted_:
+            raise NotFittedError(f"{self.name}: call fit() before score()")
+
+    def _check_inputs(
+        self, features: Any, labels: Any, logits: Any, *, fitting: bool,
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+        req = self.requires
+        x = y = z = None
+        if req.features:
+            if features is None:
+                raise InputError(f"{self.name}: needs features, got None")
+            x = check_matrix(
+                features, name="features", n_features=None if fitting else self.n_features_in_
+            )
+        if req.logits:
+            if logits is None:
+                raise InputError(f"{self.name}: needs logits, got None")
+            z = check_matrix(
+                logits, name="logits",
+                n_features=None if fitting or self.n_logits_in_ is None else self.n_logits_in_,
+            )
+        if x is not None and z is not None:
+            if x.shape[0] != z.shape[0]:
+                raise InputError(
+                    f"{self.name}: features have {x.shape[0]} rows but logits have {z.shape[0]}"
+                )
+            if z.device != x.device:
+                raise InputError(
+                    f"{self.name}: features on {x.device} but logits on {z.device}"
+                )
+        if fitting and req.labels:
+            if labels is None:
+                raise InputError(f"{self.name}: needs class labels to fit, got None")
+            y = check_labels(labels, n_samples=_n_rows(x, z)).to(_device(x, z))
+        return x, y, z
+
+
+def _take(tensor: torch.Tensor | None, rows: torch.Tensor) -> torch.Tensor | None:
+    return None if tensor is None else tensor[rows.to(tensor.device)]
+
+
+def _n_rows(*tensors: torch.Tensor | None) -> int:
+    return next((int(t.shape[0]) for t in tensors if t is not None), 0)
+
+
+def _device(*tensors: torch.Tensor | None) -> torch.device:
+    return next((t.device for t in tensors if t is not None), torch.device("cpu"))
+

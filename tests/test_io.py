@@ -1,0 +1,586 @@
+"""Persistence: safetensors + JSON round trips, no pickle, atomic writes, clear errors."""
+
+from __future__ import annotations
+
+import ast
+import json
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import ood_zoo
+from ood_zoo import Detector, Requirements
+from ood_zoo.errors import NotFittedError, PersistenceError, UnknownDetectorError
+from ood_zoo.io import CONFIG_FILE
+from ood_zoo.registry import ENV_ALLOW, ENV_BLOCK, ENV_STRICT, get_registry, reset_registry
+from ood_zoo.testing import make_synthetic_inputs
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def default_registry(monkeypatch):
+    for var in (ENV_ALLOW, ENV_BLOCK, ENV_STRICT):
+        monkeypatch.delenv(var, raising=False)
+    reset_registry()
+    yield
+    reset_registry()
+
+
+def _builtin_names() -> list[str]:
+    reset_registry()
+    try:
+        return [
+            name for name, record in get_registry().detectors.items()
+            if record.plugin == "ood_zoo.builtin" and not record.cls.requires.language_model
+        ]
+    finally:
+        reset_registry()
+
+
+BUILTINS = _builtin_names()
+DATA = make_synthetic_inputs(seed=11)
+
+
+def _fit(detector: Detector, split=DATA.fit, dtype=np.float32) -> Detector:
+    split = split.astype(dtype)
+    return detector.fit(**split.fit_kwargs(detector.requires))
+
+
+def _scores(detector: Detector, split, dtype=np.float32) -> np.ndarray:
+    return detector.score(**split.astype(dtype).score_kwargs(detector.requires))
+
+
+def _other_params(cls: type[Detector]) -> dict:
+    """A non-default value for every categorical (choices) and bool hyperparameter."""
+    params = {}
+    for p in cls.params:
+        if p.type is bool:
+            params[p.name] = not p.default
+        elif p.choices:
+            params[p.name] = next(c for c in reversed(p.choices) if c != p.default)
+    return params
+
+
+def _tensor_file(directory: Path) -> Path:
+    (path,) = directory.glob("tensors-*.safetensors")
+    return path
+
+
+def _leftovers(directory: Path) -> list[str]:
+    return sorted(p.name for p in directory.iterdir() if p.name.startswith(".") or
+                  p.suffix == ".tmp")
+
+
+# ------------------------------------------------------------------------ round trips
+
+
+def test_every_builtin_is_covered():
+    assert set(BUILTINS) >= {
+        "cosine", "knn", "mahalanobis", "relative_mahalanobis", "msp", "maxlogit", "energy",
+        "lof", "gmm", "residual",
+    }
+
+
+def _round_trip_cases():
+    for name in BUILTINS:
+        yield pytest.param(name, "default", id=f"{name}-default")
+        if _other_params(get_registry().get(name).cls):
+            yield pytest.param(name, "other", id=f"{name}-other")
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["fp32", "fp64"])
+@pytest.mark.parametrize(("name", "params"), list(_round_trip_cases()))
+def test_builtin_round_trip(name, params, dtype, tmp_path):
+    cls = get_registry().get(name).cls
+    kwargs = _other_params(cls) if params == "other" else {}
+    detector = _fit(ood_zoo.create(name, target_tpr=0.8, **kwargs), dtype=dtype)
+    saved = detector.save(tmp_path / name)
+    assert saved == tmp_path / name
+    loaded = ood_zoo.load(tmp_path / name)
+    assert type(loaded) is cls
+    assert loaded.get_params() == detector.get_params()
+    assert loaded.get_params()["target_tpr"] == 0.8
+    assert loaded.threshold_ == detector.threshold_
+    assert loaded.n_features_in_ == detector.n_features_in_
+    assert loaded.n_logits_in_ == detector.n_logits_in_
+    for state_name in cls.state_tensors:
+        before, after = getattr(detector, state_name), getattr(loaded, state_name)
+        assert after.dtype == before.dtype, state_name
+        assert torch.equal(after.cpu(), before.cpu()), state_name
+    for split in (DATA.id, DATA.ood):
+        before, after = _scores(detector, split, dtype), _scores(loaded, split, dtype)
+        assert after.dtype == before.dtype
+        np.testing.assert_array_equal(after, before)
+    np.testing.assert_array_equal(
+        loaded.predict(**DATA.id.score_kwargs(cls.requires)),
+        detector.predict(**DATA.id.score_kwargs(cls.requires)),
+    )
+
+
+def test_saved_files_are_json_and_safetensors(tmp_path):
+    _fit(ood_zoo.create("knn", k=3)).save(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        CONFIG_FILE, _tensor_file(tmp_path).name
+    ]
+    config = json.loads((tmp_path / CONFIG_FILE).read_text())
+    assert config["detector"] == "knn"
+    assert config["params"]["k"] == 3
+    header_len = int.from_bytes(_tensor_file(tmp_path).read_bytes()[:8], "little")
+    header = json.loads(_tensor_file(tmp_path).read_bytes()[8 : 8 + header_len])
+    assert "bank_" in header
+
+
+def test_unfitted_detector_round_trip(tmp_path):
+    ood_zoo.create("cosine").save(tmp_path)
+    loaded = ood_zoo.load(tmp_path)
+    assert loaded.is_fitted_ is False
+    assert loaded.threshold_ is None
+    with pytest.raises(NotFittedError):
+        loaded.score(DATA.id.features)
+
+
+def test_saving_again_replaces_the_previous_save(tmp_path):
+    first = _fit(ood_zoo.create("cosine"), DATA.fit)
+    second = _fit(ood_zoo.create("cosine"), DATA.id)
+    first.save(tmp_path)
+    old_file = _tensor_file(tmp_path)
+    second.save(tmp_path)
+    assert not old_file.exists()
+    np.testing.assert_array_equal(
+        _scores(ood_zoo.load(tmp_path), DATA.ood), _scores(second, DATA.ood)
+    )
+
+
+def test_save_onto_a_file_is_an_error(tmp_path):
+    target = tmp_path / "a_file"
+    target.write_text("x")
+    with pytest.raises(PersistenceError, match="not a directory"):
+        _fit(ood_zoo.create("cosine")).save(target)
+
+
+# ------------------------------------------------------------------------ no pickle
+
+FORBIDDEN_MODULES = {"pickle", "cPickle", "_pickle", "dill", "cloudpickle", "joblib", "shelve",
+                     "marshal"}
+FORBIDDEN_CALLS = {"torch.load", "torch.serialization.load", "torch.jit.load", "pd.read_pickle",
+                   "pandas.read_pickle"}
+NUMPY_LOADS = {"np.load", "numpy.load"}
+
+
+def _dotted(node: ast.AST) -> str | None:
+    parts = []
+    while isinstance(node, ast.Attribute):
+        parts.append(node.attr)
+        node = node.value
+    if isinstance(node, ast.Name):
+        return ".".join([node.id, *reversed(parts)])
+    return None
+
+
+def pickle_uses(source: str) -> list[str]:
+    """What in ``source`` could unpickle: imports of pickling modules and loader calls."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            found += [a.name for a in node.names if a.name.split(".")[0] in FORBIDDEN_MODULES]
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            root = node.module.split(".")[0]
+            if root in FORBIDDEN_MODULES:
+                found.append(node.module)
+            found += [f"{node.module}.{a.name}" for a in node.names
+                      if f"{node.module}.{a.name}" in FORBIDDEN_CALLS]
+        elif isinstance(node, ast.Call):
+            name = _dotted(node.func)
+            if name in FORBIDDEN_CALLS:
+                found.append(name)
+            elif name in NUMPY_LOADS and any(
+                k.arg == "allow_pickle" and not (
+                    isinstance(k.value, ast.Constant) and k.value.value is False
+                ) for k in node.keywords
+            ):
+                found.append(f"{name}(allow_pickle=...)")
+            elif name in {"__import__", "importlib.import_module"} and node.args and (
+                isinstance(node.args[0], ast.Constant)
+                and str(node.args[0].value).split(".")[0] in FORBIDDEN_MODULES
+            ):
+                found.append(f"{name}({node.args[0].value!r})")
+    return found
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        "import pickle",
+        "import joblib.numpy_pickle",
+        "from pickle import loads",
+        "from torch import load",
+        "import torch\nx = torch.load('f')",
+        "import numpy as np\nnp.load('f', allow_pickle=True)",
+        "__import__('cloudpickle')",
+    ],
+)
+def test_pickle_scanner_finds_unpickling(source):
+    assert pickle_uses(source)
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        '"""No pickle here: safetensors, not torch.load."""',
+        "import numpy as np\nnp.load('f', mmap_mode='r', allow_pickle=False)",
+        "from safetensors.torch import load_file",
+    ],
+)
+def test_pickle_scanner_ignores_safe_code(source):
+    assert pickle_uses(source) == []
+
+
+def _package_sources() -> list[Path]:
+    files = sorted((REPO / "ood_zoo").rglob("*.py"))
+    for plugin in sorted((REPO / "plugins").glob("*/")):
+        files += sorted(
+            p for p in plugin.rglob("*.py")
+            if not {"tests", "build", ".venv"} & set(p.relative_to(plugin).parts)
+        )
+    return files
+
+
+def test_no_pickle_anywhere_in_the_package():
+    sources = _package_sources()
+    assert REPO / "ood_zoo" / "io.py" in sources
+    offenders = {
+        str(path.relative_to(REPO)): uses
+        for path in sources if (uses := pickle_uses(path.read_text()))
+    }
+    assert offenders == {}
+
+
+@pytest.mark.parametrize("name", BUILTINS)
+def test_loading_never_unpickles(name, tmp_path, monkeypatch):
+    detector = _fit(ood_zoo.create(name))
+    detector.save(tmp_path)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("unpickling was attempted while loading a detector")
+
+    for attribute in ("load", "loads", "Unpickler"):
+        monkeypatch.setattr(pickle, attribute, refuse)
+    monkeypatch.setattr(torch, "load", refuse)
+    loaded = ood_zoo.load(tmp_path)
+    np.testing.assert_allclose(_scores(loaded, DATA.ood), _scores(detector, DATA.ood),
+                               rtol=1e-5, atol=1e-5)
+
+
+# ------------------------------------------------------------------------ atomic writes
+
+
+class InjectedFailure(OSError):
+    pass
+
+
+def _fail_in_tensor_write(monkeypatch):
+    import ood_zoo.io as io
+
+    real = io.save_file
+
+    def half_written(tensors, filename, metadata=None):
+        real(tensors, filename, metadata=metadata)
+        data = Path(filename).read_bytes()
+        Path(filename).write_bytes(data[: len(data) // 2])
+        raise InjectedFailure("disk full while writing tensors")
+
+    monkeypatch.setattr(io, "save_file", half_written)
+
+
+def _fail_in_config_rename(monkeypatch):
+    import ood_zoo.io as io
+
+    real = io.os.replace
+
+    def replace(src, dst, *args, **kwargs):
+        if Path(dst).name == CONFIG_FILE:
+            Path(src).write_bytes(b"{ half a conf")  # the temp file is garbage by now
+            raise InjectedFailure("crash before detector.json was replaced")
+        return real(src, dst, *args, **kwargs)
+
+    monkeypatch.setattr(io.os, "replace", replace)
+
+
+def _disk_full_on_config(monkeypatch):
+    """Any write to a file whose name holds ``detector.json`` writes half its data and fails.
+
+    This does not depend on how ood_zoo writes: ``open``, ``Path.write_*`` and ``os.fdopen``
+    (for a temporary file named after the config) are all covered.
+    """
+    import builtins
+    import io as pyio
+    import os
+
+    real_open, real_fdopen = builtins.open, os.fdopen
+
+    class HalfWriter:
+        def __init__(self, handle):
+            self._handle = handle
+
+        def write(self, data):
+            self._handle.write(data[: len(data) // 2])
+            self._handle.flush()
+            raise InjectedFailure("disk full while writing detector.json")
+
+        def __getattr__(self, name):
+            return getattr(self._handle, name)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self._handle.close()
+
+    def writing(mode: str) -> bool:
+        return any(flag in mode for flag in "wax+")
+
+    def fake_open(file, mode="r", *args, **kwargs):
+        handle = real_open(file, mode, *args, **kwargs)
+        if writing(mode) and not isinstance(file, int) and CONFIG_FILE in Path(file).name:
+            return HalfWriter(handle)
+        return handle
+
+    def fake_fdopen(fd, mode="r", *args, **kwargs):
+        handle = real_fdopen(fd, mode, *args, **kwargs)
+        if writing(mode) and CONFIG_FILE in Path(os.readlink(f"/proc/self/fd/{fd}")).name:
+            return HalfWriter(handle)
+        return handle
+
+    if not Path("/proc/self/fd").is_dir():
+        pytest.skip("needs /proc/self/fd to name an open file")
+    monkeypatch.setattr(builtins, "open", fake_open)
+    monkeypatch.setattr(pyio, "open", fake_open)
+    monkeypatch.setattr(os, "fdopen", fake_fdopen)
+
+
+@pytest.mark.parametrize(
+    "inject", [_fail_in_tensor_write, _fail_in_config_rename, _disk_full_on_config],
+    ids=["tensor-write", "config-rename", "config-write"],
+)
+def test_failed_save_leaves_the_previous_save(inject, tmp_path, monkeypatch):
+    old = _fit(ood_zoo.create("knn", k=2), DATA.fit)
+    new = _fit(ood_zoo.create("knn", k=5), DATA.id)
+    old.save(tmp_path)
+    old_scores = _scores(old, DATA.ood)
+    assert not np.array_equal(old_scores, _scores(new, DATA.ood))  # the test can tell them apart
+    with monkeypatch.context() as patch:
+        inject(patch)
+        with pytest.raises(InjectedFailure):
+            new.save(tmp_path)
+    assert _leftovers(tmp_path) == []
+    loaded = ood_zoo.load(tmp_path)
+    assert loaded.hparams["k"] == 2
+    np.testing.assert_array_equal(_scores(loaded, DATA.ood), old_scores)
+    # and the next save goes through and cleans up
+    new.save(tmp_path)
+    assert len(list(tmp_path.glob("tensors-*.safetensors"))) == 1
+    np.testing.assert_array_equal(_scores(ood_zoo.load(tmp_path), DATA.ood),
+                                  _scores(new, DATA.ood))
+
+
+def test_failed_save_leaves_no_orphan_tensor_file(tmp_path, monkeypatch):
+    _fit(ood_zoo.create("knn", k=2), DATA.fit).save(tmp_path)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    _fail_in_config_rename(monkeypatch)
+    with pytest.raises(InjectedFailure):
+        _fit(ood_zoo.create("knn", k=5), DATA.id).save(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+def test_failed_first_save_leaves_nothing_loadable(tmp_path, monkeypatch):
+    _fail_in_config_rename(monkeypatch)
+    with pytest.raises(InjectedFailure):
+        _fit(ood_zoo.create("cosine")).save(tmp_path)
+    assert _leftovers(tmp_path) == []
+    with pytest.raises(PersistenceError, match="not a saved ood_zoo detector"):
+        ood_zoo.load(tmp_path)
+
+
+# ------------------------------------------------------------------------ damaged saves
+
+
+@pytest.fixture
+def saved(tmp_path) -> Path:
+    _fit(ood_zoo.create("knn", k=3)).save(tmp_path / "knn")
+    return tmp_path / "knn"
+
+
+def _edit_config(directory: Path, **changes) -> None:
+    path = directory / CONFIG_FILE
+    config = json.loads(path.read_text())
+    config.update(changes)
+    path.write_text(json.dumps(config))
+
+
+def _rewrite_manifest(directory: Path, data: bytes) -> None:
+    """Write ``data`` as the tensor file and make the manifest agree with it (size, hash)."""
+    import hashlib
+
+    _tensor_file(directory).write_bytes(data)
+    config = json.loads((directory / CONFIG_FILE).read_text())
+    config["tensors"]["bytes"] = len(data)
+    config["tensors"]["sha256"] = hashlib.sha256(data).hexdigest()
+    (directory / CONFIG_FILE).write_text(json.dumps(config))
+
+
+def test_truncated_tensor_file(saved):
+    path = _tensor_file(saved)
+    path.write_bytes(path.read_bytes()[:-100])
+    with pytest.raises(PersistenceError, match="truncated"):
+        ood_zoo.load(saved)
+
+
+@pytest.mark.parametrize("where", [10, -1, 0.5], ids=["header", "last", "middle"])
+def test_flipped_byte_in_tensor_file(saved, where):
+    path = _tensor_file(saved)
+    data = bytearray(path.read_bytes())
+    index = int(where * len(data)) if isinstance(where, float) else where
+    data[index] ^= 0x01
+    path.write_bytes(bytes(data))
+    with pytest.raises(PersistenceError, match="SHA-256"):
+        ood_zoo.load(saved)
+
+
+def test_garbage_tensor_file_with_a_matching_manifest(saved):
+    data = bytearray(_tensor_file(saved).read_bytes())
+    data[8] = ord("[")  # the header is no longer a JSON object
+    _rewrite_manifest(saved, bytes(data))
+    with pytest.raises(PersistenceError, match="not a valid safetensors file"):
+        ood_zoo.load(saved)
+
+
+def test_manifest_disagreeing_with_the_tensors(saved):
+    config = json.loads((saved / CONFIG_FILE).read_text())
+    config["tensors"]["entries"]["bank_"]["shape"][0] += 1
+    (saved / CONFIG_FILE).write_text(json.dumps(config))
+    with pytest.raises(PersistenceError, match="does not match the manifest"):
+        ood_zoo.load(saved)
+
+
+@pytest.mark.parametrize(
+    "text", ["{ not json", "", "\x00\xff\xfe", "[]", '{"format": "something.else"}'],
+    ids=["syntax", "empty", "binary", "list", "foreign"],
+)
+def test_corrupt_config(saved, text):
+    (saved / CONFIG_FILE).write_bytes(text.encode("latin-1"))
+    with pytest.raises(PersistenceError, match=CONFIG_FILE):
+        ood_zoo.load(saved)
+
+
+def test_flipped_byte_in_config(saved):
+    path = saved / CONFIG_FILE
+    data = bytearray(path.read_bytes())
+    data[data.index(b'"format"')] ^= 0x20  # '"' -> '\x02': no longer JSON
+    path.write_bytes(bytes(data))
+    with pytest.raises(PersistenceError, match="corrupt"):
+        ood_zoo.load(saved)
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"format_version": 99}, "format version 99"),
+        ({"detector_version": "99"}, "version 99"),
+        ({"params": {"k": 0}}, "saved parameters are invalid"),
+        ({"params": {"no_such_param": 1}}, "saved parameters are invalid"),
+        ({"params": None}, r"invalid field\(s\) \[.params.\]"),
+        ({"fitted": None, "detector": None}, None),
+    ],
+    ids=["format-version", "detector-version", "bad-param", "unknown-param", "null-params",
+         "nulls"],
+)
+def test_inconsistent_config(saved, changes, message):
+    _edit_config(saved, **changes)
+    with pytest.raises((PersistenceError, UnknownDetectorError), match=message):
+        ood_zoo.load(saved)
+
+
+@pytest.mark.parametrize(
+    "changes", [{"tensors": []}, {"threshold": "abc"}], ids=["tensors-list", "threshold-str"],
+)
+def test_config_with_wrongly_typed_fields(saved, changes):
+    _edit_config(saved, **changes)
+    try:
+        detector = ood_zoo.load(saved)
+    except PersistenceError:
+        return
+    detector.predict(DATA.id.features)  # a bad threshold surfaces here, far from its cause
+    raise AssertionError(f"loaded a detector from a config with {changes}")
+
+
+def test_config_missing_keys(saved):
+    config = json.loads((saved / CONFIG_FILE).read_text())
+    del config["tensors"]
+    (saved / CONFIG_FILE).write_text(json.dumps(config))
+    with pytest.raises(PersistenceError, match="lacks"):
+        ood_zoo.load(saved)
+
+
+def test_tensor_file_outside_the_directory(saved, tmp_path):
+    config = json.loads((saved / CONFIG_FILE).read_text())
+    (tmp_path / "elsewhere.safetensors").write_bytes(_tensor_file(saved).read_bytes())
+    config["tensors"]["file"] = "../elsewhere.safetensors"
+    (saved / CONFIG_FILE).write_text(json.dumps(config))
+    with pytest.raises(PersistenceError, match="missing"):
+        ood_zoo.load(saved)
+
+
+def test_missing_tensor_file(saved):
+    _tensor_file(saved).unlink()
+    with pytest.raises(PersistenceError, match="missing"):
+        ood_zoo.load(saved)
+
+
+def test_missing_config(saved):
+    (saved / CONFIG_FILE).unlink()
+    with pytest.raises(PersistenceError, match="not a saved ood_zoo detector"):
+        ood_zoo.load(saved)
+
+
+def test_missing_directory(tmp_path):
+    with pytest.raises(PersistenceError, match="not a saved ood_zoo detector"):
+        ood_zoo.load(tmp_path / "never_saved")
+
+
+def test_other_detector_loaded_into_a_class(saved):
+    cosine = get_registry().get("cosine").cls
+    with pytest.raises(PersistenceError, match=r"holds a 'knn' detector, not 'cosine'"):
+        cosine.load(saved)
+    knn = get_registry().get("knn").cls
+    assert type(knn.load(saved)) is knn
+
+
+# ------------------------------------------------------------------------ unknown plugins
+
+
+class NotInstalledDetector(Detector):
+    """A detector no installed plugin provides."""
+
+    name = "not_installed_xyz"
+    requires = Requirements(features=True)
+    state_tensors = ("mean_",)
+
+    def _fit(self, features, labels, logits):
+        self.mean_ = features.float().mean(dim=0)
+
+    def _score(self, features, logits):
+        return -(features.float() - self.mean_).norm(dim=1)
+
+
+def test_loading_a_detector_whose_plugin_is_not_installed(tmp_path):
+    detector = _fit(NotInstalledDetector())
+    detector.save(tmp_path)
+    with pytest.raises(UnknownDetectorError, match="not_installed_xyz"):
+        ood_zoo.load(tmp_path)
+    # the class itself can still load it
+    loaded = NotInstalledDetector.load(tmp_path)
+    np.testing.assert_array_equal(_scores(loaded, DATA.ood), _scores(detector, DATA.ood))
