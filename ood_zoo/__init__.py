@@ -15,6 +15,7 @@ __version__ = "0.1.0"
 
 from .api import Detector, Param, Requirements
 from .errors import (
+    BackendUnavailableError,
     DuplicateDetectorError,
     InputError,
     NotFittedError,
@@ -28,6 +29,7 @@ from .io import load
 from .registry import create, get_registry, list_detectors
 
 __all__ = [
+    "BackendUnavailableError",
     "Detector",
     "DuplicateDetectorError",
     "InputError",

@@ -240,7 +240,9 @@ class Detector:
             self.threshold_ = None
         return self
 
-    def score(self, features: ArrayLike | None = None, logits: ArrayLike | None = None) -> ArrayLike:
+    def score(
+        self, features: ArrayLike | None = None, logits: ArrayLike | None = None
+    ) -> ArrayLike:
         """Return one score per sample; **higher = more in-distribution**.
 
         The result is a numpy array for numpy input and a tensor on the input's device for
@@ -265,7 +267,9 @@ class Detector:
         self.threshold_ = threshold_at_tpr(self._score(x, z), self.target_tpr)
         return self
 
-    def predict(self, features: ArrayLike | None = None, logits: ArrayLike | None = None) -> ArrayLike:
+    def predict(
+        self, features: ArrayLike | None = None, logits: ArrayLike | None = None
+    ) -> ArrayLike:
         """Return a boolean per sample: ``True`` = in-distribution (score >= ``threshold_``)."""
         if self.threshold_ is None:
             raise NotFittedError(

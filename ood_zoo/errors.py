@@ -30,3 +30,7 @@ class DuplicateDetectorError(PluginError):
 
 class PersistenceError(OodZooError, OSError):
     """A saved detector is missing, truncated, tampered with, or belongs to another detector."""
+
+
+class BackendUnavailableError(OodZooError, RuntimeError):
+    """The kernel backend asked for through ``OOD_ZOO_BACKEND`` is not usable here."""

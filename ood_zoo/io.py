@@ -34,6 +34,8 @@ if TYPE_CHECKING:
 FORMAT = "ood_zoo.detector"
 FORMAT_VERSION = 1
 CONFIG_FILE = "detector.json"
+#: Permissions of written files (what a plain open() gives under the usual umask 022).
+FILE_MODE = 0o644
 
 D = TypeVar("D", bound="Detector")
 
@@ -58,6 +60,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` through a temporary file in the same directory and a rename."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, FILE_MODE)  # mkstemp creates 0600; results are meant to be shared
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()
@@ -83,6 +86,7 @@ def save_detector(detector: Detector, path: str | Path) -> Path:
     tmp = Path(tmp_name)
     try:
         save_file(tensors, str(tmp), metadata={"format": FORMAT, "detector": detector.name})
+        tmp.chmod(FILE_MODE)  # mkstemp and safetensors create 0600
         with tmp.open("rb") as handle:
             os.fsync(handle.fileno())
         sha = _sha256(tmp)
@@ -204,7 +208,8 @@ def _read_tensors(directory: Path, manifest: dict[str, Any]) -> dict[str, torch.
         ):
             raise PersistenceError(f"{tensor_path}: tensor {key!r} does not match the manifest")
     if set(tensors) != set(entries):
-        raise PersistenceError(f"{tensor_path}: unexpected tensors {sorted(set(tensors) ^ set(entries))}")
+        unexpected = sorted(set(tensors) ^ set(entries))
+        raise PersistenceError(f"{tensor_path}: unexpected tensors {unexpected}")
     return tensors
 
 

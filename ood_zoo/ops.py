@@ -27,7 +27,7 @@ import torch
 
 from . import _ext
 from ._arrays import ArrayKind, ArrayLike, as_tensor, check_finite, check_matrix, compute_dtype
-from .errors import InputError, OodZooError
+from .errors import BackendUnavailableError, InputError
 
 Metric = Literal["cosine", "l2"]
 Bank = ArrayLike | Sequence[ArrayLike]
@@ -40,10 +40,6 @@ CHUNK_BYTES = 256 * 2**20
 _NORM_EPS = 1e-12
 
 BACKENDS = ("torch", "ext", "faiss")
-
-
-class BackendUnavailableError(OodZooError, RuntimeError):
-    """The kernel backend asked for through ``OOD_ZOO_BACKEND`` is not usable here."""
 
 
 def _requested_backend() -> str | None:

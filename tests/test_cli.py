@@ -59,9 +59,13 @@ def test_detectors_lists_builtins_as_json(capsys):
 
 def test_detectors_and_plugins_tables(capsys):
     code, out, _ = run_cli("detectors", capsys=capsys)
-    assert code == 0 and "cosine" in out and "needs" in out
+    assert code == 0
+    assert "cosine" in out
+    assert "needs" in out
     code, out, _ = run_cli("plugins", capsys=capsys)
-    assert code == 0 and "ood_zoo.builtin" in out and "loaded" in out
+    assert code == 0
+    assert "ood_zoo.builtin" in out
+    assert "loaded" in out
     code, out, _ = run_cli("plugins", "--json", capsys=capsys)
     assert any(p["builtin"] and p["status"] == "loaded" for p in json.loads(out))
 
@@ -116,7 +120,9 @@ def test_fit_score_evaluate_round_trip(feature_files, tmp_path, capsys):
         "evaluate", "--id-scores", str(scores_path),
         "--ood-scores", str(results / "ood_scores.npy"), capsys=capsys,
     )
-    assert code == 0 and "auroc" in out and f"{truth:.4f}" in out
+    assert code == 0
+    assert "auroc" in out
+    assert f"{truth:.4f}" in out
 
 
 def test_logit_detector_from_cli(tmp_path, capsys):
@@ -172,7 +178,8 @@ def test_nan_features_rejected(tmp_path, capsys):
         "fit", "cosine", "--features", str(tmp_path / "bad.npy"), "--out", str(tmp_path / "m"),
         capsys=capsys,
     )
-    assert code == 2 and "NaN" in err
+    assert code == 2
+    assert "NaN" in err
     assert not (tmp_path / "m").exists()
 
 

@@ -315,6 +315,7 @@ def test_gmm_matches_sklearn(data, n, d, q, seed, covariance_type, reg_covar, du
 @given(data=st.data(), n=st.integers(1, 25), d=st.integers(1, 7), q=st.integers(1, 4),
        seed=SEEDS, scale=SCALES, duplicates=st.integers(0, 2))
 @example(data=None, n=1, d=1, q=1, seed=0, scale=1.0, duplicates=0)
+@example(data=None, n=3, d=6, q=2, seed=0, scale=1.0, duplicates=0)  # auto dim capped by n
 def test_residual_matches_svd(data, n, d, q, seed, scale, duplicates):
     largest = min(d - 1, n - 1)
     explicit = 0 if data is None or largest < 1 else data.draw(
@@ -616,8 +617,7 @@ def test_builtin_plugin_lists_every_detector():
 
 
 # ----------------------------------------------------------------------------- CUDA
-@pytest.mark.cuda
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.cuda  # skipped by tests/conftest.py where no GPU is present
 @pytest.mark.parametrize("name", ALL_CASES)
 def test_cuda_input_matches_cpu(name):
     x, y, q, z, zq = _dataset()

@@ -584,3 +584,9 @@ def test_loading_a_detector_whose_plugin_is_not_installed(tmp_path):
     # the class itself can still load it
     loaded = NotInstalledDetector.load(tmp_path)
     np.testing.assert_array_equal(_scores(loaded, DATA.ood), _scores(detector, DATA.ood))
+
+
+def test_saved_files_are_world_readable(tmp_path):
+    _fit(ood_zoo.create("knn", k=2), DATA.fit).save(tmp_path)
+    for path in tmp_path.iterdir():
+        assert path.stat().st_mode & 0o777 == 0o644, path.name

@@ -91,7 +91,7 @@ class GMMDetector(Detector):
         )
 
         def quadratic(x: torch.Tensor) -> torch.Tensor:  # |Lᵀ(x - μ_k)|², [q, K]
-            if kind in ("full",):
+            if kind in ("full", "tied"):
                 factors = chol if kind == "full" else chol.expand(n_components, d, d)
                 return torch.stack(
                     [((x - means[j]) @ factors[j]).square().sum(dim=1)
