@@ -19,6 +19,8 @@ import pluggy
 
 if TYPE_CHECKING:
     from .api import Detector
+    from .data.spec import DatasetSpec
+    from .features.models import ModelSpec
 
 PROJECT = "ood_zoo"
 
@@ -29,3 +31,13 @@ hookimpl = pluggy.HookimplMarker(PROJECT)
 @hookspec
 def ood_zoo_detectors() -> list[type[Detector]]:
     """Return the :class:`ood_zoo.api.Detector` subclasses this plugin provides."""
+
+
+@hookspec
+def ood_zoo_models() -> list[ModelSpec]:
+    """Return :class:`ood_zoo.features.models.ModelSpec` records of models loadable by name."""
+
+
+@hookspec
+def ood_zoo_datasets() -> list[DatasetSpec]:
+    """Return :class:`ood_zoo.data.spec.DatasetSpec` records of datasets loadable by name."""

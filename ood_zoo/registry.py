@@ -24,7 +24,7 @@ import os
 import threading
 import traceback
 import warnings
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from importlib import metadata
 from typing import Any, Literal
@@ -55,13 +55,19 @@ class PluginRecord:
     builtin: bool
     status: PluginStatus = "loaded"
     error: str | None = None
-    detectors: list[str] = field(default_factory=list)
+    provides: dict[str, list[str]] = field(
+        default_factory=lambda: {kind: [] for kind in KINDS}
+    )
+
+    @property
+    def detectors(self) -> list[str]:
+        return self.provides["detectors"]
 
     def as_dict(self) -> dict[str, Any]:
         return {
             "name": self.name, "module": self.module, "distribution": self.distribution,
             "version": self.version, "builtin": self.builtin, "status": self.status,
-            "error": self.error, "detectors": sorted(self.detectors),
+            "error": self.error, **{kind: sorted(names) for kind, names in self.provides.items()},
         }
 
 
@@ -86,6 +92,70 @@ class DetectorRecord:
             "requires": self.cls.requires.as_dict(),
             "params": [p.as_dict() for p in self.cls.params],
         }
+
+
+@dataclass(frozen=True)
+class SpecRecord:
+    """A registered model or dataset spec and the plugin that provided it."""
+
+    name: str
+    spec: Any
+    plugin: str
+    plugin_version: str | None
+
+    def as_dict(self) -> dict[str, Any]:
+        fields = {
+            key: value for key, value in vars(self.spec).items()
+            if isinstance(value, str | int | float | bool) or value is None
+        }
+        return {**fields, "name": self.name, "plugin": self.plugin,
+                "plugin_version": self.plugin_version}
+
+
+def _detector_name(value: object) -> str:
+    if not (isinstance(value, type) and issubclass(value, Detector)):
+        raise PluginError(
+            f"ood_zoo_detectors() returned {value!r}, which is not a Detector subclass"
+        )
+    if not isinstance(value.name, str) or not value.name.strip():
+        raise PluginError(f"detector class {value.__qualname__} has no name")
+    return value.name
+
+
+def _spec_name(hook: str, spec_type: Callable[[], type]) -> Callable[[object], str]:
+    def name_of(value: object) -> str:
+        expected = spec_type()
+        if not isinstance(value, expected):
+            raise PluginError(f"{hook}() returned {value!r}, which is not a {expected.__name__}")
+        if not isinstance(value.name, str) or not value.name.strip():
+            raise PluginError(f"{hook}() returned a {expected.__name__} with no name")
+        return value.name
+    return name_of
+
+
+def _model_spec() -> type:
+    from .features.models import ModelSpec
+
+    return ModelSpec
+
+
+def _dataset_spec() -> type:
+    from .data.spec import DatasetSpec
+
+    return DatasetSpec
+
+
+#: What plugins register: kind -> (hook name, function returning a valid record's name).
+KINDS: dict[str, tuple[str, Callable[[object], str]]] = {
+    "detectors": ("ood_zoo_detectors", _detector_name),
+    "models": ("ood_zoo_models", _spec_name("ood_zoo_models", _model_spec)),
+    "datasets": ("ood_zoo_datasets", _spec_name("ood_zoo_datasets", _dataset_spec)),
+}
+_SINGULAR = {"detectors": "detector", "models": "model", "datasets": "dataset"}
+_ITEMS = {
+    "detectors": "Detector subclasses", "models": "ModelSpec records",
+    "datasets": "DatasetSpec records",
+}
 
 
 def _env_list(name: str) -> set[str] | None:
@@ -134,8 +204,8 @@ class Registry:
         self.block = (_env_list(ENV_BLOCK) or set()) if block is None else set(block)
         self.strict = _env_flag(ENV_STRICT) if strict is None else strict
         self.plugins: dict[str, PluginRecord] = {}
-        self._detectors: dict[str, DetectorRecord] = {}
-        self._conflicts: dict[str, list[str]] = {}
+        self._entries: dict[str, dict[str, Any]] = {kind: {} for kind in KINDS}
+        self._conflicts: dict[str, dict[str, list[str]]] = {kind: {} for kind in KINDS}
         self._manager = pluggy.PluginManager(hookspecs.PROJECT)
         self._manager.add_hookspecs(hookspecs)
         if builtins:
@@ -204,64 +274,61 @@ class Registry:
             return record
         try:
             self._manager.register(plugin, name=name)
-            detector_classes = self._call_detector_hook(name)
+            provided = {kind: self._call_hook(kind, name) for kind in KINDS}
         except Exception as exc:
             if self._manager.is_registered(plugin):
                 self._manager.unregister(plugin)
             self._fail(record, exc)
             return record
         self.plugins[name] = record
-        for cls in detector_classes:
-            self._add_detector(cls, record)
+        for kind, values in provided.items():
+            for entry_name, value in values:
+                self._add(kind, entry_name, value, record)
         return record
 
-    def _call_detector_hook(self, plugin_name: str) -> list[type[Detector]]:
+    def _call_hook(self, kind: str, plugin_name: str) -> list[tuple[str, Any]]:
+        """Call one plugin's implementation of ``kind``'s hook and check what it returns."""
+        hook_name, name_of = KINDS[kind]
         impls = [
-            impl for impl in self._manager.hook.ood_zoo_detectors.get_hookimpls()
+            impl for impl in getattr(self._manager.hook, hook_name).get_hookimpls()
             if impl.plugin_name == plugin_name
         ]
-        classes: list[type[Detector]] = []
+        provided: list[tuple[str, Any]] = []
         for impl in impls:
             returned = impl.function()
             if not isinstance(returned, list | tuple):
                 raise PluginError(
-                    f"ood_zoo_detectors() must return a list of Detector subclasses, "
+                    f"{hook_name}() must return a list of {_ITEMS[kind]}, "
                     f"got {type(returned).__name__}"
                 )
-            for cls in returned:
-                if not (isinstance(cls, type) and issubclass(cls, Detector)):
-                    raise PluginError(
-                        f"ood_zoo_detectors() returned {cls!r}, which is not a Detector subclass"
-                    )
-                if not isinstance(cls.name, str) or not cls.name.strip():
-                    raise PluginError(f"detector class {cls.__qualname__} has no name")
-                classes.append(cls)
-        return classes
+            provided.extend((name_of(value), value) for value in returned)
+        return provided
 
-    def _add_detector(self, cls: type[Detector], record: PluginRecord) -> None:
-        name = cls.name
-        if name in self._conflicts:
-            self._conflicts[name].append(record.name)
-        elif name in self._detectors:
-            first = self._detectors.pop(name).plugin
-            self.plugins[first].detectors.remove(name)
-            self._conflicts[name] = [first, record.name]
+    def _add(self, kind: str, name: str, value: Any, record: PluginRecord) -> None:
+        entries, conflicts = self._entries[kind], self._conflicts[kind]
+        if name in conflicts:
+            conflicts[name].append(record.name)
+        elif name in entries:
+            first = entries.pop(name).plugin
+            self.plugins[first].provides[kind].remove(name)
+            conflicts[name] = [first, record.name]
         else:
-            self._detectors[name] = DetectorRecord(name, cls, record.name, record.version)
-            record.detectors.append(name)
+            entry_type = DetectorRecord if kind == "detectors" else SpecRecord
+            entries[name] = entry_type(name, value, record.name, record.version)
+            record.provides[kind].append(name)
             return
-        error = self._duplicate_error(name)
+        error = self._duplicate_error(kind, name)
         if self.strict:
             raise error
         warnings.warn(str(error), RuntimeWarning, stacklevel=2)
-        for plugin in self._conflicts[name]:
+        for plugin in conflicts[name]:
             holder = self.plugins[plugin]
             holder.error = "; ".join(filter(None, [holder.error, str(error)]))
 
-    def _duplicate_error(self, name: str) -> DuplicateDetectorError:
-        plugins = " and ".join(repr(p) for p in self._conflicts[name])
+    def _duplicate_error(self, kind: str, name: str) -> DuplicateDetectorError:
+        plugins = " and ".join(repr(p) for p in self._conflicts[kind][name])
         return DuplicateDetectorError(
-            f"detector name {name!r} is registered by more than one plugin: {plugins}; "
+            f"{_SINGULAR[kind]} name {name!r} is registered by more than one plugin: {plugins}; "
             f"uninstall one, or block it with {ENV_BLOCK}"
         )
 
@@ -285,31 +352,49 @@ class Registry:
     @property
     def detectors(self) -> dict[str, DetectorRecord]:
         """The usable detectors by name (names claimed by two plugins are left out)."""
-        return dict(sorted(self._detectors.items()))
+        return dict(sorted(self._entries["detectors"].items()))
+
+    @property
+    def models(self) -> dict[str, SpecRecord]:
+        """The models known by name (see :class:`ood_zoo.features.models.ModelSpec`)."""
+        return dict(sorted(self._entries["models"].items()))
+
+    @property
+    def datasets(self) -> dict[str, SpecRecord]:
+        """The datasets known by name (see :class:`ood_zoo.data.spec.DatasetSpec`)."""
+        return dict(sorted(self._entries["datasets"].items()))
 
     @property
     def conflicts(self) -> dict[str, list[str]]:
         """Detector names claimed by more than one plugin, with the plugins that claim them."""
-        return {name: list(plugins) for name, plugins in self._conflicts.items()}
+        return self.conflicts_of("detectors")
+
+    def conflicts_of(self, kind: str) -> dict[str, list[str]]:
+        """Names of ``kind`` claimed by more than one plugin, with the plugins that claim them."""
+        return {name: list(plugins) for name, plugins in self._conflicts[kind].items()}
 
     @property
     def failed(self) -> list[PluginRecord]:
         return [p for p in self.plugins.values() if p.status == "failed"]
 
-    def get(self, name: str) -> DetectorRecord:
-        """The record of detector ``name``; a clear error if unknown or ambiguous."""
-        if name in self._conflicts:
-            raise self._duplicate_error(name)
+    def lookup(self, kind: str, name: str) -> Any:
+        """The record of ``name`` among ``kind``; a clear error if unknown or ambiguous."""
+        if name in self._conflicts[kind]:
+            raise self._duplicate_error(kind, name)
         try:
-            return self._detectors[name]
+            return self._entries[kind][name]
         except KeyError:
-            known = ", ".join(sorted(self._detectors)) or "none"
+            known = ", ".join(sorted(self._entries[kind])) or "none"
             hint = ""
             if self.failed:
                 hint = " (failed plugins: " + ", ".join(p.name for p in self.failed) + ")"
             raise UnknownDetectorError(
-                f"unknown detector {name!r}; registered detectors: {known}{hint}"
+                f"unknown {_SINGULAR[kind]} {name!r}; registered {kind}: {known}{hint}"
             ) from None
+
+    def get(self, name: str) -> DetectorRecord:
+        """The record of detector ``name``; a clear error if unknown or ambiguous."""
+        return self.lookup("detectors", name)
 
     def create(self, name: str, **params: Any) -> Detector:
         """Instantiate detector ``name`` with hyperparameters ``params``."""

@@ -537,3 +537,63 @@ def test_every_ood_zoo_function_in_hookspecs_is_a_hookspec():
         if inspect.isfunction(obj) and obj.__module__ == hookspecs.__name__
     }
     assert functions == set(_hookspecs()), "a function in hookspecs.py lacks @hookspec"
+
+
+# ------------------------------------------------------------------------ models and datasets
+
+SPEC_SOURCE = '''
+from ood_zoo import hookimpl
+from ood_zoo.data.spec import DatasetSpec
+from ood_zoo.features.models import ModelSpec
+
+
+def _load(**options):
+    return ["a text", "another text"]
+
+
+@hookimpl
+def ood_zoo_models():
+    return [ModelSpec(name={model!r}, load=_load, pooling="mean", max_length=8, package="none",
+                      license="MIT")]
+
+
+@hookimpl
+def ood_zoo_datasets():
+    return {datasets}
+'''
+
+
+def test_plugins_register_models_and_datasets(make_plugin):
+    source = SPEC_SOURCE.format(
+        model="tiny_model", datasets='[DatasetSpec(name="tiny_texts", load=_load)]'
+    )
+    registry = _registry(make_plugin("specs", source))
+    record = registry.plugins["specs"]
+    assert record.status == "loaded"
+    assert record.as_dict()["models"] == ["tiny_model"]
+    assert record.as_dict()["datasets"] == ["tiny_texts"]
+    assert registry.lookup("datasets", "tiny_texts").spec.load() == ["a text", "another text"]
+    assert registry.models["tiny_model"].as_dict()["pooling"] == "mean"
+    with pytest.raises(UnknownDetectorError, match="unknown dataset 'nope'"):
+        registry.lookup("datasets", "nope")
+
+
+def test_a_bad_dataset_record_fails_the_plugin_only(make_plugin):
+    bad = make_plugin("bad_specs", SPEC_SOURCE.format(model="m1", datasets='["not a spec"]'))
+    good = make_plugin("good")
+    with pytest.warns(RuntimeWarning, match="bad_specs"):
+        registry = _registry(bad, good)
+    assert registry.plugins["bad_specs"].status == "failed"
+    assert "not a DatasetSpec" in registry.plugins["bad_specs"].error
+    assert "m1" not in registry.models  # nothing of a failed plugin is registered
+    assert "toy_good" in registry.detectors
+
+
+def test_duplicate_model_names_name_both_plugins(make_plugin):
+    one = make_plugin("one", SPEC_SOURCE.format(model="same", datasets="[]"))
+    two = make_plugin("two", SPEC_SOURCE.format(model="same", datasets="[]"))
+    with pytest.warns(RuntimeWarning, match="model name 'same'"):
+        registry = _registry(one, two)
+    with pytest.raises(DuplicateDetectorError, match="'one' and 'two'"):
+        registry.lookup("models", "same")
+    assert registry.conflicts_of("models") == {"same": ["one", "two"]}
