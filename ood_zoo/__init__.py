@@ -23,6 +23,7 @@ from .errors import (
     PersistenceError,
     PluginError,
     UnknownDetectorError,
+    UnknownNameError,
 )
 from .hookspecs import hookimpl
 from .io import load
@@ -40,6 +41,7 @@ __all__ = [
     "PluginError",
     "Requirements",
     "UnknownDetectorError",
+    "UnknownNameError",
     "__version__",
     "create",
     "get_registry",

@@ -13,11 +13,15 @@ class NotFittedError(OodZooError, RuntimeError):
     """A detector was used before ``fit`` (or ``predict`` before a threshold was set)."""
 
 
-class UnknownDetectorError(OodZooError, KeyError):
-    """No registered detector has the requested name."""
+class UnknownNameError(OodZooError, KeyError):
+    """No registered detector, model or dataset has the requested name."""
 
     def __str__(self) -> str:  # KeyError would quote the message
         return str(self.args[0]) if self.args else ""
+
+
+class UnknownDetectorError(UnknownNameError):
+    """No registered detector has the requested name."""
 
 
 class PluginError(OodZooError, RuntimeError):

@@ -6,7 +6,7 @@ entry point in group ``ood_zoo``::
     [project.entry-points.ood_zoo]
     my_detectors = "my_package.plugin"
 
-ood_zoo's own detectors are registered the same way (see ``ood_zoo.detectors.builtin``). Every
+ood_zoo's own detectors are registered the same way (see ``ood_zoo.builtin``). Every
 hook returns a list of records; ood_zoo calls each plugin's hooks one plugin at a time, so a
 broken plugin is recorded and never stops the others.
 """

@@ -1,6 +1,6 @@
 """Plugin discovery and the detector registry (pluggy + entry points).
 
-Detectors come from plugins: ood_zoo's own (``ood_zoo.detectors.builtin``, registered first, the
+Detectors come from plugins: ood_zoo's own (``ood_zoo.builtin``, registered first, the
 same way as any other) and the entry points in group ``ood_zoo``. Entry points are loaded one at
 a time, each in its own ``try``: a plugin that fails to import, or whose hook raises or returns
 something that is not a list of :class:`~ood_zoo.api.Detector` subclasses, is recorded with its
@@ -33,7 +33,7 @@ import pluggy
 
 from . import hookspecs
 from .api import Detector
-from .errors import DuplicateDetectorError, PluginError, UnknownDetectorError
+from .errors import DuplicateDetectorError, PluginError, UnknownDetectorError, UnknownNameError
 
 ENTRY_POINT_GROUP = hookspecs.PROJECT
 BUILTIN_PLUGIN = "ood_zoo.builtin"
@@ -209,8 +209,7 @@ class Registry:
         self._manager = pluggy.PluginManager(hookspecs.PROJECT)
         self._manager.add_hookspecs(hookspecs)
         if builtins:
-            from ood_zoo import __version__
-            from ood_zoo.detectors import builtin
+            from ood_zoo import __version__, builtin
 
             if BUILTIN_PLUGIN in self.block:
                 self.plugins[BUILTIN_PLUGIN] = PluginRecord(
@@ -388,7 +387,8 @@ class Registry:
             hint = ""
             if self.failed:
                 hint = " (failed plugins: " + ", ".join(p.name for p in self.failed) + ")"
-            raise UnknownDetectorError(
+            error = UnknownDetectorError if kind == "detectors" else UnknownNameError
+            raise error(
                 f"unknown {_SINGULAR[kind]} {name!r}; registered {kind}: {known}{hint}"
             ) from None
 

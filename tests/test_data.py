@@ -21,6 +21,7 @@ from ood_zoo.data import (
     split_indices,
     subsample,
 )
+from ood_zoo.errors import UnknownNameError
 
 
 def needs(module: str, distribution: str):
@@ -102,8 +103,8 @@ def test_readers_do_not_import_their_packages():
 @needs_rt
 def test_dataset_registry():
     assert load_dataset("rotten_tomatoes_plots").name == "rotten_tomatoes_plots"
-    with pytest.raises(KeyError, match="known"):
-        load_dataset("clinc150")
+    with pytest.raises(UnknownNameError, match="unknown dataset 'no_such_corpus'"):
+        load_dataset("no_such_corpus")
 
 
 def test_missing_package_names_the_pip_command(monkeypatch):

@@ -15,6 +15,7 @@ import torch
 from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
+from ood_zoo import builtin
 from ood_zoo.api import Detector
 from ood_zoo.detectors import (
     CosineDetector,
@@ -28,7 +29,6 @@ from ood_zoo.detectors import (
     RelativeMahalanobisDetector,
     ResidualDetector,
     _common,
-    builtin,
 )
 from ood_zoo.errors import InputError, NotFittedError
 

@@ -15,7 +15,12 @@ import pytest
 
 import ood_zoo
 from ood_zoo import hookspecs
-from ood_zoo.errors import DuplicateDetectorError, PluginError, UnknownDetectorError
+from ood_zoo.errors import (
+    DuplicateDetectorError,
+    PluginError,
+    UnknownDetectorError,
+    UnknownNameError,
+)
 from ood_zoo.registry import (
     BUILTIN_PLUGIN,
     ENV_ALLOW,
@@ -574,7 +579,7 @@ def test_plugins_register_models_and_datasets(make_plugin):
     assert record.as_dict()["datasets"] == ["tiny_texts"]
     assert registry.lookup("datasets", "tiny_texts").spec.load() == ["a text", "another text"]
     assert registry.models["tiny_model"].as_dict()["pooling"] == "mean"
-    with pytest.raises(UnknownDetectorError, match="unknown dataset 'nope'"):
+    with pytest.raises(UnknownNameError, match="unknown dataset 'nope'"):
         registry.lookup("datasets", "nope")
 
 

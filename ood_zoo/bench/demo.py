@@ -29,7 +29,7 @@ import torch
 
 from .. import __version__, metrics
 from ..data import chitchat, package_version, rotten_tomatoes, split, subsample
-from ..features import MODELS, extract, load_model
+from ..features import extract, load_model, model_spec
 from ..io import atomic_write_bytes
 from ..registry import get_registry
 from .runner import FeatureSet, fit_probe, probe_logits, run_detectors, usable_detectors
@@ -96,7 +96,7 @@ def run_demo(
     seed : int
         Seed of every split and subsample.
     model : str
-        A registered model name (:data:`ood_zoo.features.MODELS`) or a local model directory.
+        A registered model name (``ood-zoo models``) or a local model directory.
     out_dir : path-like, optional
         If given, ``demo.json`` (rows, settings, versions, timings) is written there atomically.
     progress : bool
@@ -156,7 +156,7 @@ def _run(
 
     # Features: one model load, one pass per set.
     tick = time.perf_counter()
-    spec = MODELS.get(model)
+    spec = model_spec(model)
     pooling = pooling or (spec.pooling if spec else "mean")
     max_length = spec.max_length if spec else 512
     lm, tokenizer = load_model(model)

@@ -8,7 +8,7 @@
 from __future__ import annotations
 
 from .corpora import (
-    DATASETS,
+    BUILTIN_DATASETS,
     TextSet,
     bbc_news,
     chitchat,
@@ -19,9 +19,11 @@ from .corpora import (
     subsample,
 )
 from .packages import MissingPackageError, package_dir, package_file, package_version
+from .spec import DatasetSpec
 
 __all__ = [
-    "DATASETS",
+    "BUILTIN_DATASETS",
+    "DatasetSpec",
     "MissingPackageError",
     "TextSet",
     "bbc_news",

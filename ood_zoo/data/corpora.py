@@ -30,16 +30,17 @@ import io
 import itertools
 import json
 import numbers
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
 
 from .packages import package_file
+from .spec import DatasetSpec
 
 __all__ = [
-    "DATASETS",
+    "BUILTIN_DATASETS",
     "TextSet",
     "bbc_news",
     "chitchat",
@@ -250,22 +251,24 @@ def bbc_news() -> TextSet:
     return TextSet("bbc_news", kept, y, topics, _BBC_SOURCE, _BBC_LICENSE)
 
 
-#: The dataset registry: name → reader. A later issue may make it pluggable.
-DATASETS: dict[str, Callable[[], TextSet]] = {
-    "rotten_tomatoes": rotten_tomatoes,
-    "rotten_tomatoes_plots": functools.partial(rotten_tomatoes, "plots"),
-    "chitchat": chitchat,
-    "bbc_news": bbc_news,
-}
+#: The offline corpora, registered by :mod:`ood_zoo.builtin` through ``ood_zoo_datasets``.
+BUILTIN_DATASETS: tuple[DatasetSpec, ...] = (
+    DatasetSpec("rotten_tomatoes", rotten_tomatoes, "Rotten Tomatoes critic snippets, "
+                "fresh/rotten (SST-2 stand-in)", _RT_SOURCE, _RT_LICENSE),
+    DatasetSpec("rotten_tomatoes_plots", functools.partial(rotten_tomatoes, "plots"),
+                "Rotten Tomatoes plot synopses (near-OOD for the reviews)", _RT_SOURCE,
+                _RT_LICENSE),
+    DatasetSpec("chitchat", chitchat, "chit-chat utterances (far-OOD)", _CC_SOURCE, _CC_LICENSE),
+    DatasetSpec("bbc_news", bbc_news, "BBC News articles in 5 topics (20NG stand-in)",
+                _BBC_SOURCE, _BBC_LICENSE),
+)
 
 
-def load_dataset(name: str) -> TextSet:
-    """Read registered dataset ``name`` (see :data:`DATASETS`)."""
-    try:
-        reader = DATASETS[name]
-    except KeyError:
-        raise KeyError(f"unknown dataset {name!r}; known: {', '.join(sorted(DATASETS))}") from None
-    return reader()
+def load_dataset(name: str, **options: object) -> TextSet:
+    """Load dataset ``name`` registered by any plugin (``ood-zoo datasets`` lists them)."""
+    from ..registry import get_registry
+
+    return get_registry().lookup("datasets", name).spec.load(**options)
 
 
 # ------------------------------------------------------------------------------ splits

@@ -15,7 +15,7 @@ name                      class                                       module
 ``residual``              :class:`ResidualDetector`                   :mod:`.residual`
 ========================  ==========================================  =========================
 
-They are registered through the plugin :mod:`ood_zoo.detectors.builtin`.
+They are registered through the plugin :mod:`ood_zoo.builtin`.
 """
 
 from __future__ import annotations
@@ -27,7 +27,21 @@ from .logits import EnergyDetector, MaxLogitDetector, MSPDetector
 from .mahalanobis import MahalanobisDetector, RelativeMahalanobisDetector
 from .residual import ResidualDetector
 
+BUILTIN_DETECTORS = (
+    CosineDetector,
+    KNNDetector,
+    MahalanobisDetector,
+    RelativeMahalanobisDetector,
+    MSPDetector,
+    MaxLogitDetector,
+    EnergyDetector,
+    LOFDetector,
+    GMMDetector,
+    ResidualDetector,
+)
+
 __all__ = [
+    "BUILTIN_DETECTORS",
     "CosineDetector",
     "EnergyDetector",
     "GMMDetector",

@@ -9,17 +9,18 @@ torch.Size([1, 384])
 from __future__ import annotations
 
 from .extract import extract, resolve_layers
-from .models import MODELS, ModelSpec, load_model, load_pretrained, minilm_dir
+from .models import BUILTIN_MODELS, ModelSpec, load_model, load_pretrained, minilm_dir, model_spec
 from .pooling import POOLING_MODES, pool
 
 __all__ = [
-    "MODELS",
+    "BUILTIN_MODELS",
     "POOLING_MODES",
     "ModelSpec",
     "extract",
     "load_model",
     "load_pretrained",
     "minilm_dir",
+    "model_spec",
     "pool",
     "resolve_layers",
 ]

@@ -152,7 +152,7 @@ def extract(
         The inputs, tokenised with special tokens (BOS, ``[CLS]``/``[SEP]``) as the model expects.
     model : transformers model, path or str
         A loaded model (then ``tokenizer`` is required), a local ``save_pretrained`` directory,
-        or a name registered in :data:`ood_zoo.features.models.MODELS` (``"minilm"``). Loading is
+        or a name registered in ``ood_zoo_models`` hook (``"minilm"``). Loading is
         offline (``local_files_only=True``).
     tokenizer : transformers tokenizer, optional
         Overrides the loaded model's own tokenizer.

