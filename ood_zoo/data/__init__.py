@@ -1,39 +1,100 @@
-"""Datasets: readers for the offline corpora and seeded, disjoint splits.
+"""Datasets: offline corpora, loaders for the paper's benchmarks, and seeded splits.
 
->>> from ood_zoo.data import rotten_tomatoes, split
->>> reviews = rotten_tomatoes()                                  # doctest: +SKIP
->>> bank, test = split(reviews, [1000, 500], seed=0, stratify=True)  # doctest: +SKIP
+>>> from ood_zoo.data import standard_splits, holdout_classes, bbc_news
+>>> splits = standard_splits("rotten_tomatoes", seed=0)     # doctest: +SKIP
+>>> bank = splits["validation"]                             # the paper fits on ID validation
+>>> id_set, ood_set = holdout_classes(bbc_news(), n_ood=2, seed=1)  # doctest: +SKIP
+>>> clinc = standard_splits("clinc150_banking", seed=1, root="~/data/clinc150")  # doctest: +SKIP
 """
 
 from __future__ import annotations
 
+from .benchmarks import (
+    CLINC_DOMAINS,
+    CLINC_PARAPHRASES,
+    DatasetFilesError,
+    banking77,
+    clinc150,
+    clinc150_domain,
+    clinc_heldout_intents,
+    imdb,
+    mnli,
+    multi30k,
+    newsgroups20,
+    rte,
+    sst2,
+    trec,
+    wmt16,
+)
+from .catalog import BUILTIN_DATASETS, list_datasets
 from .corpora import (
-    BUILTIN_DATASETS,
-    TextSet,
+    TWEET_DOMAINS,
     bbc_news,
     chitchat,
+    gsm8k,
     load_dataset,
     rotten_tomatoes,
+    sentiment_tweets,
     split,
     split_indices,
     subsample,
+    tweet_domain,
 )
 from .packages import MissingPackageError, package_dir, package_file, package_version
 from .spec import DatasetSpec
+from .splits import (
+    DEFAULT_FRACTIONS,
+    VALIDATION_FRACTION,
+    choose_id_classes,
+    few_shot,
+    holdout_classes,
+    near_ood_splits,
+    standard_splits,
+    train_val_test,
+)
+from .textset import TextSet
 
 __all__ = [
     "BUILTIN_DATASETS",
+    "CLINC_DOMAINS",
+    "CLINC_PARAPHRASES",
+    "DEFAULT_FRACTIONS",
+    "TWEET_DOMAINS",
+    "VALIDATION_FRACTION",
+    "DatasetFilesError",
     "DatasetSpec",
     "MissingPackageError",
     "TextSet",
+    "banking77",
     "bbc_news",
     "chitchat",
+    "choose_id_classes",
+    "clinc150",
+    "clinc150_domain",
+    "clinc_heldout_intents",
+    "few_shot",
+    "gsm8k",
+    "holdout_classes",
+    "imdb",
+    "list_datasets",
     "load_dataset",
+    "mnli",
+    "multi30k",
+    "near_ood_splits",
+    "newsgroups20",
     "package_dir",
     "package_file",
     "package_version",
     "rotten_tomatoes",
+    "rte",
+    "sentiment_tweets",
     "split",
     "split_indices",
+    "sst2",
+    "standard_splits",
     "subsample",
+    "train_val_test",
+    "trec",
+    "tweet_domain",
+    "wmt16",
 ]

