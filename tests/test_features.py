@@ -11,15 +11,34 @@ import pytest
 import torch
 import torch.nn.functional as F
 from tokenizers import Tokenizer, models, pre_tokenizers, processors
-from transformers import BertConfig, BertModel, LlamaConfig, LlamaModel, PreTrainedTokenizerFast
+from transformers import (
+    BertConfig,
+    BertModel,
+    LlamaConfig,
+    LlamaForCausalLM,
+    LlamaModel,
+    PreTrainedTokenizerFast,
+)
 
-from ood_zoo.features import extract, load_model, pool, resolve_layers
+from ood_zoo.features import (
+    PAPER_TEMPLATE,
+    Extraction,
+    Template,
+    extract,
+    label_token_ids,
+    load_model,
+    pool,
+    resolve_dtype,
+    resolve_layers,
+)
 
 WORDS = [
     "the", "a", "film", "movie", "is", "was", "great", "bad", "love", "hate", "this", "that",
     "i", "you", "we", "plot", "story", "actor", "scene", "long", "short", "very", "not",
-    "really", "boring", "fun", "it", "and",
+    "really", "boring", "fun", "it", "and", "review", "sentiment", ":",
 ]
+#: A template made of in-vocabulary words, so the tiny word-level tokenizer has no [UNK].
+TEMPLATE = "review : {text} sentiment :"
 TEXTS = [
     "i love this film",
     "the plot was very very long and the actor was not great",
@@ -37,7 +56,7 @@ def make_tokenizer(kind: str, padding_side: str) -> PreTrainedTokenizerFast:
     vocab = {token: i for i, token in enumerate(specials + WORDS)}
     backend = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
     backend.pre_tokenizer = pre_tokenizers.Whitespace()
-    if kind == "llama":
+    if kind.startswith("llama"):
         backend.post_processor = processors.TemplateProcessing(
             single="<s> $A", special_tokens=[("<s>", vocab["<s>"])]
         )
@@ -55,15 +74,16 @@ def make_tokenizer(kind: str, padding_side: str) -> PreTrainedTokenizerFast:
 
 
 def make_model(kind: str) -> torch.nn.Module:
+    """A tiny random model: ``llama`` (base), ``llama-lm`` (with LM head) or ``bert``."""
     torch.manual_seed(0)
     vocab_size = 5 + len(WORDS)
-    if kind == "llama":
+    if kind.startswith("llama"):
         config = LlamaConfig(
             vocab_size=vocab_size, hidden_size=32, intermediate_size=64,
             num_hidden_layers=N_LAYERS, num_attention_heads=4, num_key_value_heads=2,
             max_position_embeddings=64, pad_token_id=0,
         )
-        return LlamaModel(config).eval()
+        return (LlamaForCausalLM if kind == "llama-lm" else LlamaModel)(config).eval()
     config = BertConfig(
         vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=N_LAYERS,
         num_attention_heads=4, max_position_embeddings=64, pad_token_id=0,
@@ -283,3 +303,188 @@ def test_minilm_loads_offline_and_embeds_meaning():
     assert similar > 0.5 > unrelated + 0.2, (similar, unrelated)
     by_name = extract(texts[:1], "minilm", device="cpu", progress=False)
     torch.testing.assert_close(F.normalize(by_name, dim=-1), feats[:1], atol=1e-5, rtol=1e-5)
+
+
+# ---------------------------------------------------------------------------- templates
+
+
+def test_template_parse():
+    parsed = Template.parse(PAPER_TEMPLATE)
+    assert parsed == Template("### Input:\n", "\n\n### Output:\n")
+    assert parsed.format("hi") == PAPER_TEMPLATE.format(text="hi")
+    for bad in ["no slot", "{text} and {text}"]:
+        with pytest.raises(ValueError, match="exactly once"):
+            Template.parse(bad)
+
+
+@pytest.mark.parametrize("side", ["left", "right"])
+@pytest.mark.parametrize("pooling", ["last", "mean", "first"])
+def test_padded_batch_equals_text_alone_with_template(model, side, pooling):
+    kind, net = model
+    tokenizer = make_tokenizer(kind, side)
+    kw = {"pooling": pooling, "template": TEMPLATE}
+    batched = extract(TEXTS, net, tokenizer, batch_size=4, progress=False, **kw)
+    torch.testing.assert_close(batched, alone(TEXTS, net, tokenizer, **kw), atol=1e-5, rtol=1e-5)
+
+
+def test_template_equals_formatted_text(model):
+    """Without truncation, template ids are those of the formatted prompt."""
+    kind, net = model
+    tokenizer = make_tokenizer(kind, "right")
+    got = extract(TEXTS, net, tokenizer, pooling="last", template=TEMPLATE, progress=False)
+    formatted = [TEMPLATE.format(text=t) for t in TEXTS]
+    torch.testing.assert_close(got, extract(formatted, net, tokenizer, pooling="last",
+                                            progress=False), atol=1e-5, rtol=1e-5)
+
+
+def test_long_text_is_truncated_inside_the_template(model):
+    """Paper pitfall 8: the suffix survives, only the text's tokens are cut."""
+    kind, net = model
+    tokenizer = make_tokenizer(kind, "right")
+    from ood_zoo.features.encode import encode, special_frame
+
+    long = " ".join(["great"] * 100)
+    encoded, n_trailing = encode([long, "fun"], tokenizer, max_length=12,
+                                 template=Template.parse(TEMPLATE))
+    ids = encoded["input_ids"][0]
+    lead, trail = special_frame(tokenizer)
+    suffix = tokenizer("sentiment :", add_special_tokens=False)["input_ids"]
+    prefix = tokenizer("review :", add_special_tokens=False)["input_ids"]
+    assert len(ids) == 12
+    assert n_trailing == len(trail)
+    assert ids[: len(lead) + len(prefix)] == lead + prefix
+    assert ids[len(ids) - len(trail) - len(suffix):] == suffix + trail  # the suffix is kept
+    n_text = 12 - len(lead) - len(trail) - len(prefix) - len(suffix)
+    cut = " ".join(["great"] * n_text)
+    kw = {"pooling": "last", "template": TEMPLATE, "progress": False}
+    torch.testing.assert_close(extract([long], net, tokenizer, max_length=12, **kw),
+                               extract([cut], net, tokenizer, **kw), atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="no room for text"):
+        extract([long], net, tokenizer, max_length=4, **kw)
+
+
+# ---------------------------------------------------------------------------- label logits
+
+LABELS = ["bad", "great"]
+
+
+@pytest.fixture(scope="module")
+def lm():
+    return make_model("llama-lm")
+
+
+@pytest.mark.parametrize("side", ["left", "right"])
+@pytest.mark.parametrize("template", [None, TEMPLATE])
+def test_label_logits_padded_batch_equals_alone_and_full_forward(lm, side, template):
+    tokenizer = make_tokenizer("llama-lm", side)
+    kw = {"pooling": "last", "template": template, "label_words": LABELS, "progress": False}
+    out = extract(TEXTS, lm, tokenizer, batch_size=4, **kw)
+    assert isinstance(out, Extraction)
+    ids = [tokenizer.convert_tokens_to_ids(w) for w in LABELS]
+    assert out.label_token_ids == tuple(ids)
+    assert out.label_words == tuple(LABELS)
+    singles = [extract([t], lm, tokenizer, **kw) for t in TEXTS]
+    torch.testing.assert_close(out.features, torch.cat([s.features for s in singles]),
+                               atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(out.label_logits, torch.cat([s.label_logits for s in singles]),
+                               atol=1e-5, rtol=1e-5)
+    # the same numbers as the model's own full-sequence logits at the last position
+    with torch.inference_mode():
+        for i, text in enumerate(TEXTS):
+            prompt = text if template is None else template.format(text=text)
+            logits = lm(**tokenizer([prompt], return_tensors="pt")).logits[0, -1]
+            torch.testing.assert_close(out.label_logits[i], logits[ids], atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(out.vocab_logsumexp[i], torch.logsumexp(logits, -1),
+                                       atol=1e-5, rtol=1e-5)
+            probs = logits.softmax(-1)[ids]
+            torch.testing.assert_close(out.msp()[i], probs.max(), atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(out.energy(), torch.logsumexp(out.label_logits, 1))
+    assert out.label_logits.dtype == out.vocab_logsumexp.dtype == torch.float32
+    # features are those of extract without label words (backward compatible return type)
+    plain = extract(TEXTS, lm, tokenizer, pooling="last", template=template, progress=False)
+    assert isinstance(plain, torch.Tensor)
+    torch.testing.assert_close(out.features, plain)
+
+
+def test_label_head_runs_on_the_last_position_only(lm):
+    tokenizer = make_tokenizer("llama-lm", "right")
+    seen = []
+    hook = lm.get_output_embeddings().register_forward_hook(
+        lambda _m, args, _o: seen.append(tuple(args[0].shape)))
+    try:
+        extract(TEXTS, lm, tokenizer, label_words=LABELS, batch_size=4, progress=False)
+    finally:
+        hook.remove()
+    assert seen == [(4, 32), (2, 32)]
+
+
+def test_label_tokens_in_context_and_collisions():
+    tokenizer = make_tokenizer("llama-lm", "right")
+    parsed = Template.parse(TEMPLATE)
+    assert label_token_ids(tokenizer, ["great", "bad film"], parsed) == [
+        tokenizer.convert_tokens_to_ids("great"), tokenizer.convert_tokens_to_ids("bad")]
+    with pytest.raises(ValueError, match=r"'great' and 'great fun' share their first token"):
+        label_token_ids(tokenizer, ["great", "great fun"], parsed)
+    net = make_model("llama-lm")
+    with pytest.raises(ValueError, match="share their first token"):
+        extract(TEXTS, net, tokenizer, label_words=["zzz", "qqq"], progress=False)  # both [UNK]
+    with pytest.raises(ValueError, match="duplicates"):
+        extract(TEXTS, net, tokenizer, label_words=["bad", "bad"], progress=False)
+    with pytest.raises(ValueError, match="LM head"):
+        extract(TEXTS, make_model("llama"), tokenizer, label_words=LABELS, progress=False)
+
+
+def test_real_bpe_label_tokens_keep_leading_space_context():
+    """A byte-level BPE: ``negative`` after ``:\n`` is not `` negative`` (in-context rule)."""
+    from tokenizers import decoders
+    from tokenizers import models as tmodels
+
+    backend = Tokenizer(tmodels.BPE(
+        vocab={c: i for i, c in enumerate(["a", "b", "Ġ", "Ċ", "Ġa", "ab", "Ġab"])},
+        merges=[("Ġ", "a"), ("a", "b"), ("Ġa", "b")]))
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend)
+    vocab = tokenizer.get_vocab()
+    assert label_token_ids(tokenizer, ["ab"], Template.parse("{text}\n")) == [vocab["ab"]]
+    with pytest.warns(UserWarning, match="merges with the end of the template suffix"):
+        # " " + "ab" tokenises as "Ġab": the prompt ends with "Ġ", so the word stands alone
+        assert label_token_ids(tokenizer, ["ab"], Template.parse("{text} ")) == [vocab["ab"]]
+    assert label_token_ids(tokenizer, [" ab"]) == [vocab["Ġab"]]
+
+
+# ---------------------------------------------------------------------------- dtype, batching
+
+
+def test_resolve_dtype():
+    assert resolve_dtype("bfloat16") is resolve_dtype("bf16") is torch.bfloat16
+    assert resolve_dtype("float16") is resolve_dtype("fp16") is torch.float16
+    assert resolve_dtype("float32") is resolve_dtype(torch.float32) is torch.float32
+    assert resolve_dtype(None) is None
+    with pytest.raises(ValueError, match="unknown dtype"):
+        resolve_dtype("int8")
+
+
+def test_bfloat16_run_returns_float32_cpu_features():
+    net, tokenizer = make_model("llama-lm"), make_tokenizer("llama-lm", "right")
+    ref = extract(TEXTS, net, tokenizer, pooling="last", progress=False)
+    out = extract(TEXTS, net, tokenizer, pooling="last", dtype="bfloat16", label_words=LABELS,
+                  progress=False)
+    assert next(net.parameters()).dtype == torch.bfloat16
+    assert out.features.dtype == out.label_logits.dtype == torch.float32
+    assert out.features.device.type == "cpu"
+    assert F.cosine_similarity(out.features, ref).min() > 0.98
+
+
+def test_sort_by_length_switch_gives_the_same_features(model):
+    kind, net = model
+    tokenizer = make_tokenizer(kind, "right")
+    kw = {"pooling": "mean", "batch_size": 2, "progress": False}
+    torch.testing.assert_close(extract(TEXTS, net, tokenizer, sort_by_length=False, **kw),
+                               extract(TEXTS, net, tokenizer, **kw), atol=1e-5, rtol=1e-5)
+
+
+def test_device_map_is_only_for_loading(model):
+    kind, net = model
+    with pytest.raises(ValueError, match="device_map"):
+        extract(TEXTS, net, make_tokenizer(kind, "right"), device_map="auto", progress=False)
