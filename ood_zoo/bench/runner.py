@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 import traceback
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -150,11 +150,26 @@ def run_detectors(
     *,
     registry: Registry | None = None,
     detectors: Sequence[str] | None = None,
+    on_scores: Callable[[str, str, Any, Any], None] | None = None,
 ) -> list[dict[str, Any]]:
     """Fit each detector on ``bank`` and evaluate it on ``id_test`` against each OOD set.
 
     Every detector gets the same inputs: features, labels and logits (it uses what its
     ``requires`` declares) and its default hyperparameters.
+
+    Parameters
+    ----------
+    bank, id_test : FeatureSet
+        The fit set (with labels) and the ID test set.
+    ood_sets : sequence of FeatureSet
+        Each is evaluated on its own against ``id_test``.
+    registry : Registry, optional
+        Default :func:`~ood_zoo.registry.get_registry`.
+    detectors : sequence of str, optional
+        Detector names; default every registered one that a features+logits runner can feed.
+    on_scores : callable, optional
+        ``on_scores(detector, ood_name, id_scores, ood_scores)`` after each successful
+        evaluation, e.g. to keep scores for plots.
 
     Returns
     -------
@@ -196,6 +211,8 @@ def run_detectors(
                     row["score_s"] = id_s + time.perf_counter() - start
                     result = metrics.evaluate(id_scores, ood_scores)
                     row.update({key: result[key] for key in _METRIC_KEYS})
+                    if on_scores is not None:
+                        on_scores(name, ood.name, id_scores, ood_scores)
                 except Exception as exc:
                     row["error"] = _error(exc, f"score {ood.name}")
             rows.append(row)
