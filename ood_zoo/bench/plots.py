@@ -1,0 +1,160 @@
+"""Plots of a benchmark run: ROC curves and score histograms per setting, and the layer sweep.
+
+Needs matplotlib (``pip install 'ood_zoo[plots]'``). Without it, :func:`write_plots` prints one
+clear message and returns the reason; the tables and results files are written regardless.
+Figures are drawn on :class:`matplotlib.figure.Figure` objects (no pyplot, no global state) and
+written atomically as PNG.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+import sys
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from .. import metrics
+from ..io import atomic_write_bytes
+
+if TYPE_CHECKING:
+    from .zero_grad import BenchResult
+
+__all__ = ["MISSING_MATPLOTLIB", "plot_layer_sweep", "plot_setting", "write_plots"]
+
+MISSING_MATPLOTLIB = (
+    "matplotlib is not installed: plots skipped (results and tables are written). "
+    "Install it with: pip install 'ood_zoo[plots]'"
+)
+_HIST_BINS = 40
+
+
+def _figure_module() -> Any:
+    from matplotlib.figure import Figure
+
+    return Figure
+
+
+def slug(name: str) -> str:
+    """A file-name-safe form of a setting name (``far:rt>bbc`` → ``far_rt-bbc``)."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name.replace(">", "-").replace(":", "_")).strip("_")
+
+
+def _save(fig: Any, path: Path) -> str:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(path, buffer.getvalue())
+    return str(path)
+
+
+def plot_setting(
+    setting: str, scores: Mapping[str, tuple[np.ndarray, np.ndarray]], path: Path
+) -> str:
+    """ROC curves (left) and ID/OOD score histograms (one panel per detector) for one setting.
+
+    Parameters
+    ----------
+    setting : str
+        The title.
+    scores : mapping of str to (id_scores, ood_scores)
+        Per detector.
+    path : Path
+        Where the PNG goes.
+    """
+    figure_cls = _figure_module()
+    names = list(scores)
+    fig = figure_cls(figsize=(4.2 * (1 + len(names)), 3.6))
+    axes = fig.subplots(1, 1 + len(names), squeeze=False)[0]
+    roc = axes[0]
+    for name in names:
+        id_scores, ood_scores = scores[name]
+        fpr, tpr, _ = metrics.roc_curve(id_scores, ood_scores)
+        roc.plot(fpr, tpr, label=f"{name} ({metrics.auroc(id_scores, ood_scores):.3f})")
+    roc.plot([0, 1], [0, 1], color="0.7", linestyle=":", linewidth=1)
+    roc.set(xlabel="FPR (OOD accepted)", ylabel="TPR (ID accepted)", title=f"ROC: {setting}")
+    roc.legend(fontsize=8, loc="lower right")
+    for axis, name in zip(axes[1:], names, strict=True):
+        id_scores, ood_scores = (np.asarray(a, dtype=np.float64) for a in scores[name])
+        both = np.concatenate([id_scores, ood_scores])
+        low, high = float(both.min()), float(both.max())
+        bins = np.linspace(low, high if high > low else low + 1.0, _HIST_BINS + 1)
+        axis.hist(id_scores, bins=bins, alpha=0.55, density=True, label="ID test")
+        axis.hist(ood_scores, bins=bins, alpha=0.55, density=True, label="OOD")
+        axis.set(xlabel="score (higher = more ID)", title=name)
+        axis.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def plot_layer_sweep(
+    sweep_table: Sequence[Mapping[str, Any]], path: Path, *, n_states: int | None = None
+) -> str:
+    """AUROC against layer, one panel per detector, one line per setting (mean ± std band)."""
+    figure_cls = _figure_module()
+    by_detector: dict[str, dict[str, list[tuple[int, float, float]]]] = defaultdict(
+        lambda: defaultdict(list)
+    )
+    for row in sweep_table:
+        if row.get("auroc") is None:
+            continue
+        by_detector[row["detector"]][row["setting"]].append(
+            (int(row["layer"]), float(row["auroc"]), float(row.get("auroc_std") or 0.0))
+        )
+    detectors = list(by_detector)
+    fig = figure_cls(figsize=(6.5 * max(1, len(detectors)), 4.4))
+    axes = fig.subplots(1, max(1, len(detectors)), squeeze=False)[0]
+    from matplotlib import colormaps
+
+    palette = list(colormaps["tab20"].colors)  # more settings than the default 10 colours
+    for axis, detector in zip(axes, detectors, strict=False):
+        axis.set_prop_cycle(color=palette)
+        for setting, points in by_detector[detector].items():
+            points.sort()
+            layers = np.array([p[0] for p in points])
+            mean = np.array([p[1] for p in points])
+            std = np.array([p[2] for p in points])
+            style = "-" if setting.startswith("far") else "--"
+            (line,) = axis.plot(layers, mean, style, marker=".", label=setting)
+            axis.fill_between(layers, mean - std, mean + std, color=line.get_color(), alpha=0.12)
+        axis.set(xlabel="hidden state (0 = embeddings)", ylabel="AUROC", title=detector)
+        if n_states:
+            axis.set_xlim(-0.5, n_states - 0.5)
+        axis.grid(alpha=0.3)
+    if detectors:
+        axes[-1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    fig.suptitle("Layer sweep: AUROC per layer (solid far-OOD, dashed near-OOD)")
+    return _save(fig, path)
+
+
+def write_plots(
+    result: BenchResult, directory: Path, *, detectors: Sequence[str] | None = None
+) -> dict[str, Any]:
+    """Every plot of ``result`` into ``directory``.
+
+    Returns
+    -------
+    dict
+        ``{"files": [paths]}``, or ``{"skipped": reason}`` when matplotlib is missing.
+    """
+    from .zero_grad import PLOT_DETECTORS
+
+    try:
+        _figure_module()
+    except ImportError:
+        print(MISSING_MATPLOTLIB, file=sys.stderr)
+        return {"skipped": MISSING_MATPLOTLIB}
+    chosen = list(detectors or PLOT_DETECTORS)
+    files = []
+    for setting, per_detector in result.scores.items():
+        picked = {d: per_detector[d] for d in chosen if d in per_detector}
+        if picked:
+            files.append(plot_setting(setting, picked, directory / f"{slug(setting)}.png"))
+    if result.sweep_table:
+        n_states = result.meta.get("settings", {}).get("n_states")
+        files.append(plot_layer_sweep(result.sweep_table, directory / "layer_sweep.png",
+                                      n_states=n_states))
+    return {"files": files}
