@@ -1,5 +1,5 @@
 # Two set-up commands for a fresh clone (see README):
-#   make demo   create/reuse .venv, install ood_zoo, run a small end-to-end evaluation
+#   make demo   create/reuse .venv, install ood_zoo, run the zero-grad benchmark on SmolLM2-135M
 #   make test   create/reuse .venv, install ood_zoo with its dev tools, run lint and tests
 PYTHON ?= python3
 VENV   ?= .venv
@@ -37,9 +37,10 @@ $(VENV)/.demo-data: $(VENV)/.installed Makefile
 
 install: $(VENV)/.installed
 
+# The main job: the paper's zero-grad experiment on the embedded SmolLM2-135M (subsampled; ~4 min).
 demo: $(VENV)/.installed $(VENV)/.demo-data
 	$(BIN)/ood-zoo doctor
-	$(BIN)/ood-zoo demo --out results/demo
+	$(BIN)/ood-zoo bench --suite zero-grad --model smollm2-135m --out results/zero-grad-smollm2-135m
 
 lint: $(VENV)/.installed
 	$(BIN)/ruff check .
