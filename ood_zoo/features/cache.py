@@ -16,7 +16,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -24,6 +23,7 @@ from typing import Any
 
 import torch
 
+from ..io import atomic_write_bytes
 from .models import cache_root
 
 __all__ = [
@@ -87,33 +87,14 @@ def _checksum(tensors: Mapping[str, torch.Tensor]) -> str:
 
 
 def write_entry(path: Path, tensors: Mapping[str, torch.Tensor], key: Mapping[str, Any]) -> None:
-    """Write ``tensors`` (CPU) with ``key`` atomically: temp file, fsync, rename, fsync dir."""
+    """Write ``tensors`` (CPU) with ``key`` atomically (:func:`ood_zoo.io.atomic_write_bytes`)."""
     from safetensors.torch import save
 
     tensors = {name: t.detach().cpu().contiguous() for name, t in tensors.items()}
     meta = {"format": FORMAT, "key": _canonical(key), "checksum": _checksum(tensors)}
     data = save(tensors, metadata=meta)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem[:16]}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    try:  # make the rename itself durable
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(dir_fd)
-    except OSError:
-        pass
-    finally:
-        os.close(dir_fd)
+    atomic_write_bytes(path, data)
 
 
 def read_entry(
