@@ -7,7 +7,11 @@
 // a zero vector at similarity 0; metric="l2": Euclidean distances |q - b|, ascending. The bank is
 // processed tile_rows rows at a time, so the [Q, N] matrix never exists. Inputs may be float32,
 // float64, bfloat16 or float16; values are float64 for float64 queries and float32 otherwise.
-// Indices are int64 rows of the bank; equal values rank by the lower index.
+// Indices are int64 rows of the bank; equal values rank by the lower index. The CPU kernel raises
+// "knn: bank row <i> is not finite" for a bank row holding NaN or Inf (checked in its norm pass).
+//
+// knn_bf16_update (csrc/cpu/knn_bf16_cpu.cpp) is the bf16-GEMM, exact-re-rank variant used by
+// ops.knn(precision="bf16"): it updates caller-owned top-k heaps chunk by chunk.
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/library.h>
 

@@ -15,10 +15,31 @@ Backends (``OOD_ZOO_BACKEND``, see :func:`backend`):
 ``faiss``
     kNN through ``faiss.IndexFlatIP`` / ``IndexFlatL2`` per chunk, always in fp32;
     :func:`mahalanobis` uses ``torch``.
+
+kNN precision (``knn(..., precision=...)``, default from ``OOD_ZOO_KNN_PRECISION``, see
+:func:`knn_precision`):
+
+``exact`` (the default)
+    Every GEMM in fp32 (fp64 for fp64 queries).
+``bf16``
+    Still an exact result, faster where the CPU multiplies bf16 natively (AVX512-BF16 or AMX):
+    the ``ext`` backend runs each bank tile's GEMM in bf16 with fp32 accumulation, bounds the
+    error of every approximate score rigorously (per query and per bank row, from the actual
+    bf16 rounding residuals), and re-scores exactly (double accumulation, from the bank rows as
+    stored) every row whose bound could still place it in the top-k. A query that would need
+    more than :data:`BF16_MAX_RESCORE` (or ``32 k``) re-scores is recomputed in fp32. The
+    result is the top-k of the exactly computed scores, the same as ``exact`` up to fp32
+    rounding of near-ties. A bank stored in bf16 (a bf16 tensor, or a uint16 ``.npy`` of bf16
+    bits viewed as bf16) is used without conversion. Everywhere else (no native bf16 GEMM, the
+    ``torch``/``faiss`` backends, CUDA or fp64 queries) ``bf16`` computes as ``exact``. The
+    bound assumes the bf16 matmul accumulates in fp32 (as oneDNN's does).
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import math
 import os
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Literal
@@ -40,6 +61,42 @@ CHUNK_BYTES = 256 * 2**20
 _NORM_EPS = 1e-12
 
 BACKENDS = ("torch", "ext", "faiss")
+PRECISIONS = ("exact", "bf16")
+#: Exact re-scores one query may need in ``precision="bf16"`` (at least ``32 k``) before it is
+#: recomputed in fp32 instead (adversarial near-ties, or data on which bf16 cannot separate).
+BF16_MAX_RESCORE = 4096
+
+
+def knn_precision() -> str:
+    """The default kNN precision: ``OOD_ZOO_KNN_PRECISION`` (``exact`` or ``bf16``), else exact.
+
+    Raises
+    ------
+    ValueError
+        If ``OOD_ZOO_KNN_PRECISION`` names no precision in :data:`PRECISIONS`.
+    """
+    name = os.environ.get("OOD_ZOO_KNN_PRECISION", "").strip().lower() or "exact"
+    if name not in PRECISIONS:
+        raise ValueError(f"OOD_ZOO_KNN_PRECISION={name!r} is not one of {list(PRECISIONS)}")
+    return name
+
+
+@functools.cache
+def bf16_gemm_native() -> bool:
+    """Whether this CPU multiplies bf16 natively (AVX512-BF16 or AMX-BF16), per /proc/cpuinfo.
+
+    Without it (e.g. AVX2-only CPUs) torch's bf16 matmul is emulated and slower than fp32, so
+    ``precision="bf16"`` runs the exact fp32 kernel instead.
+    """
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    return bool({"avx512_bf16", "amx_bf16"} & flags)
+    except OSError:
+        pass
+    return False
 
 
 def _requested_backend() -> str | None:
@@ -120,22 +177,58 @@ def describe_backend() -> dict[str, Any]:
         "cuda_extension": _ext.cuda_available(),
         "load_error": _ext.load_error(),
         "cuda_load_error": _ext.cuda_load_error(),
+        "knn_precision": _describe_precision(),
+        "bf16_gemm_native": bf16_gemm_native(),
         "torch_threads": torch.get_num_threads(),
         "faiss_threads": faiss_threads,
     }
 
 
-def _bank_shards(bank: Bank) -> list[torch.Tensor]:
+def _describe_precision() -> str:
+    try:
+        return knn_precision()
+    except ValueError as exc:
+        return f"error: {exc}"
+
+
+def _bank_matrix(shard: ArrayLike, *, check_values: bool) -> torch.Tensor:
+    if check_values:
+        return check_matrix(shard, name="bank", allow_empty=True)
+    tensor = as_tensor(shard, name="bank")
+    # every check but finiteness (the kernel reports non-finite rows; see _kernel_finite_check)
+    check_matrix(tensor[:0] if tensor.dim() == 2 else tensor, name="bank", allow_empty=True)
+    return tensor
+
+
+def _bank_shards(bank: Bank, *, check_values: bool = True) -> list[torch.Tensor]:
     shards = list(bank) if isinstance(bank, list | tuple) else [bank]
     if not shards:
         raise InputError("bank: no shards given")
-    tensors = [check_matrix(s, name="bank", allow_empty=True) for s in shards]
+    tensors = [_bank_matrix(s, check_values=check_values) for s in shards]
     widths = {t.shape[1] for t in tensors}
     if len(widths) != 1:
         raise InputError(f"bank: shards have different feature dimensions {sorted(widths)}")
     if sum(t.shape[0] for t in tensors) == 0:
         raise InputError("bank: empty input")
     return tensors
+
+
+@contextlib.contextmanager
+def _kernel_finite_check(shards: list[torch.Tensor]) -> Iterator[None]:
+    """Turn the CPU kernels' "bank row ... is not finite" into the usual :class:`InputError`.
+
+    The CPU kernels compute every bank row's squared norm in double anyway, so they check the
+    bank's finiteness for free; a separate ``isfinite`` pass over a multi-GB bank cost about a
+    quarter of the search time. Only on failure is the bank scanned here, to name the row.
+    """
+    try:
+        yield
+    except RuntimeError as exc:
+        if "is not finite" not in str(exc):
+            raise
+        for shard in shards:
+            check_finite(shard, name="bank")
+        raise InputError(f"bank: a row's squared norm overflows ({exc})") from exc
 
 
 def _chunks(shards: list[torch.Tensor], rows: int) -> Iterator[tuple[int, torch.Tensor]]:
@@ -165,6 +258,7 @@ def knn(
     metric: Metric = "cosine",
     *,
     chunk_rows: int | None = None,
+    precision: str | None = None,
 ) -> tuple[ArrayLike, ArrayLike]:
     """Exact k nearest neighbours of each query in a bank, streamed over the bank.
 
@@ -184,6 +278,9 @@ def knn(
     chunk_rows : int, optional
         Bank rows per tile (one ``[Q, chunk_rows]`` similarity block); by default chosen to
         bound scratch memory.
+    precision : {"exact", "bf16"}, optional
+        How the GEMMs run; both give exact results (see the module docstring). By default
+        ``OOD_ZOO_KNN_PRECISION``, else ``"exact"``.
 
     Returns
     -------
@@ -195,7 +292,10 @@ def knn(
     if metric not in ("cosine", "l2"):
         raise ValueError(f"metric must be 'cosine' or 'l2', got {metric!r}")
     q = check_matrix(queries, name="queries")
-    shards = _bank_shards(bank)
+    name = _backend_for(q.device)
+    # The CPU kernels check the bank's finiteness themselves, in the same pass.
+    kernel_checks = name == "ext" and q.device.type == "cpu"
+    shards = _bank_shards(bank, check_values=not kernel_checks)
     n_bank = sum(s.shape[0] for s in shards)
     if shards[0].shape[1] != q.shape[1]:
         raise InputError(
@@ -207,10 +307,18 @@ def knn(
         raise InputError(f"k={k} is larger than the bank ({n_bank} rows)")
     if chunk_rows is not None and chunk_rows < 1:
         raise ValueError(f"chunk_rows must be positive, got {chunk_rows}")
+    if precision is None:
+        precision = knn_precision()
+    elif precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {list(PRECISIONS)}, got {precision!r}")
     rows = chunk_rows or default_chunk_rows(q.shape[0], q.shape[1])
-    name = _backend_for(q.device)
+    fast = precision == "bf16" and kernel_checks and q.dtype != torch.float64
     if name == "ext":
-        values, indices = _knn_ext(q, shards, k, metric, rows)
+        with _kernel_finite_check(shards) if kernel_checks else contextlib.nullcontext():
+            if fast and bf16_gemm_native():
+                values, indices = _knn_ext_bf16(q, shards, k, metric, rows)
+            else:
+                values, indices = _knn_ext(q, shards, k, metric, rows)
     elif name == "faiss":
         values, indices = _knn_faiss(q, shards, k, metric, rows)
     else:
@@ -284,6 +392,41 @@ def _knn_ext(
 
     stream = _stream_rows(rows, q.shape[1], q.element_size())
     return _stream_topk(shards, k, metric == "cosine", stream, search)
+
+
+def _knn_ext_bf16(
+    q: torch.Tensor, shards: list[torch.Tensor], k: int, metric: Metric, rows: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``torch.ops.ood_zoo.knn_bf16_update`` per chunk: bf16 GEMM tiles, exact re-rank.
+
+    The op keeps one exact top-k heap per query across chunks (float64 values, worst first;
+    sentinels of index int64-max lose every tie). Overflowed queries are recomputed in fp32.
+    """
+    cosine = metric == "cosine"
+    qf = q.to(torch.float32).contiguous()
+    n_q = qf.shape[0]
+    values = torch.full((n_q, k), -math.inf if cosine else math.inf, dtype=torch.float64)
+    indices = torch.full((n_q, k), torch.iinfo(torch.int64).max, dtype=torch.int64)
+    counts = torch.zeros(n_q, dtype=torch.int64)
+    cap = max(BF16_MAX_RESCORE, 32 * k)
+    for offset, chunk in _chunks(shards, _stream_rows(rows, q.shape[1], 4)):
+        if chunk.shape[0]:
+            torch.ops.ood_zoo.knn_bf16_update(
+                qf, chunk.contiguous(), offset, values, indices, counts, metric, rows, cap
+            )
+    # best first; equal values by the lower index
+    by_index = indices.argsort(dim=1)
+    values, indices = values.gather(1, by_index), indices.gather(1, by_index)
+    order = values.argsort(dim=1, descending=cosine, stable=True)
+    values, indices = values.gather(1, order), indices.gather(1, order)
+    if not cosine:
+        values = values.sqrt()
+    values = values.to(torch.float32)
+    overflow = (counts < 0).nonzero().squeeze(1)
+    if overflow.numel():
+        exact_values, exact_indices = _knn_ext(qf[overflow], shards, k, metric, rows)
+        values[overflow], indices[overflow] = exact_values, exact_indices
+    return values, indices
 
 
 def _normalise_rows(x: torch.Tensor) -> torch.Tensor:

@@ -12,16 +12,61 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdint>
+#include <limits>
 #include <numeric>
 #include <tuple>
 #include <vector>
 
 #include "../common.h"
 
+#if defined(__GNUC__) && defined(__x86_64__) && !defined(__clang__)
+#define OOD_ZOO_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
+#else
+#define OOD_ZOO_CLONES
+#endif
+
 namespace ood_zoo {
 namespace {
+
+// Candidates are screened a block at a time: one vectorised best-of-block against the heap's
+// worst entry skips most blocks. The block helpers evaluate exactly the per-element expressions
+// of knn_kernel (a lone product; a sum whose -2 s term is exact), so screening never changes
+// which candidate enters.
+constexpr int64_t kScreenBlock = 64;
+
+template <typename T>
+OOD_ZOO_CLONES T block_max_scaled(const T* s, const T* scale, int64_t n) {
+  T m = -std::numeric_limits<T>::infinity();
+#pragma omp simd reduction(max : m)
+  for (int64_t j = 0; j < n; ++j) {
+    m = std::max(m, s[j] * scale[j]);
+  }
+  return m;
+}
+
+// sum of squares in double (vectorised: the simd reduction may reassociate the sum).
+template <typename T>
+OOD_ZOO_CLONES double sum_sq(const T* x, int64_t n) {
+  double acc = 0.0;
+#pragma omp simd reduction(+ : acc)
+  for (int64_t j = 0; j < n; ++j) {
+    acc += static_cast<double>(x[j]) * static_cast<double>(x[j]);
+  }
+  return acc;
+}
+
+template <typename T>
+OOD_ZOO_CLONES T block_min_l2(const T* s, const T* bb, T qq, int64_t n) {
+  T m = std::numeric_limits<T>::infinity();
+#pragma omp simd reduction(min : m)
+  for (int64_t j = 0; j < n; ++j) {
+    m = std::min(m, std::max(qq + bb[j] - T(2) * s[j], T(0)));
+  }
+  return m;
+}
 
 // Ranking order: similarities descend (Largest), distances ascend; ties go to the lower index.
 template <typename T, bool Largest>
@@ -72,10 +117,11 @@ inline void heap_replace_root(T* hv, int64_t* hi, int64_t k, T v, int64_t i) {
   hi[pos] = i;
 }
 
-// Offer candidates offset + j (j < n, value score(j)) to one query's heap holding `filled` entries.
-template <typename T, bool Largest, typename Score>
-inline void offer_tile(const Score& score, int64_t n, int64_t offset, T* hv, int64_t* hi,
-                       int64_t k, int64_t filled) {
+// Offer candidates offset + j (j < n, value score(j)) to one query's heap holding `filled` entries;
+// block_best(j, len) is the best score(j .. j + len - 1).
+template <typename T, bool Largest, typename Score, typename BlockBest>
+inline void offer_tile(const Score& score, const BlockBest& block_best, int64_t n, int64_t offset,
+                       T* hv, int64_t* hi, int64_t k, int64_t filled) {
   int64_t j = 0;
   for (; j < n && filled < k; ++j, ++filled) {
     heap_push<T, Largest>(hv, hi, filled, score(j), offset + j);
@@ -84,31 +130,45 @@ inline void offer_tile(const Score& score, int64_t n, int64_t offset, T* hv, int
     return;
   }
   T worst = hv[0];
-  for (; j < n; ++j) {
-    const T v = score(j);
+  while (j < n) {
+    const int64_t end = std::min(n, j + kScreenBlock);
+    const T best = block_best(j, end - j);
     // A later candidate never wins a tie, so a strict comparison decides entry.
-    if (Largest ? v > worst : v < worst) {
-      heap_replace_root<T, Largest>(hv, hi, k, v, offset + j);
-      worst = hv[0];
+    if (!(Largest ? best > worst : best < worst)) {
+      j = end;
+      continue;
+    }
+    for (; j < end; ++j) {
+      const T v = score(j);
+      if (Largest ? v > worst : v < worst) {
+        heap_replace_root<T, Largest>(hv, hi, k, v, offset + j);
+        worst = hv[0];
+      }
     }
   }
 }
 
-// out[i] = |row i|^2 (accumulated in double), or 1 / max(|row i|, eps) when `inverse`.
+// out[i] = |row i|^2 (accumulated in double), or 1 / max(|row i|, eps) when `inverse`. Returns the
+// first row whose squared norm is not finite (the row holds NaN or Inf), or -1: the bank's
+// finiteness check comes for free here instead of costing ops.py a separate pass over the bank.
 template <typename T>
-void row_norms(const T* a, int64_t rows, int64_t cols, bool inverse, T* out) {
+int64_t row_norms(const T* a, int64_t rows, int64_t cols, bool inverse, T* out) {
+  std::atomic<int64_t> first_bad{std::numeric_limits<int64_t>::max()};
   at::parallel_for(0, rows, std::max<int64_t>(1, 32768 / std::max<int64_t>(cols, 1)),
                    [&](int64_t begin, int64_t end) {
                      for (int64_t r = begin; r < end; ++r) {
-                       const T* row = a + r * cols;
-                       double acc = 0.0;
-                       for (int64_t c = 0; c < cols; ++c) {
-                         acc += static_cast<double>(row[c]) * static_cast<double>(row[c]);
+                       const double acc = sum_sq<T>(a + r * cols, cols);
+                       if (!std::isfinite(acc)) {
+                         int64_t seen = first_bad.load();
+                         while (r < seen && !first_bad.compare_exchange_weak(seen, r)) {
+                         }
                        }
                        out[r] = inverse ? static_cast<T>(1.0 / std::max(std::sqrt(acc), kNormEps))
                                         : static_cast<T>(acc);
                      }
                    });
+  const int64_t bad = first_bad.load();
+  return bad == std::numeric_limits<int64_t>::max() ? -1 : bad;
 }
 
 template <typename T, bool Largest>
@@ -143,7 +203,9 @@ void knn_kernel(const at::Tensor& queries, const at::Tensor& bank, int64_t k, in
   for (int64_t start = 0; start < n_bank; start += tile) {
     const int64_t n = std::min(tile, n_bank - start);
     const at::Tensor b = bank.narrow(0, start, n).to(q.scalar_type()).contiguous();
-    row_norms<T>(b.const_data_ptr<T>(), n, d, /*inverse=*/Largest, b_term.data());
+    const int64_t bad = row_norms<T>(b.const_data_ptr<T>(), n, d, /*inverse=*/Largest,
+                                     b_term.data());
+    TORCH_CHECK(bad < 0, "knn: bank row ", start + bad, " is not finite (NaN or Inf)");
     const at::Tensor s = q.mm(b.t());  // [nq, n], row-major
     const T* sp = s.const_data_ptr<T>();
     const T* bt = b_term.data();
@@ -154,13 +216,16 @@ void knn_kernel(const at::Tensor& queries, const at::Tensor& bank, int64_t k, in
         T* hv = heap_v.data() + r * k;
         int64_t* hi = heap_i.data() + r * k;
         if constexpr (Largest) {
-          offer_tile<T, Largest>([&](int64_t j) { return row[j] * bt[j]; }, n, start, hv, hi, k,
-                                 filled);
+          offer_tile<T, Largest>(
+              [&](int64_t j) { return row[j] * bt[j]; },
+              [&](int64_t j, int64_t len) { return block_max_scaled<T>(row + j, bt + j, len); },
+              n, start, hv, hi, k, filled);
         } else {
           const T qq = q_term[r];
           offer_tile<T, Largest>(
-              [&](int64_t j) { return std::max(qq + bt[j] - T(2) * row[j], T(0)); }, n, start,
-              hv, hi, k, filled);
+              [&](int64_t j) { return std::max(qq + bt[j] - T(2) * row[j], T(0)); },
+              [&](int64_t j, int64_t len) { return block_min_l2<T>(row + j, bt + j, qq, len); },
+              n, start, hv, hi, k, filled);
         }
       }
     });
