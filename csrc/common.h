@@ -8,6 +8,13 @@
 
 #include <cstdint>
 
+// Hot CPU loops get an AVX2/FMA (x86-64-v3) clone beside the baseline, picked at load time.
+#if defined(__GNUC__) && defined(__x86_64__) && !defined(__clang__)
+#define OOD_ZOO_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
+#else
+#define OOD_ZOO_CLONES
+#endif
+
 namespace ood_zoo {
 
 //! Smallest norm treated as non-zero when normalising for cosine similarity (as in ops.py).

@@ -22,12 +22,6 @@
 
 #include "../common.h"
 
-#if defined(__GNUC__) && defined(__x86_64__) && !defined(__clang__)
-#define OOD_ZOO_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
-#else
-#define OOD_ZOO_CLONES
-#endif
-
 namespace ood_zoo {
 namespace {
 
