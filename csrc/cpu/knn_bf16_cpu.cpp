@@ -35,6 +35,7 @@
 #include <vector>
 
 #include "../common.h"
+#include "topk_heap.h"
 
 namespace ood_zoo {
 namespace {
@@ -145,37 +146,6 @@ OOD_ZOO_CLONES void block_min_l2(const uint16_t* s, const float* bb, int64_t n, 
 }
 
 // ------------------------------------------------------------------ heaps
-
-// Exact top-k heap of one query, worst entry at the root; ranking as in knn_cpu.cpp.
-template <bool Largest>
-inline bool better(double av, int64_t ai, double bv, int64_t bi) {
-  if (av != bv) {
-    return Largest ? av > bv : av < bv;
-  }
-  return ai < bi;
-}
-
-template <bool Largest>
-void heap_replace_root(double* hv, int64_t* hi, int64_t k, double v, int64_t i) {
-  int64_t pos = 0;
-  while (true) {
-    int64_t child = 2 * pos + 1;
-    if (child >= k) {
-      break;
-    }
-    if (child + 1 < k && better<Largest>(hv[child], hi[child], hv[child + 1], hi[child + 1])) {
-      ++child;
-    }
-    if (!better<Largest>(v, i, hv[child], hi[child])) {
-      break;
-    }
-    hv[pos] = hv[child];
-    hi[pos] = hi[child];
-    pos = child;
-  }
-  hv[pos] = v;
-  hi[pos] = i;
-}
 
 // Bounded heap of floats keeping the k best bounds (largest if Largest), worst at the root.
 template <bool Largest>
@@ -479,8 +449,8 @@ void update_kernel(const at::Tensor& q, const at::Tensor& bank, int64_t offset,
                                 : sqdist_f32(qrow, bfp + j * d, d);
             }
             const int64_t idx = base + j;
-            if (better<Largest>(exact, idx, hv[0], hi[0])) {
-              heap_replace_root<Largest>(hv, hi, k, exact, idx);
+            if (better<double, Largest>(exact, idx, hv[0], hi[0])) {
+              heap_replace_root<double, Largest>(hv, hi, k, exact, idx);
               const float t = exact_threshold();
               thr = Cosine ? std::max(thr, t) : std::min(thr, t);
             }

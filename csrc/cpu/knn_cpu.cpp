@@ -21,6 +21,7 @@
 #include <vector>
 
 #include "../common.h"
+#include "topk_heap.h"
 
 namespace ood_zoo {
 namespace {
@@ -60,55 +61,6 @@ OOD_ZOO_CLONES T block_min_l2(const T* s, const T* bb, T qq, int64_t n) {
     m = std::min(m, std::max(qq + bb[j] - T(2) * s[j], T(0)));
   }
   return m;
-}
-
-// Ranking order: similarities descend (Largest), distances ascend; ties go to the lower index.
-template <typename T, bool Largest>
-inline bool better(T av, int64_t ai, T bv, int64_t bi) {
-  if (av != bv) {
-    return Largest ? av > bv : av < bv;
-  }
-  return ai < bi;
-}
-
-// Insert into a heap of `size` < k entries whose root is the worst one.
-template <typename T, bool Largest>
-inline void heap_push(T* hv, int64_t* hi, int64_t size, T v, int64_t i) {
-  int64_t pos = size;
-  while (pos > 0) {
-    const int64_t parent = (pos - 1) / 2;
-    if (!better<T, Largest>(hv[parent], hi[parent], v, i)) {
-      break;
-    }
-    hv[pos] = hv[parent];
-    hi[pos] = hi[parent];
-    pos = parent;
-  }
-  hv[pos] = v;
-  hi[pos] = i;
-}
-
-// Replace the root (the worst entry) of a full heap of k entries and sift the newcomer down.
-template <typename T, bool Largest>
-inline void heap_replace_root(T* hv, int64_t* hi, int64_t k, T v, int64_t i) {
-  int64_t pos = 0;
-  while (true) {
-    int64_t child = 2 * pos + 1;
-    if (child >= k) {
-      break;
-    }
-    if (child + 1 < k && better<T, Largest>(hv[child], hi[child], hv[child + 1], hi[child + 1])) {
-      ++child;  // descend towards the worse child
-    }
-    if (!better<T, Largest>(v, i, hv[child], hi[child])) {
-      break;
-    }
-    hv[pos] = hv[child];
-    hi[pos] = hi[child];
-    pos = child;
-  }
-  hv[pos] = v;
-  hi[pos] = i;
 }
 
 // Offer candidates offset + j (j < n, value score(j)) to one query's heap holding `filled` entries;
