@@ -27,7 +27,6 @@ import os
 import platform
 import sys
 from collections.abc import Sequence
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -178,17 +177,12 @@ def doctor_report() -> dict[str, Any]:
     """Versions, kernel backend, thread counts and CUDA status, as a dict."""
     import torch
 
-    from . import __version__, ops
+    from . import ops
+    from .bench.runner import package_versions
 
-    versions = {"python": platform.python_version(), "ood_zoo": __version__}
-    for dist in ("torch", "numpy", "transformers", "faiss-cpu", "scikit-learn", "pluggy",
-                 "safetensors"):
-        try:
-            versions[dist] = metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            versions[dist] = None
-    describe = getattr(ops, "describe_backend", None)
-    kernel = describe() if describe else {"backend": ops.backend()}
+    versions = package_versions(("torch", "numpy", "transformers", "faiss-cpu", "scikit-learn",
+                                 "pluggy", "safetensors"))
+    kernel = ops.describe_backend()
     cuda = {
         "available": torch.cuda.is_available(),
         "torch_cuda_version": torch.version.cuda,

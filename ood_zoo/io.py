@@ -40,7 +40,8 @@ FILE_MODE = 0o644
 D = TypeVar("D", bound="Detector")
 
 
-def _sha256(path: Path) -> str:
+def sha256_file(path: Path) -> str:
+    """Hex SHA-256 of a file, read in 4 MiB blocks."""
     digest = hashlib.sha256()
     with path.open("rb") as handle:
         for block in iter(lambda: handle.read(1 << 22), b""):
@@ -89,7 +90,7 @@ def save_detector(detector: Detector, path: str | Path) -> Path:
         tmp.chmod(FILE_MODE)  # mkstemp and safetensors create 0600
         with tmp.open("rb") as handle:
             os.fsync(handle.fileno())
-        sha = _sha256(tmp)
+        sha = sha256_file(tmp)
         tensor_file = directory / f"tensors-{sha[:16]}.safetensors"
         os.replace(tmp, tensor_file)
     except BaseException:
@@ -194,7 +195,7 @@ def _read_tensors(directory: Path, manifest: dict[str, Any]) -> dict[str, torch.
             f"{tensor_path} is {size} bytes but {manifest.get('bytes')} were saved: truncated "
             f"or modified"
         )
-    if _sha256(tensor_path) != manifest.get("sha256"):
+    if sha256_file(tensor_path) != manifest.get("sha256"):
         raise PersistenceError(f"{tensor_path} does not match its saved SHA-256: modified")
     try:
         tensors = load_file(str(tensor_path))

@@ -14,7 +14,7 @@ import torch
 
 import ood_zoo
 from ood_zoo.bench import FeatureSet, fit_probe, probe_logits, run_detectors, usable_detectors
-from ood_zoo.bench.demo import DEFAULT_THREADS, _threads
+from ood_zoo.bench.runner import DEFAULT_THREADS, bench_threads
 from ood_zoo.registry import BUILTIN_PLUGIN, Registry
 
 # ---------------------------------------------------------------------------- runner
@@ -99,11 +99,11 @@ def test_run_detectors_reports_errors_as_rows_and_skips_lm_detectors():
 
 def test_threads_respect_omp_num_threads(monkeypatch):
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    assert _threads() == 1
+    assert bench_threads() == 1
     monkeypatch.setenv("OMP_NUM_THREADS", "nonsense")
-    assert _threads() == DEFAULT_THREADS
+    assert bench_threads() == DEFAULT_THREADS
     monkeypatch.delenv("OMP_NUM_THREADS")
-    assert _threads() == DEFAULT_THREADS
+    assert bench_threads() == DEFAULT_THREADS
 
 
 # ---------------------------------------------------------------------------- the demo

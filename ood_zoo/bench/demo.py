@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -27,17 +26,25 @@ from typing import Any
 import numpy as np
 import torch
 
-from .. import __version__, metrics
-from ..data import chitchat, package_version, rotten_tomatoes, split, subsample
+from .. import metrics
+from ..data import chitchat, rotten_tomatoes, split, subsample
 from ..features import extract, load_model, model_spec
 from ..io import atomic_write_bytes
 from ..registry import get_registry
-from .runner import FeatureSet, fit_probe, probe_logits, run_detectors, usable_detectors
+from .runner import (
+    DEFAULT_THREADS,
+    FeatureSet,
+    bench_threads,
+    fit_probe,
+    package_versions,
+    probe_logits,
+    run_detectors,
+    usable_detectors,
+)
 
 __all__ = ["DEFAULT_THREADS", "run_demo"]
 
 #: Torch threads when ``OMP_NUM_THREADS`` is unset.
-DEFAULT_THREADS = 2
 
 TABLE_COLUMNS = ("ood_set", "detector", "auroc", "fpr95", "aupr_in", "aupr_out", "fit_s", "score_s")
 RESULT_FILE = "demo.json"
@@ -47,19 +54,6 @@ _PACKAGES = (
 )
 
 
-def _threads() -> int:
-    value = os.environ.get("OMP_NUM_THREADS", "").strip()
-    try:
-        threads = int(value)
-    except ValueError:
-        return DEFAULT_THREADS
-    return threads if threads > 0 else DEFAULT_THREADS
-
-
-def _versions() -> dict[str, str | None]:
-    out: dict[str, str | None] = {"ood_zoo": __version__, "python": platform.python_version()}
-    out.update({name: package_version(name) for name in _PACKAGES})
-    return out
 
 
 def _sort_rows(rows: list[dict[str, Any]], order: list[str]) -> list[dict[str, Any]]:
@@ -121,7 +115,7 @@ def run_demo(
     """
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # belt and braces: loading is local-only anyway
     start = time.perf_counter()
-    threads = _threads()
+    threads = bench_threads()
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
@@ -212,7 +206,7 @@ def _run(
         directory.mkdir(parents=True, exist_ok=True)
         payload = {
             "format": "ood_zoo.demo", "format_version": 1, "rows": rows,
-            "settings": settings, "timing_s": timing, "versions": _versions(),
+            "settings": settings, "timing_s": timing, "versions": package_versions(_PACKAGES),
         }
         text = json.dumps(payload, indent=2, sort_keys=False) + "\n"
         atomic_write_bytes(directory / RESULT_FILE, text.encode("utf-8"))

@@ -45,10 +45,18 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from .. import __version__, metrics
+from .. import metrics
 from ..io import atomic_write_bytes
 from ..registry import Registry, get_registry
-from .runner import FeatureSet, fit_probe, probe_logits, run_detectors, usable_detectors
+from .runner import (
+    FeatureSet,
+    bench_threads,
+    fit_probe,
+    package_versions,
+    probe_logits,
+    run_detectors,
+    usable_detectors,
+)
 from .suites import (
     POOL_SEED,
     SPLIT_SCALE,
@@ -451,15 +459,6 @@ class BenchResult:
     meta: dict[str, Any] = field(default_factory=dict)
 
 
-def _threads(config: BenchConfig) -> int:
-    if config.threads:
-        return int(config.threads)
-    try:
-        value = int(os.environ.get("OMP_NUM_THREADS", ""))
-    except ValueError:
-        return 2
-    return value if value > 0 else 2
-
 
 def _check_detectors(
     registry: Registry, names: Sequence[str] | None, what: str
@@ -517,7 +516,7 @@ def run_bench(
         "msp" in config.detectors)
 
     previous_threads = torch.get_num_threads()
-    threads = _threads(config)
+    threads = bench_threads(config.threads)
     torch.set_num_threads(threads)
     timing: dict[str, float] = {}
     try:
@@ -584,7 +583,7 @@ def run_bench(
             },
             "std": "sample standard deviation over seeds (ddof=1; 0 for one seed)",
         },
-        "versions": _versions(),
+        "versions": package_versions(_PACKAGES),
         "machine": _machine(),
         "timing_s": timing,
     }
@@ -808,13 +807,6 @@ def _jsonable(value: Any) -> Any:
         return None
     return value
 
-
-def _versions() -> dict[str, str | None]:
-    from ..data import package_version
-
-    out: dict[str, str | None] = {"ood_zoo": __version__, "python": platform.python_version()}
-    out.update({name: package_version(name) for name in _PACKAGES})
-    return out
 
 
 def _machine() -> dict[str, Any]:

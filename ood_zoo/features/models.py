@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import torch
 
 from ..data.packages import package_file
+from ..io import sha256_file
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -130,13 +131,6 @@ def cache_root() -> Path:
     return Path(root).expanduser() if root else Path.home() / ".cache" / "ood_zoo"
 
 
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
-
 
 def _dir_fingerprint(directory: Path) -> str:
     """SHA-256 over the names, sizes and contents of a model directory's files."""
@@ -145,7 +139,7 @@ def _dir_fingerprint(directory: Path) -> str:
         rel = path.relative_to(directory).as_posix()
         if rel.startswith(".") or "/." in rel or rel == "ood_zoo.json":
             continue
-        digest.update(f"{rel}\0{path.stat().st_size}\0{_sha256_file(path)}\0".encode())
+        digest.update(f"{rel}\0{path.stat().st_size}\0{sha256_file(path)}\0".encode())
     return digest.hexdigest()
 
 
@@ -247,7 +241,7 @@ def minilm_dir() -> Path:
 
 def _minilm_fingerprint() -> str:
     weights = minilm_dir() / "model.safetensors"
-    return f"minilm:{weights.stat().st_size}:{_sha256_file(weights)}"
+    return f"minilm:{weights.stat().st_size}:{sha256_file(weights)}"
 
 
 def _load_minilm(**kwargs: Any) -> Loaded:
@@ -278,7 +272,7 @@ def _smollm2_fingerprint() -> str:
     stat = path.stat()
     key = (str(path), stat.st_size, stat.st_mtime_ns)
     if key not in _gguf_hashes:
-        _gguf_hashes[key] = _sha256_file(path)
+        _gguf_hashes[key] = sha256_file(path)
     return f"smollm2-135m:gguf:{stat.st_size}:{_gguf_hashes[key]}"
 
 
