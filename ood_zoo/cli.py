@@ -12,6 +12,12 @@
     ood-zoo demo [--out RESULTS_DIR]    a small end-to-end evaluation on real text features
     ood-zoo bench --suite zero-grad [--model smollm2-135m] [--layers all] [--seeds 1,2,3,4,5]
                   [--bank validation|train] [--out DIR] [--max-per-split N | --full] ...
+    ood-zoo bench --suite fine-tuned [--objectives generative,discriminative]
+                  [--shots full,10,5,1] [--seeds 1] [--epochs N] [--lr X] [--paper-recipe]
+    ood-zoo isotropy [--models smollm2-135m,minilm] [--id rt --ood chitchat] [--out DIR]
+                                        isotropy measures per model and layer vs detector gaps
+    ood-zoo report RESULTS_DIR [--out DIR] [--json]
+                                        one self-contained HTML page (+ Markdown) of results
     ood-zoo models [--json]             registered models (name, package, pooling, licence)
     ood-zoo datasets [--json]           registered datasets (name, description, source)
 
@@ -371,6 +377,54 @@ def _names(text: str | None) -> tuple[str, ...] | None:
     return names
 
 
+def _shots(text: str) -> tuple[int | str, ...]:
+    items = [item.strip() for item in text.split(",") if item.strip()]
+    try:
+        return tuple(item if item == "full" else int(item) for item in items)
+    except ValueError:
+        raise CommandError(f"--shots takes 'full' and integers, e.g. full,10,5,1; got {text!r}"
+                           ) from None
+
+
+def cmd_bench_fine_tuned(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from .bench.fine_tuned import (
+        CPU_RECIPE,
+        FineTunedBenchConfig,
+        render_fine_tuned,
+        run_fine_tuned,
+        write_fine_tuned_outputs,
+    )
+    from .finetune import TrainConfig
+
+    recipe = TrainConfig(max_length=args.max_length or CPU_RECIPE.max_length) \
+        if args.paper_recipe else replace(CPU_RECIPE, max_length=args.max_length
+                                          or CPU_RECIPE.max_length)
+    if args.epochs is not None:
+        recipe = replace(recipe, max_epochs=args.epochs)
+    if args.lr is not None:
+        recipe = replace(recipe, learning_rate=args.lr)
+    recipe = replace(recipe, progress=not args.quiet)
+    config = FineTunedBenchConfig(
+        model=args.model, datasets=_names(args.datasets) or ("bbc",),
+        objectives=_names(args.objectives) or ("generative", "discriminative"),
+        shots=_shots(args.shots), seeds=_int_list(args.seeds or "1", "--seeds"), train=recipe,
+        detectors=_names(args.detectors), save_adapters=not args.no_adapters,
+        cache=not args.no_cache, plots=not args.no_plots, progress=not args.quiet,
+        threads=args.threads,
+    )
+    out = Path(args.out or f"results/fine-tuned-{Path(args.model).name}")
+    result = run_fine_tuned(config, adapters_dir=out / "adapters")
+    written = write_fine_tuned_outputs(result, out)
+    print(render_fine_tuned(result)[1])
+    timing = result.meta["timing_s"]
+    print(f"total {timing['total_s']:.1f} s (training {timing['train_s']:.1f} s, extraction "
+          f"{timing['extract_s']:.1f} s, detectors {timing['detectors_s']:.1f} s); wrote "
+          f"{len(written['files'])} files to {out}")
+    return 0
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from .bench.suites import get_suite
     from .bench.zero_grad import BenchConfig, render_tables, run_bench, write_outputs
@@ -382,6 +436,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
             f"unknown model {args.model!r}: not a registered name "
             f"({', '.join(get_registry().models) or 'none'}) and not a local model directory"
         )
+    if suite.name == "fine-tuned":
+        return cmd_bench_fine_tuned(args)
     if args.layers in ("none", "off"):
         sweep: Any = None
     elif args.layers == "all":
@@ -390,9 +446,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
         sweep = _int_list(args.layers, "--layers")
     config = BenchConfig(
         suite=suite.name, model=args.model, layer=args.layer, sweep_layers=sweep,
-        pooling=args.pooling, template=args.template, seeds=_int_list(args.seeds, "--seeds"),
+        pooling=args.pooling, template=args.template,
+        seeds=_int_list(args.seeds or "1-5", "--seeds"),
         bank=args.bank, max_per_split=None if args.full else args.max_per_split,
-        full=args.full, max_length=args.max_length, batch_size=args.batch_size,
+        full=args.full, max_length=args.max_length or 128, batch_size=args.batch_size,
         detectors=_names(args.detectors),
         sweep_detectors=_names(args.sweep_detectors) or (),
         datasets=_names(args.datasets), cache=not args.no_cache, plots=not args.no_plots,
@@ -500,15 +557,15 @@ def build_parser() -> argparse.ArgumentParser:
                        help="default: last for causal LMs (paper), the model's own otherwise")
     bench.add_argument("--template", help="prompt with {text}; default: the paper's for "
                        "causal LMs, raw text for encoders; '' for raw text")
-    bench.add_argument("--seeds", default="1-5", help="seeds, e.g. 1-5 or 1,2,3 (default 1-5)")
+    bench.add_argument("--seeds", help="seeds, e.g. 1-5 or 1,2,3 (default 1-5; fine-tuned: 1)")
     bench.add_argument("--bank", choices=["validation", "train"], default="validation",
                        help="ID split the detectors are fit on (default validation, as the paper)")
     bench.add_argument("--out", help="results directory (default results/<suite>-<model>)")
     bench.add_argument("--max-per-split", type=int, default=DEFAULT_MAX_PER_SPLIT,
                        help=f"texts per split and corpus (default {DEFAULT_MAX_PER_SPLIT})")
     bench.add_argument("--full", action="store_true", help="whole corpora, no subsampling")
-    bench.add_argument("--max-length", type=int, default=128,
-                       help="tokens per text, template included (default 128)")
+    bench.add_argument("--max-length", type=int,
+                       help="tokens per text, template included (default 128; fine-tuned: 64)")
     bench.add_argument("--batch-size", type=int, default=32)
     bench.add_argument("--detectors", help="comma-separated detectors (default: all usable)")
     bench.add_argument("--sweep-detectors", default=",".join(SWEEP_DETECTORS),
@@ -518,7 +575,32 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--no-plots", action="store_true", help="do not draw plots")
     bench.add_argument("--threads", type=int, help="torch threads (default OMP_NUM_THREADS or 2)")
     bench.add_argument("--quiet", action="store_true", help="no progress bars")
+    tuned = bench.add_argument_group("fine-tuned suite")
+    tuned.add_argument("--objectives", help="generative,discriminative (default both)")
+    tuned.add_argument("--shots", default="full",
+                       help="K per class of train and validation, e.g. full,10,5,1 (default full)")
+    tuned.add_argument("--epochs", type=int, help="maximum epochs (default 8; paper 50)")
+    tuned.add_argument("--lr", type=float, help="learning rate (default 1e-3; paper 1e-4)")
+    tuned.add_argument("--paper-recipe", action="store_true",
+                       help="the paper's recipe: lr 1e-4, 50 epochs, patience 6 after epoch 15")
+    tuned.add_argument("--no-adapters", action="store_true", help="do not save LoRA adapters")
     bench.set_defaults(func=cmd_bench)
+
+    from .analysis.study import add_arguments as isotropy_arguments
+    from .analysis.study import run_cli as isotropy_cli
+    from .bench.report import add_arguments as report_arguments
+    from .bench.report import run_cli as report_cli
+
+    isotropy = sub.add_parser(
+        "isotropy", help="isotropy of models' embedding spaces per layer, against the "
+        "cosine-vs-Euclidean/Mahalanobis AUROC gap")
+    isotropy_arguments(isotropy)
+    isotropy.set_defaults(func=isotropy_cli)
+
+    report = sub.add_parser(
+        "report", help="build one self-contained HTML page (and a Markdown twin) from results")
+    report_arguments(report)
+    report.set_defaults(func=report_cli)
     return parser
 
 

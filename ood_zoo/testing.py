@@ -55,8 +55,11 @@ Usage, for a plugin author (in the plugin's test suite)::
     def test_small_k(tmp_path):
         check_detector(MyDetector, params={"k": 3}, tmp_path=tmp_path)
 
-Detectors that need the language model itself (``requires.language_model``) are fed by a runner,
-not by this kit: only their class attributes are checked.
+Detectors that need the language model itself (``requires.language_model``) take per-text
+statistics of it as ``features`` (see :mod:`ood_zoo.detectors.likelihood`). Those that declare
+one of the built-in layouts in ``stats_columns`` get every check on synthetic statistics
+(:func:`make_likelihood_inputs`); for any other, pass ``make_inputs`` (its ``features`` are the
+statistics), or only the class attributes are checked.
 """
 
 from __future__ import annotations
@@ -74,6 +77,7 @@ import numpy as np
 import torch
 
 from .api import Detector, Param, Requirements
+from .detectors.likelihood import RATIO_STATS, SEQUENCE_STATS
 from .errors import InputError, NotFittedError, PersistenceError
 
 __all__ = [
@@ -88,7 +92,9 @@ __all__ = [
     "check_numpy_torch_roundtrip",
     "check_save_load_roundtrip",
     "check_score_direction",
+    "default_make_inputs",
     "detector_checks",
+    "make_likelihood_inputs",
     "make_synthetic_inputs",
 ]
 
@@ -129,7 +135,7 @@ class Split:
         """Keyword arguments for ``score``/``calibrate``/``predict`` (``convert`` maps arrays)."""
         convert = convert or (lambda a: a)
         kwargs: dict[str, Any] = {}
-        if requires.features:
+        if requires.features or requires.language_model:  # LM statistics come as features
             kwargs["features"] = convert(self.features)
         if requires.logits:
             kwargs["logits"] = convert(self.logits)
@@ -193,6 +199,56 @@ def make_synthetic_inputs(
         rng.normal(scale=0.5, size=(n_ood, n_classes)).astype(np.float32),
     )
     return SyntheticInputs(fit=fit, id=held_out, ood=ood)
+
+
+def make_likelihood_inputs(
+    *,
+    columns: tuple[str, ...] = SEQUENCE_STATS,
+    n_fit: int = 300,
+    n_test: int = 150,
+    seed: int = 0,
+) -> SyntheticInputs:
+    """Synthetic per-text language-model statistics, as float32 numpy ``features``.
+
+    Each text has ``m`` tokens (uniform in 4..64). Per token, a base model's log-likelihood is
+    about -3 for ID and -2 for OOD text (generic text is often the more likely), and a model fitted
+    to the ID data gains about 1.5 nats on ID and loses 0.3 on OOD text. ``SEQUENCE_STATS`` gives
+    ``(log_likelihood, n_tokens)`` of the fitted model; ``RATIO_STATS`` gives
+    ``(log_likelihood_finetuned, log_likelihood_base, n_tokens)``. Labels are zeros and logits
+    are zeros ``[n, 2]`` (such detectors use neither).
+    """
+    if columns not in (SEQUENCE_STATS, RATIO_STATS):
+        raise ValueError(f"columns must be SEQUENCE_STATS or RATIO_STATS, got {columns!r}")
+    rng = np.random.default_rng(seed)
+
+    def split(n: int, base: float, gain: float) -> Split:
+        tokens = rng.integers(4, 65, size=n).astype(np.float64)
+        base_ll = tokens * rng.normal(base, 0.3, size=n)
+        tuned_ll = base_ll + tokens * rng.normal(gain, 0.2, size=n)
+        stats = [tuned_ll, base_ll, tokens] if columns == RATIO_STATS else [tuned_ll, tokens]
+        return Split(np.stack(stats, axis=1).astype(np.float32), np.zeros(n, dtype=np.int64),
+                     np.zeros((n, 2), dtype=np.float32))
+
+    return SyntheticInputs(fit=split(n_fit, -3.0, 1.5), id=split(n_test, -3.0, 1.5),
+                           ood=split(n_test, -2.0, -0.3))
+
+
+def default_make_inputs(cls: type[Detector]) -> MakeInputs | None:
+    """The kit's synthetic data for ``cls``, or ``None`` if it cannot make any.
+
+    :func:`make_synthetic_inputs` for detectors on features and logits;
+    :func:`make_likelihood_inputs` for language-model detectors whose ``stats_columns`` is
+    ``SEQUENCE_STATS`` or ``RATIO_STATS``; ``None`` for other language-model detectors.
+    """
+    requires = getattr(cls, "requires", None)
+    if not isinstance(requires, Requirements):
+        return None
+    if not requires.language_model:
+        return make_synthetic_inputs
+    columns = getattr(cls, "stats_columns", None)
+    if columns in (SEQUENCE_STATS, RATIO_STATS):
+        return functools.partial(make_likelihood_inputs, columns=columns)
+    return None
 
 
 def auroc(id_scores: Any, ood_scores: Any) -> float:
@@ -272,8 +328,10 @@ class _Checker:
         self.fail(f"{what} should raise {error.__name__}, but raised nothing")
 
 
-def _inputs(make_inputs: MakeInputs | None) -> SyntheticInputs:
-    return (make_inputs or make_synthetic_inputs)()
+def _inputs(cls: type[Detector], make_inputs: MakeInputs | None) -> SyntheticInputs:
+    make = make_inputs or default_make_inputs(cls)
+    assert make is not None  # _data_checks_apply said so
+    return make()
 
 
 def _new(c: _Checker, params: Mapping[str, Any] | None) -> Detector:
@@ -316,9 +374,12 @@ def _check_scores(c: _Checker, scores: Any, n: int, what: str) -> np.ndarray:
     return values
 
 
-def _data_checks_apply(cls: type[Detector]) -> bool:
+def _data_checks_apply(cls: type[Detector], make_inputs: MakeInputs | None) -> bool:
+    """Whether the kit has data for ``cls``: its own synthetic data, or the caller's."""
     requires = getattr(cls, "requires", None)
-    return isinstance(requires, Requirements) and not requires.language_model
+    return isinstance(requires, Requirements) and (
+        make_inputs is not None or default_make_inputs(cls) is not None
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -395,10 +456,10 @@ def check_api_shape(
 ) -> None:
     """Class attributes; ``fit`` returns self; fitted state; ``score``/``predict`` shapes."""
     check_class_attributes(cls, params=params)
-    if not _data_checks_apply(cls):
+    if not _data_checks_apply(cls, make_inputs):
         return
     c = _Checker(cls, "check_api_shape")
-    data = _inputs(make_inputs)
+    data = _inputs(cls, make_inputs)
     detector = _new(c, params)
     if not cls.requires.fit:
         with c.step("score() before fit() (requires.fit is False)"):
@@ -461,11 +522,11 @@ def check_numpy_torch_roundtrip(
     score float32 numpy, float32 torch and float64 input with matching kinds and dtypes, and all
     the scores must agree.
     """
-    if not _data_checks_apply(cls):
+    if not _data_checks_apply(cls, make_inputs):
         return
     c = _Checker(cls, "check_numpy_torch_roundtrip")
     device = torch.device(device)
-    data = _inputs(make_inputs)
+    data = _inputs(cls, make_inputs)
     split = data.id
 
     def to_torch(dtype: torch.dtype) -> Callable[[Any], torch.Tensor]:
@@ -520,11 +581,11 @@ def check_half_precision(
     The half-precision scores must be finite, float32 (accumulation in fp32 or better) and close
     to the float32 scores of the same (rounded) values; fitting on half-precision data works too.
     """
-    if not _data_checks_apply(cls):
+    if not _data_checks_apply(cls, make_inputs):
         return
     c = _Checker(cls, "check_half_precision")
     device = torch.device(device)
-    data = _inputs(make_inputs)
+    data = _inputs(cls, make_inputs)
     detector = _fitted(c, params, data.fit)
     for what, convert in (
         ("numpy float16", lambda a: a.astype(np.float16)),
@@ -559,10 +620,10 @@ def check_score_direction(
     params: Mapping[str, Any] | None = None,
 ) -> None:
     """Higher = more in-distribution: mean ID score > mean OOD score, and AUROC > 0.9."""
-    if not _data_checks_apply(cls):
+    if not _data_checks_apply(cls, make_inputs):
         return
     c = _Checker(cls, "check_score_direction")
-    data = _inputs(make_inputs)
+    data = _inputs(cls, make_inputs)
     detector = _fitted(c, params, data.fit)
     id_scores = _check_scores(c, _score(c, detector, data.id, "held-out ID"), len(data.id), "ID")
     ood_scores = _check_scores(c, _score(c, detector, data.ood, "OOD"), len(data.ood), "OOD")
@@ -596,10 +657,10 @@ def check_save_load_roundtrip(
 
     Writes under ``tmp_path`` (a fresh temporary directory when ``None``).
     """
-    if not _data_checks_apply(cls):
+    if not _data_checks_apply(cls, make_inputs):
         return
     c = _Checker(cls, "check_save_load_roundtrip")
-    data = _inputs(make_inputs)
+    data = _inputs(cls, make_inputs)
     detector = _fitted(c, params, data.fit)
     with _directory(tmp_path) as root:
         target = root / f"{cls.name}-saved"
@@ -645,19 +706,19 @@ def check_bad_input_errors(
     params: Mapping[str, Any] | None = None,
 ) -> None:
     """Bad inputs raise ``InputError``; scoring before ``fit`` raises ``NotFittedError``."""
-    if not _data_checks_apply(cls):
+    if not _data_checks_apply(cls, make_inputs):
         return
     c = _Checker(cls, "check_bad_input_errors")
     requires = cls.requires
-    data = _inputs(make_inputs)
+    data = _inputs(cls, make_inputs)
     fit, test = data.fit, data.id
 
     if requires.fit:
         with c.expect(NotFittedError, "score() before fit()"):
             _new(c, params).score(**test.score_kwargs(requires))
 
-    inputs = [n for n, needed in (("features", requires.features), ("logits", requires.logits))
-              if needed]
+    inputs = [n for n, needed in (("features", requires.features or requires.language_model),
+                                  ("logits", requires.logits)) if needed]
 
     def corrupt(split: Split, field: str, value: np.ndarray) -> dict:
         return {**split.fit_kwargs(requires), field: value}
@@ -729,9 +790,10 @@ def detector_checks(
 ) -> list[tuple[str, Callable[[], None]]]:
     """``(check_name, check)`` pairs for ``pytest.mark.parametrize``; each ``check()`` runs one.
 
-    Detectors with ``requires.language_model`` get the class-attribute check only.
+    Language-model detectors the kit has no data for (see :func:`default_make_inputs`) get the
+    class-attribute check only.
     """
-    if not _data_checks_apply(cls):
+    if not _data_checks_apply(cls, make_inputs):
         return [("check_api_shape", functools.partial(check_class_attributes, cls, params=params))]
     pairs = []
     for name, check in CHECKS.items():
@@ -753,7 +815,7 @@ def check_detector(
     cls : Detector subclass
         The detector to check (it need not be registered).
     make_inputs : callable, optional
-        ``make_inputs() -> SyntheticInputs``; by default :func:`make_synthetic_inputs`.
+        ``make_inputs() -> SyntheticInputs``; by default :func:`default_make_inputs`.
     params : mapping, optional
         Hyperparameters passed to the constructor (defaults otherwise).
     tmp_path : path, optional

@@ -231,13 +231,18 @@ def test_calibrate_checks_its_inputs():
         detector.calibrate(DATA.id.features[:, :3])
 
 
-@pytest.mark.parametrize("name", [n for n in ood_zoo.list_detectors()
-                                  if not get_registry().get(n).cls.requires.language_model])
+def _data(cls: type[Detector]) -> kit.SyntheticInputs:
+    """DATA, or the kit's synthetic language-model statistics for detectors that take them."""
+    return DATA if not cls.requires.language_model else kit.default_make_inputs(cls)()
+
+
+@pytest.mark.parametrize("name", ood_zoo.list_detectors())
 def test_calibrate_every_builtin(name):
     cls = get_registry().get(name).cls
-    detector = ood_zoo.create(name).fit(**DATA.fit.fit_kwargs(cls.requires))
-    detector.calibrate(**DATA.id.score_kwargs(cls.requires), tpr=0.9)
-    accepted = detector.predict(**DATA.id.score_kwargs(cls.requires))
+    data = _data(cls)
+    detector = ood_zoo.create(name).fit(**data.fit.fit_kwargs(cls.requires))
+    detector.calibrate(**data.id.score_kwargs(cls.requires), tpr=0.9)
+    accepted = detector.predict(**data.id.score_kwargs(cls.requires))
     assert accepted.dtype == np.bool_
     assert accepted.mean() >= 0.9
 
@@ -330,22 +335,21 @@ def _memmap(tmp_path, array: np.ndarray, name: str) -> np.memmap:
 @pytest.mark.parametrize("name", ["test_centroid", *ood_zoo.list_detectors()])
 def test_memmap_input_works(name, tmp_path):
     cls = CentroidDetector if name == "test_centroid" else get_registry().get(name).cls
-    if cls.requires.language_model:
-        pytest.skip("needs a language model")
+    data = _data(cls)
     mapped = {
         split: kit.Split(
-            _memmap(tmp_path, getattr(DATA, split).features, f"{split}-features"),
-            getattr(DATA, split).labels,
-            _memmap(tmp_path, getattr(DATA, split).logits, f"{split}-logits"),
+            _memmap(tmp_path, getattr(data, split).features, f"{split}-features"),
+            getattr(data, split).labels,
+            _memmap(tmp_path, getattr(data, split).logits, f"{split}-logits"),
         )
         for split in ("fit", "id")
     }
     assert not mapped["fit"].features.flags.writeable
     from_memmap = cls().fit(**mapped["fit"].fit_kwargs(cls.requires))
-    from_array = cls().fit(**DATA.fit.fit_kwargs(cls.requires))
+    from_array = cls().fit(**data.fit.fit_kwargs(cls.requires))
     scores = from_memmap.score(**mapped["id"].score_kwargs(cls.requires))
     assert type(scores) is np.ndarray
-    np.testing.assert_array_equal(scores, from_array.score(**DATA.id.score_kwargs(cls.requires)))
+    np.testing.assert_array_equal(scores, from_array.score(**data.id.score_kwargs(cls.requires)))
     assert from_memmap.threshold_ == from_array.threshold_
 
 
@@ -368,11 +372,9 @@ def test_state_dict_round_trip_and_missing_tensors():
 def _builtin_checks():
     for name in ood_zoo.list_detectors():
         cls = get_registry().get(name).cls
-        if cls.requires.language_model:
-            yield pytest.param(name, "skipped", None, marks=pytest.mark.skip("needs a LM"),
-                               id=f"{name}-language_model")
-            continue
-        for check_name, check in kit.detector_checks(cls):
+        checks = kit.detector_checks(cls)
+        assert [n for n, _ in checks] == list(kit.CHECKS), f"{name}: the kit has no data for it"
+        for check_name, check in checks:
             yield pytest.param(name, check_name, check, id=f"{name}-{check_name}")
 
 

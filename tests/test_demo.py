@@ -80,8 +80,10 @@ def test_run_detectors_reports_errors_as_rows_and_skips_lm_detectors():
 
     usable, skipped = usable_detectors(registry)
     assert "broken" in usable
-    assert "needs_lm" not in usable
-    assert skipped == {"needs_lm": "needs the language model itself"}
+    lm = {n for n, r in registry.detectors.items() if r.cls.requires.language_model}
+    assert lm >= {"needs_lm", "perplexity", "likelihood_ratio"}
+    assert not lm & set(usable)
+    assert skipped == dict.fromkeys(lm, "needs the language model itself")  # no lm_stats here
 
     rows = run_detectors(bank, test, [far, near], registry=registry)
     assert {(r["ood_set"], r["detector"]) for r in rows} == {

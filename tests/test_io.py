@@ -16,7 +16,7 @@ from ood_zoo import Detector, Requirements
 from ood_zoo.errors import NotFittedError, PersistenceError, UnknownDetectorError
 from ood_zoo.io import CONFIG_FILE
 from ood_zoo.registry import ENV_ALLOW, ENV_BLOCK, ENV_STRICT, get_registry, reset_registry
-from ood_zoo.testing import make_synthetic_inputs
+from ood_zoo.testing import default_make_inputs, make_synthetic_inputs
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -35,7 +35,7 @@ def _builtin_names() -> list[str]:
     try:
         return [
             name for name, record in get_registry().detectors.items()
-            if record.plugin == "ood_zoo.builtin" and not record.cls.requires.language_model
+            if record.plugin == "ood_zoo.builtin"
         ]
     finally:
         reset_registry()
@@ -43,6 +43,11 @@ def _builtin_names() -> list[str]:
 
 BUILTINS = _builtin_names()
 DATA = make_synthetic_inputs(seed=11)
+
+
+def _data(cls: type[Detector]):
+    """DATA, or the kit's synthetic language-model statistics for detectors that take them."""
+    return DATA if not cls.requires.language_model else default_make_inputs(cls)()
 
 
 def _fit(detector: Detector, split=DATA.fit, dtype=np.float32) -> Detector:
@@ -81,7 +86,7 @@ def _leftovers(directory: Path) -> list[str]:
 def test_every_builtin_is_covered():
     assert set(BUILTINS) >= {
         "cosine", "knn", "mahalanobis", "relative_mahalanobis", "msp", "maxlogit", "energy",
-        "lof", "gmm", "residual",
+        "lof", "gmm", "residual", "perplexity", "likelihood_ratio",
     }
 
 
@@ -97,7 +102,8 @@ def _round_trip_cases():
 def test_builtin_round_trip(name, params, dtype, tmp_path):
     cls = get_registry().get(name).cls
     kwargs = _other_params(cls) if params == "other" else {}
-    detector = _fit(ood_zoo.create(name, target_tpr=0.8, **kwargs), dtype=dtype)
+    data = _data(cls)
+    detector = _fit(ood_zoo.create(name, target_tpr=0.8, **kwargs), data.fit, dtype=dtype)
     saved = detector.save(tmp_path / name)
     assert saved == tmp_path / name
     loaded = ood_zoo.load(tmp_path / name)
@@ -111,13 +117,13 @@ def test_builtin_round_trip(name, params, dtype, tmp_path):
         before, after = getattr(detector, state_name), getattr(loaded, state_name)
         assert after.dtype == before.dtype, state_name
         assert torch.equal(after.cpu(), before.cpu()), state_name
-    for split in (DATA.id, DATA.ood):
+    for split in (data.id, data.ood):
         before, after = _scores(detector, split, dtype), _scores(loaded, split, dtype)
         assert after.dtype == before.dtype
         np.testing.assert_array_equal(after, before)
     np.testing.assert_array_equal(
-        loaded.predict(**DATA.id.score_kwargs(cls.requires)),
-        detector.predict(**DATA.id.score_kwargs(cls.requires)),
+        loaded.predict(**data.id.score_kwargs(cls.requires)),
+        detector.predict(**data.id.score_kwargs(cls.requires)),
     )
 
 
@@ -261,7 +267,8 @@ def test_no_pickle_anywhere_in_the_package():
 
 @pytest.mark.parametrize("name", BUILTINS)
 def test_loading_never_unpickles(name, tmp_path, monkeypatch):
-    detector = _fit(ood_zoo.create(name))
+    data = _data(get_registry().get(name).cls)
+    detector = _fit(ood_zoo.create(name), data.fit)
     detector.save(tmp_path)
 
     def refuse(*args, **kwargs):
@@ -271,7 +278,7 @@ def test_loading_never_unpickles(name, tmp_path, monkeypatch):
         monkeypatch.setattr(pickle, attribute, refuse)
     monkeypatch.setattr(torch, "load", refuse)
     loaded = ood_zoo.load(tmp_path)
-    np.testing.assert_allclose(_scores(loaded, DATA.ood), _scores(detector, DATA.ood),
+    np.testing.assert_allclose(_scores(loaded, data.ood), _scores(detector, data.ood),
                                rtol=1e-5, atol=1e-5)
 
 

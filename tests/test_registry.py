@@ -32,7 +32,7 @@ from ood_zoo.registry import (
 
 BUILTIN_NAMES = {
     "cosine", "knn", "mahalanobis", "relative_mahalanobis", "msp", "maxlogit", "energy", "lof",
-    "gmm", "residual",
+    "gmm", "residual", "perplexity", "likelihood_ratio",
 }
 
 DETECTOR_SOURCE = '''

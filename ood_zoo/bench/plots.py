@@ -130,6 +130,32 @@ def plot_layer_sweep(
     return _save(fig, path)
 
 
+def plot_training(training: Sequence[Mapping[str, Any]], path: Path) -> str:
+    """Fine-tuning curves: train loss (left) and dev accuracy (right) per epoch, one line per
+    run, with the reporting epoch marked."""
+    figure_cls = _figure_module()
+    fig = figure_cls(figsize=(11, 3.8))
+    loss_axis, acc_axis = fig.subplots(1, 2)
+    for run in training:
+        history = run["history"]
+        epochs = [h["epoch"] for h in history]
+        label = f"{run['setting']} {run['variant']} k={run['shots']} s{run['seed']}"
+        (line,) = loss_axis.plot(epochs, [h["train_loss"] for h in history], marker=".",
+                                 label=label)
+        acc_axis.plot(epochs, [h["dev_accuracy"] for h in history], marker=".",
+                      color=line.get_color())
+        if run.get("best_epoch"):
+            acc_axis.plot([run["best_epoch"]], [run["best_dev_accuracy"]], marker="*",
+                          markersize=12, color=line.get_color())
+    loss_axis.set(xlabel="epoch", ylabel="train loss", title="Fine-tuning loss", yscale="log")
+    acc_axis.set(xlabel="epoch", ylabel="dev accuracy", ylim=(-0.02, 1.02),
+                 title="Dev accuracy (★ reporting epoch)")
+    for axis in (loss_axis, acc_axis):
+        axis.grid(alpha=0.3)
+    loss_axis.legend(fontsize=7)
+    return _save(fig, path)
+
+
 def write_plots(
     result: BenchResult, directory: Path, *, detectors: Sequence[str] | None = None
 ) -> dict[str, Any]:

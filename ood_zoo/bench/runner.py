@@ -76,12 +76,19 @@ class FeatureSet:
         ``[n, C]`` class logits (a probe's, or label-token logits of an LM).
     labels : numpy.ndarray or None
         ``[n]`` integer class labels (needed for the fit set only).
+    lm_stats : torch.Tensor or None
+        ``[n, k]`` per-text language-model statistics for the detectors that need the language
+        model (``requires.language_model``), e.g. ``[n, 2]``
+        :func:`~ood_zoo.features.sequence_log_likelihood` for ``perplexity`` or ``[n, 3]``
+        :func:`~ood_zoo.features.likelihood_ratio_inputs` for ``likelihood_ratio``. They get
+        these as ``features``.
     """
 
     name: str
     features: torch.Tensor
     logits: torch.Tensor | None = None
     labels: np.ndarray | None = None
+    lm_stats: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return int(self.features.shape[0])
@@ -142,11 +149,15 @@ def probe_logits(probe: Any, features: torch.Tensor) -> torch.Tensor:
 
 
 def usable_detectors(
-    registry: Registry | None = None, names: Sequence[str] | None = None
+    registry: Registry | None = None, names: Sequence[str] | None = None,
+    lm_columns: int | None = None,
 ) -> tuple[list[str], dict[str, str]]:
-    """The detectors a features+logits runner can feed, and those it skips with the reason.
+    """The detectors a runner can feed, and those it skips with the reason.
 
-    Detectors that need the language model itself (``requires.language_model``) are skipped.
+    Detectors that need the language model itself (``requires.language_model``) are usable
+    only with ``lm_columns``, the width of the runner's language-model statistics
+    (:attr:`FeatureSet.lm_stats`), and only if the columns they declare in ``stats_columns`` (if
+    any) are that many.
     """
     registry = registry or get_registry()
     records = registry.detectors
@@ -154,13 +165,24 @@ def usable_detectors(
     usable, skipped = [], {}
     for name in chosen:
         record = records.get(name)
+        columns = getattr(record.cls, "stats_columns", None) if record is not None else None
         if record is None:
             skipped[name] = "not registered"
-        elif record.cls.requires.language_model:
+        elif record.cls.requires.language_model and lm_columns is None:
             skipped[name] = "needs the language model itself"
+        elif record.cls.requires.language_model and columns and len(columns) != lm_columns:
+            skipped[name] = (
+                f"takes [n, {len(columns)}] language-model statistics ({', '.join(columns)}); "
+                f"this run has [n, {lm_columns}]"
+            )
         else:
             usable.append(name)
     return usable, skipped
+
+
+def _features(feature_set: FeatureSet, language_model: bool) -> torch.Tensor | None:
+    """What a detector gets as ``features``: the LM statistics if it needs the language model."""
+    return feature_set.lm_stats if language_model else feature_set.features
 
 
 def _error(exc: BaseException, stage: str) -> str:
@@ -181,7 +203,8 @@ def run_detectors(
     """Fit each detector on ``bank`` and evaluate it on ``id_test`` against each OOD set.
 
     Every detector gets the same inputs: features, labels and logits (it uses what its
-    ``requires`` declares) and its default hyperparameters.
+    ``requires`` declares) and its default hyperparameters. Detectors that need the language
+    model get the sets' ``lm_stats`` as features; without them (in any set) they are skipped.
 
     Parameters
     ----------
@@ -192,7 +215,8 @@ def run_detectors(
     registry : Registry, optional
         Default :func:`~ood_zoo.registry.get_registry`.
     detectors : sequence of str, optional
-        Detector names; default every registered one that a features+logits runner can feed.
+        Detector names; default every registered one that these sets can feed
+        (:func:`usable_detectors`).
     on_scores : callable, optional
         ``on_scores(detector, ood_name, id_scores, ood_scores)`` after each successful
         evaluation, e.g. to keep scores for plots.
@@ -206,24 +230,27 @@ def run_detectors(
         exception that stopped this detector; its metrics are then ``None``).
     """
     registry = registry or get_registry()
-    names, _ = usable_detectors(registry, detectors)
+    stats = [s.lm_stats for s in (bank, id_test, *ood_sets)]
+    lm_columns = None if any(t is None for t in stats) else int(stats[0].shape[1])
+    names, _ = usable_detectors(registry, detectors, lm_columns)
     rows: list[dict[str, Any]] = []
     for name in names:
         fit_s: float | None = None
         id_scores = None
         id_s = 0.0
         failure: str | None = None
+        uses_lm = registry.get(name).cls.requires.language_model
         try:
             detector = registry.create(name)
             start = time.perf_counter()
-            detector.fit(bank.features, labels=bank.labels, logits=bank.logits)
+            detector.fit(_features(bank, uses_lm), labels=bank.labels, logits=bank.logits)
             fit_s = time.perf_counter() - start
         except Exception as exc:
             failure = _error(exc, "fit")
         if failure is None:
             try:
                 start = time.perf_counter()
-                id_scores = detector.score(id_test.features, logits=id_test.logits)
+                id_scores = detector.score(_features(id_test, uses_lm), logits=id_test.logits)
                 id_s = time.perf_counter() - start
             except Exception as exc:
                 failure = _error(exc, "score ID")
@@ -233,7 +260,7 @@ def run_detectors(
             if failure is None:
                 try:
                     start = time.perf_counter()
-                    ood_scores = detector.score(ood.features, logits=ood.logits)
+                    ood_scores = detector.score(_features(ood, uses_lm), logits=ood.logits)
                     row["score_s"] = id_s + time.perf_counter() - start
                     result = metrics.evaluate(id_scores, ood_scores)
                     row.update({key: result[key] for key in _METRIC_KEYS})

@@ -5,6 +5,9 @@ A :class:`Suite` names its corpora (:class:`Corpus`, each a loader of a
 set). The runner (:mod:`ood_zoo.bench.zero_grad`) extracts features once per corpus and reuses
 them for every setting, seed and detector.
 
+The ``fine-tuned`` suite (:mod:`ood_zoo.bench.fine_tuned`) reuses these corpora: the near-OOD
+settings and two far-OOD ones, before and after LoRA fine-tuning on the ID task.
+
 The ``zero-grad`` suite
 -----------------------
 The first experiment of Liu et al., "How Good Are LLMs at Out-of-Distribution Detection?"
@@ -52,6 +55,7 @@ import numpy as np
 from ..data import TextSet, bbc_news, chitchat, rotten_tomatoes
 
 __all__ = [
+    "FINE_TUNED",
     "PAPER_TEMPLATE",
     "POOL_SEED",
     "SPLIT_SCALE",
@@ -313,8 +317,27 @@ ZERO_GRAD = Suite(
     ),
 )
 
+FINE_TUNED = Suite(
+    name="fine-tuned",
+    description="Liu et al. (2024) fine-tuned experiment on offline stand-ins: the LM is LoRA "
+    "fine-tuned on the ID task (generatively, or with a classification head) and every "
+    "detector is compared with the zero-grad model on the same texts",
+    corpora=ZERO_GRAD.corpora,
+    settings=(
+        Setting("near", "bbc", "bbc", holdout=2),
+        Setting("near", "tweets_airline", "tweets"),
+        Setting("near", "rt", "rt_plots"),
+        Setting("far", "rt", "chitchat"),
+        Setting("far", "bbc", "chitchat"),
+    ),
+    notes=(
+        *ZERO_GRAD.notes,
+        "The bank (and the early-stopping dev set) is the ID validation part, as in the paper.",
+    ),
+)
+
 #: The suites known by name.
-SUITES: Mapping[str, Suite] = {ZERO_GRAD.name: ZERO_GRAD}
+SUITES: Mapping[str, Suite] = {ZERO_GRAD.name: ZERO_GRAD, FINE_TUNED.name: FINE_TUNED}
 
 
 def get_suite(name: str) -> Suite:

@@ -6,8 +6,10 @@
    (``max_per_split`` texts per split it needs, or the whole corpus with ``full=True``).
 2. **Features, once.** Every pool goes through the model once: hidden states of *all* layers,
    pooled (``[n, L, d]``), plus, for a causal LM, the next-token logits of every ID label word and
-   the log-sum-exp over the whole vocabulary at the prompt's last position. Every setting, seed,
-   layer and detector reuses them.
+   the log-sum-exp over the whole vocabulary at the prompt's last position. A causal LM also
+   scores each text in a second pass (:func:`~ood_zoo.features.sequence_log_likelihood`, same
+   template and truncation) for the ``perplexity`` detector. Every setting, seed, layer and
+   detector reuses them.
 3. **Seeds × ID tasks × detectors.** Per seed each ID pool is split anew; each registered detector
    is fit on the bank (the ID *validation* part, as in the paper; ``bank="train"`` for the train
    part) and scored on the ID test part against each OOD set of the suite. The layer sweep refits
@@ -26,6 +28,12 @@ vocabulary** and the max over the label tokens, not renormalised; it is reported
 ``logit_c - logsumexp(vocab)``, i.e. the log of the paper's MSP (same AUROC, FPR95 and AUPR).
 *Encoders* (MiniLM): a linear probe fit on the bank (:func:`~ood_zoo.bench.runner.fit_probe`)
 gives the class logits.
+
+Language-model detectors
+------------------------
+``perplexity`` gets the base model's ``(log p(text | prompt), n_tokens)`` per text (decoders
+only; cached like the features). ``likelihood_ratio`` needs a fine-tuned model as well and is
+skipped here.
 """
 
 from __future__ import annotations
@@ -202,6 +210,9 @@ class Extracted:
         ``[n]`` log-sum-exp of the next-token logits over the whole vocabulary.
     label_words : tuple of str
         The words of the ``label_logits`` columns.
+    lm_stats : torch.Tensor or None
+        ``[n, 2]`` float64 :func:`~ood_zoo.features.sequence_log_likelihood` of the texts in the
+        prompt (causal LMs only): the ``perplexity`` detector's input.
     """
 
     features: torch.Tensor
@@ -209,6 +220,7 @@ class Extracted:
     label_logits: torch.Tensor | None = None
     vocab_logsumexp: torch.Tensor | None = None
     label_words: tuple[str, ...] = ()
+    lm_stats: torch.Tensor | None = None
 
     def layer(self, layer: int) -> torch.Tensor:
         """``[n, d]`` features of hidden state ``layer`` (negative counts from the end)."""
@@ -278,10 +290,12 @@ class ModelExtractor:
             "features_cache": self.cache_used,
             "logits": ("label-token logits of the LM (first sub-token of each label word)"
                        if self.causal else "linear probe fit on the bank"),
+            "lm_stats": ("sequence_log_likelihood of each text in the template (base model)"
+                         if self.causal else None),
         }
 
     def __call__(self, key: str, texts: Sequence[str]) -> Extracted:
-        """Features of every layer and (causal LMs) label-token logits for ``texts``."""
+        """Features of every layer and (causal LMs) label-token logits and LM stats of ``texts``."""
         kwargs: dict[str, Any] = {
             "layers": "all", "pooling": self.pooling, "batch_size": self.config.batch_size,
             "max_length": self.config.max_length, "progress": self.config.progress,
@@ -307,7 +321,42 @@ class ModelExtractor:
         if ids is not None:
             self.label_token_ids = tuple(int(i) for i in ids)
         return Extracted(features.float(), layers, label_logits.float(),
-                         result.vocab_logsumexp.float(), self.label_words)
+                         result.vocab_logsumexp.float(), self.label_words,
+                         self.lm_stats(list(texts)))
+
+    def lm_stats(self, texts: list[str]) -> torch.Tensor:
+        """Base-model :func:`~ood_zoo.features.sequence_log_likelihood` of ``texts``, cached.
+
+        The entry lives in the features cache, keyed like the features (model, tokenizer,
+        template, ``max_length``, dtype, texts); the statistics are stored as its ``features``.
+        """
+        from ..features import (
+            cache,
+            model_fingerprint,
+            sequence_log_likelihood,
+            tokenizer_fingerprint,
+        )
+
+        store = cache.features_dir(self.config.cache)
+        key = {
+            "kind": "sequence_log_likelihood/1", "model": model_fingerprint(self.model),
+            "tokenizer": tokenizer_fingerprint(self.tokenizer), "template": self.template or None,
+            "max_length": self.config.max_length,
+            "dtype": str(next(self.model.parameters()).dtype).removeprefix("torch."),
+            "texts_sha256": cache.texts_sha256(texts), "n_texts": len(texts),
+        }
+        path = cache.entry_path(store, key) if store is not None else None
+        hit = None if path is None else cache.read_entry(path, key, n_rows=len(texts))
+        if hit is not None:
+            return hit["features"]
+        stats = sequence_log_likelihood(
+            texts, self.model, self.tokenizer, template=self.template or None,
+            max_length=self.config.max_length, batch_size=self.config.batch_size,
+            progress=self.config.progress,
+        )
+        if path is not None:
+            cache.write_entry(path, {"features": stats}, key)
+        return stats
 
 
 def _extract_fn() -> Callable[..., Any]:
@@ -461,7 +510,7 @@ class BenchResult:
 
 
 def _check_detectors(
-    registry: Registry, names: Sequence[str] | None, what: str
+    registry: Registry, names: Sequence[str] | None, what: str, lm_columns: int | None = None,
 ) -> tuple[list[str], dict[str, str]]:
     if names is not None:
         unknown = [n for n in names if n not in registry.detectors and n != MSP_VOCAB]
@@ -471,7 +520,7 @@ def _check_detectors(
                 f"{', '.join(registry.detectors)}"
             )
         names = [n for n in names if n != MSP_VOCAB]
-    return usable_detectors(registry, names)
+    return usable_detectors(registry, names, lm_columns)
 
 
 def run_bench(
@@ -510,7 +559,7 @@ def run_bench(
     if not suite.settings:
         raise ValueError(f"no setting of suite {suite.name!r} uses only {config.datasets}")
     registry = registry or get_registry()
-    main_names, skipped_detectors = _check_detectors(registry, config.detectors, "main")
+    _check_detectors(registry, config.detectors, "main")  # unknown names fail before extraction
     sweep_names, _ = _check_detectors(registry, config.sweep_detectors, "sweep")
     want_vocab_msp = config.detectors is None or MSP_VOCAB in config.detectors or (
         "msp" in config.detectors)
@@ -541,6 +590,11 @@ def run_bench(
             pool.extracted = extractor(pool.key, pool.texts)
         timing["extract_s"] = time.perf_counter() - tick
         n_texts = sum(len(p.texts) for p in pools.values())
+        stats = [p.extracted.lm_stats for p in pools.values() if p.extracted is not None]
+        lm_columns = None if any(t is None for t in stats) else int(stats[0].shape[1])
+        main_names, skipped_detectors = _check_detectors(
+            registry, config.detectors, "main", lm_columns
+        )
 
         tick = time.perf_counter()
         rows, sweep_rows, scores = _evaluate(
@@ -636,17 +690,19 @@ def _evaluate(
             def make(pool_key: str, idx: np.ndarray, name: str, labels: Any = None) -> FeatureSet:
                 ext = pools[pool_key].extracted
                 assert ext is not None
-                x = ext.layer(layer)[torch.as_tensor(idx, dtype=torch.long)]
+                rows = torch.as_tensor(idx, dtype=torch.long)
+                x = ext.layer(layer)[rows]
                 z = None
                 if logits in ("label", "vocab") and ext.label_logits is not None:
                     col = [ext.label_words.index(w) for w in columns]
-                    z = ext.label_logits[torch.as_tensor(idx, dtype=torch.long)][:, col]
+                    z = ext.label_logits[rows][:, col]
                     if logits == "vocab":
                         assert ext.vocab_logsumexp is not None
-                        z = z - ext.vocab_logsumexp[torch.as_tensor(idx, dtype=torch.long), None]
+                        z = z - ext.vocab_logsumexp[rows, None]
                 elif logits == "probe":
                     z = probe_logits(probe, x)
-                return FeatureSet(name, x, z, labels)
+                stats = None if ext.lm_stats is None else ext.lm_stats[rows]
+                return FeatureSet(name, x, z, labels, stats)
 
             bank = make(task.id_corpus, task.bank_idx, "bank", task.bank_labels)
             id_test = make(task.id_corpus, task.test_idx, "id_test")

@@ -31,6 +31,7 @@ __all__ = [
     "VALIDATION_FRACTION",
     "choose_id_classes",
     "few_shot",
+    "few_shot_indices",
     "holdout_classes",
     "near_ood_splits",
     "standard_splits",
@@ -371,18 +372,33 @@ def few_shot(data: TextSet, k: Shot, *, seed: int = 0, by: By = "label") -> Text
     """
     if k is None or k == "full":
         return data
+    codes, _ = _codes(data, by)
+    return data.take(few_shot_indices(codes, k, seed=seed))
+
+
+def few_shot_indices(codes: np.ndarray, k: Shot, *, seed: int = 0) -> np.ndarray:
+    """Sorted positions of K examples per class of ``codes``: the draws of :func:`few_shot`.
+
+    Parameters
+    ----------
+    codes : numpy.ndarray
+        Integer class (or domain) of each example.
+    k, seed
+        As in :func:`few_shot`; ``k="full"`` or ``None`` keeps every position.
+    """
+    codes = np.asarray(codes)
+    if k is None or k == "full":
+        return np.arange(len(codes))
     if isinstance(k, bool) or not isinstance(k, int | float | np.integer | np.floating):
         raise TypeError(f"k must be an int, a fraction or 'full', got {k!r}")
     if isinstance(k, float | np.floating) and not float(k).is_integer() and not 0 < k < 1:
         raise ValueError(f"a fractional k must lie in (0, 1), got {k!r}")
     if k < 1 and not 0 < k < 1:
         raise ValueError(f"k must be >= 1, got {k!r}")
-    codes, _ = _codes(data, by)
     chosen: list[np.ndarray] = []
     for c in np.unique(codes):
         members = np.flatnonzero(codes == c)
         take = int(len(members) * k) if k < 1 else int(k)
         order = np.random.RandomState(seed).permutation(len(members))
         chosen.append(members[order[:take]])
-    idx = np.sort(np.concatenate(chosen)) if chosen else np.empty(0, np.int64)
-    return data.take(idx)
+    return np.sort(np.concatenate(chosen)) if chosen else np.empty(0, np.int64)

@@ -13,6 +13,8 @@ name                      class                                       module
 ``lof``                   :class:`LOFDetector`                        :mod:`.lof`
 ``gmm``                   :class:`GMMDetector`                        :mod:`.gmm`
 ``residual``              :class:`ResidualDetector`                   :mod:`.residual`
+``perplexity``            :class:`PerplexityDetector`                 :mod:`.likelihood`
+``likelihood_ratio``      :class:`LikelihoodRatioDetector`            :mod:`.likelihood`
 ========================  ==========================================  =========================
 
 They are registered through the plugin :mod:`ood_zoo.builtin`.
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 from .distance import CosineDetector, KNNDetector
 from .gmm import GMMDetector
+from .likelihood import LikelihoodRatioDetector, PerplexityDetector
 from .lof import LOFDetector
 from .logits import EnergyDetector, MaxLogitDetector, MSPDetector
 from .mahalanobis import MahalanobisDetector, RelativeMahalanobisDetector
@@ -38,6 +41,8 @@ BUILTIN_DETECTORS = (
     LOFDetector,
     GMMDetector,
     ResidualDetector,
+    PerplexityDetector,
+    LikelihoodRatioDetector,
 )
 
 __all__ = [
@@ -47,9 +52,11 @@ __all__ = [
     "GMMDetector",
     "KNNDetector",
     "LOFDetector",
+    "LikelihoodRatioDetector",
     "MSPDetector",
     "MahalanobisDetector",
     "MaxLogitDetector",
+    "PerplexityDetector",
     "RelativeMahalanobisDetector",
     "ResidualDetector",
 ]

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
-__all__ = ["Template", "encode", "label_token_ids", "special_frame"]
+__all__ = ["Template", "encode", "label_token_ids", "label_word_ids", "special_frame"]
 
 Encoded = dict[str, list[list[int]]]
 
@@ -112,40 +112,52 @@ def encode(
     return encoded, len(trail)
 
 
+def label_word_ids(
+    tokenizer: PreTrainedTokenizerBase, word: str, template: Template | None = None
+) -> list[int]:
+    """The token ids of ``word`` as the model would emit it right after the prompt.
+
+    The word is tokenised in context, ``suffix + word``, and the tokens after the suffix's own
+    tokens are kept (the paper's CLINC rule ``tokenizer('### Output:\\n' + label)[5:]``). This
+    gets leading-space handling right for BPE and SentencePiece tokenizers. Without a template,
+    or when the word merges with the end of the suffix (with a warning), the word is tokenised on
+    its own (give ``" word"`` if a space should precede it).
+
+    Raises
+    ------
+    ValueError
+        If the word tokenises to no tokens.
+    """
+    suffix = template.suffix if template is not None else ""
+    context = _ids(tokenizer, suffix)
+    ids = _ids(tokenizer, suffix + word)
+    if len(ids) > len(context) and ids[: len(context)] == context:
+        return ids[len(context):]
+    alone = _ids(tokenizer, word)
+    if not alone:
+        raise ValueError(f"label word {word!r} tokenises to no tokens")
+    warnings.warn(
+        f"label word {word!r} merges with the end of the template suffix {suffix!r} when "
+        "tokenised in context; using the tokens of the word on its own",
+        stacklevel=3,
+    )
+    return alone
+
+
 def label_token_ids(
     tokenizer: PreTrainedTokenizerBase,
     label_words: Sequence[str],
     template: Template | None = None,
 ) -> list[int]:
-    """The first sub-token of each label word as the model would emit it after the prompt.
-
-    Each word is tokenised in context, ``suffix + word``, and the first token after the suffix's
-    own tokens is taken (the paper's CLINC rule ``tokenizer('### Output:\\n' + label)[5]``). This
-    gets leading-space handling right for BPE and SentencePiece tokenizers. Without a template
-    the word is tokenised on its own (give ``" word"`` if a space should precede it).
+    """The first sub-token of each label word as the model would emit it after the prompt
+    (:func:`label_word_ids`).
 
     Raises
     ------
     ValueError
         If two labels share a first token (the paper paraphrases CLINC labels for this reason).
     """
-    suffix = template.suffix if template is not None else ""
-    context = _ids(tokenizer, suffix)
-    firsts: list[int] = []
-    for word in label_words:
-        ids = _ids(tokenizer, suffix + word)
-        if len(ids) > len(context) and ids[: len(context)] == context:
-            firsts.append(ids[len(context)])
-            continue
-        alone = _ids(tokenizer, word)
-        if not alone:
-            raise ValueError(f"label word {word!r} tokenises to no tokens")
-        warnings.warn(
-            f"label word {word!r} merges with the end of the template suffix {suffix!r} when "
-            "tokenised in context; using the first token of the word on its own",
-            stacklevel=3,
-        )
-        firsts.append(alone[0])
+    firsts = [label_word_ids(tokenizer, word, template)[0] for word in label_words]
     seen: dict[int, str] = {}
     for word, token in zip(label_words, firsts, strict=True):
         if token in seen:
