@@ -186,6 +186,7 @@ def test_outputs_and_report(result, tmp_path):
     written = write_fine_tuned_outputs(res, tmp_path)
     payload = json.loads((tmp_path / "results.json").read_text())
     assert payload["format"] == "ood_zoo.bench"
+    assert payload["settings"]["config"]["suite"] == "fine-tuned"
     assert {r["variant"] for r in payload["table"]} == {"zero-grad", "generative",
                                                         "discriminative"}
     assert len(payload["training"]) == len(res.training)

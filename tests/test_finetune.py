@@ -274,6 +274,19 @@ def test_load_errors(tmp_path):
         load_fine_tuned(tmp_path / "a", make_model(), make_tokenizer())
 
 
+def test_fine_tuned_models_never_reuse_the_base_fingerprint():
+    """A cached feature of the base model must not be served for the adapted model."""
+    from ood_zoo.features.models import model_fingerprint
+
+    base = make_model()
+    setattr(base, FINGERPRINT_ATTR, "file-sha256:base")
+    texts, labels = data()
+    run = fine_tune(base, make_tokenizer(), texts, labels, texts, labels, label_words=LABELS,
+                    template=TEMPLATE, config=QUICK)
+    assert model_fingerprint(run.model) != "file-sha256:base"
+    assert model_fingerprint(run.merged()) != "file-sha256:base"
+
+
 def test_merged_model_equals_the_adapted_model():
     run = trained()
     ids = torch.tensor([run._prompts(["the film was great"])[0]])

@@ -340,7 +340,8 @@ def run_fine_tuned(
                       metric_names=("auroc", "fpr95", "aupr_in", "id_accuracy"), order=order)
     meta = {
         "settings": {
-            "config": _jsonable(asdict(config) | {"part_sizes": config.sizes()}),
+            "config": _jsonable(asdict(config) | {"suite": suite.name,
+                                                  "part_sizes": config.sizes()}),
             "suite": {"name": suite.name, "description": suite.description,
                       "notes": list(suite.notes)},
             "template": suite.template,

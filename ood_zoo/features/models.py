@@ -149,11 +149,13 @@ def model_fingerprint(model: torch.nn.Module) -> str:
     Models loaded by ood_zoo carry one from their weight files (e.g. the SHA-256 of SmolLM2's
     GGUF file). For any other model it is a SHA-256 over the class, the config and every
     parameter and buffer, computed on each call (about 1 s per GB), so a model changed in place
-    (e.g. fine-tuned) gets a new identity. A loaded model that is then changed in place keeps its
-    file identity: delete the ``_ood_zoo_fingerprint`` attribute, or pass ``cache=False``.
+    (e.g. fine-tuned) gets a new identity; so does a peft model, whose adapters change the
+    weights. A loaded model that is then changed in place keeps its file identity: delete the
+    ``_ood_zoo_fingerprint`` attribute (:meth:`ood_zoo.finetune.FineTuned.merged` does), or pass
+    ``cache=False``.
     """
     known = getattr(model, FINGERPRINT_ATTR, None)
-    if isinstance(known, str):
+    if isinstance(known, str) and not hasattr(model, "peft_config"):  # adapters change weights
         return known
     digest = hashlib.sha256(type(model).__qualname__.encode())
     config = getattr(model, "config", None)
