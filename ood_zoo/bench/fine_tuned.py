@@ -58,8 +58,10 @@ from .zero_grad import (
     TABLE_HEADERS,
     Pool,
     _jsonable,
+    _label_words,
     _machine,
     _markdown,
+    _np,
     _tag,
     _Task,
     _tasks,
@@ -293,7 +295,7 @@ def run_fine_tuned(
         if base_model.get_output_embeddings() is None:
             raise ValueError(f"{config.model} has no LM head; the fine-tuned suite needs a "
                              "causal LM")
-        words = {key: _words(suite, pool) for key, pool in pools.items()
+        words = {key: _label_words(suite, pool) for key, pool in pools.items()
                  if key in suite.id_corpora()}
         all_words = list(dict.fromkeys(w for ws in words.values() for w in ws))
         tick = time.perf_counter()
@@ -367,11 +369,6 @@ def run_fine_tuned(
         "timing_s": timing,
     }
     return FineTunedResult(rows, table, training, scores, meta)
-
-
-def _words(suite: Suite, pool: Pool) -> list[str]:
-    mapping = suite.corpora[pool.key].label_words or {}
-    return [mapping.get(name, name) for name in pool.label_names]
 
 
 def _few_shot(idx: np.ndarray, labels: np.ndarray, shots: Shot, seed: int) -> np.ndarray:
@@ -498,12 +495,6 @@ def _detect(
                      id_accuracy=common.get("id_accuracy"))
         tagged.append(entry)
     return tagged
-
-
-def _np(scores: Any) -> np.ndarray:
-    if hasattr(scores, "detach"):
-        return scores.detach().double().cpu().numpy()
-    return np.asarray(scores, dtype=np.float64)
 
 
 # ------------------------------------------------------------------------------ outputs
