@@ -41,7 +41,7 @@ $(VENV)/.demo-data: $(VENV)/.installed Makefile
 
 install: $(VENV)/.installed
 
-# The main job: the paper's zero-grad experiment on the embedded SmolLM2-135M (subsampled; ~4 min).
+# The main job: the paper's zero-grad experiment on the embedded SmolLM2-135M (subsampled; ~6 min).
 demo: $(VENV)/.installed $(VENV)/.demo-data
 	$(BIN)/ood-zoo doctor
 	$(BIN)/ood-zoo bench --suite zero-grad --model smollm2-135m --out results/zero-grad-smollm2-135m
