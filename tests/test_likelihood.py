@@ -482,8 +482,38 @@ def test_model_extractor_computes_and_caches_lm_statistics(lm, tmp_path, monkeyp
     def refuse(*args, **kwargs):
         raise AssertionError("the cached statistics were recomputed")
 
-    monkeypatch.setattr("ood_zoo.features.sequence_log_likelihood", refuse)
+    monkeypatch.setattr("ood_zoo.features.likelihood._encode", refuse)
     assert torch.equal(extractor("texts", TEXTS).lm_stats, first)
+
+
+def test_sequence_log_likelihood_cache(lm, tmp_path, monkeypatch):
+    """Cached statistics come back unchanged; other texts, templates or weights miss; a
+    corrupt entry is recomputed."""
+    import ood_zoo.features.likelihood as likelihood_module
+
+    tokenizer = make_tokenizer("llama-lm", "right")
+    kw = {"template": TEMPLATE, "max_length": 12, "progress": False, "cache": tmp_path}
+    first = sequence_log_likelihood(TEXTS, lm, tokenizer, **kw)
+    entries = list(tmp_path.glob("*.safetensors"))
+    assert len(entries) == 1
+    encode = likelihood_module._encode
+    calls = []
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return encode(*args, **kwargs)
+
+    monkeypatch.setattr(likelihood_module, "_encode", counting)
+    assert torch.equal(sequence_log_likelihood(TEXTS, lm, tokenizer, **kw), first)
+    assert not calls
+    sequence_log_likelihood(TEXTS[:2], lm, tokenizer, **kw)
+    sequence_log_likelihood(TEXTS, lm, tokenizer, **{**kw, "template": None})
+    assert len(calls) == 2
+    entries[0].write_bytes(entries[0].read_bytes()[:-8])  # truncated: recomputed, not used
+    with pytest.warns(RuntimeWarning, match="corrupt"):
+        again = sequence_log_likelihood(TEXTS, lm, tokenizer, **kw)
+    assert len(calls) == 3
+    torch.testing.assert_close(again, first)
 
 
 # ---------------------------------------------------------------------------- the real SmolLM2

@@ -207,7 +207,7 @@ def _run_model(model: Any, tokenizer: Any, texts: Sequence[str], idx: np.ndarray
               "batch_size": config.batch_size, "progress": config.progress}
     got = extract(chosen, model, tokenizer, layers=-1, pooling="last",
                   label_words=list(label_words), cache=cache, **common)
-    likelihood = sequence_log_likelihood(chosen, model, tokenizer, **common)
+    likelihood = sequence_log_likelihood(chosen, model, tokenizer, cache=cache, **common)
     rows = torch.as_tensor(idx, dtype=torch.long)
 
     def full(values: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:

@@ -325,38 +325,15 @@ class ModelExtractor:
                          self.lm_stats(list(texts)))
 
     def lm_stats(self, texts: list[str]) -> torch.Tensor:
-        """Base-model :func:`~ood_zoo.features.sequence_log_likelihood` of ``texts``, cached.
+        """Base-model :func:`~ood_zoo.features.sequence_log_likelihood` of ``texts``, cached
+        with the features."""
+        from ..features import sequence_log_likelihood
 
-        The entry lives in the features cache, keyed like the features (model, tokenizer,
-        template, ``max_length``, dtype, texts); the statistics are stored as its ``features``.
-        """
-        from ..features import (
-            cache,
-            model_fingerprint,
-            sequence_log_likelihood,
-            tokenizer_fingerprint,
-        )
-
-        store = cache.features_dir(self.config.cache)
-        key = {
-            "kind": "sequence_log_likelihood/1", "model": model_fingerprint(self.model),
-            "tokenizer": tokenizer_fingerprint(self.tokenizer), "template": self.template or None,
-            "max_length": self.config.max_length,
-            "dtype": str(next(self.model.parameters()).dtype).removeprefix("torch."),
-            "texts_sha256": cache.texts_sha256(texts), "n_texts": len(texts),
-        }
-        path = cache.entry_path(store, key) if store is not None else None
-        hit = None if path is None else cache.read_entry(path, key, n_rows=len(texts))
-        if hit is not None:
-            return hit["features"]
-        stats = sequence_log_likelihood(
+        return sequence_log_likelihood(
             texts, self.model, self.tokenizer, template=self.template or None,
             max_length=self.config.max_length, batch_size=self.config.batch_size,
-            progress=self.config.progress,
+            cache=self.config.cache, progress=self.config.progress,
         )
-        if path is not None:
-            cache.write_entry(path, {"features": stats}, key)
-        return stats
 
 
 def _extract_fn() -> Callable[..., Any]:

@@ -18,8 +18,16 @@ from tqdm.auto import tqdm
 
 from .._arrays import as_tensor
 from ..errors import InputError
+from .cache import entry_path, features_dir, read_entry, texts_sha256, write_entry
 from .encode import Template
-from .extract import _NO_LIMIT, _check_texts, _collate, _resolve_model
+from .extract import (
+    _NO_LIMIT,
+    _check_texts,
+    _collate,
+    _resolve_model,
+    tokenizer_fingerprint,
+)
+from .models import model_fingerprint
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -128,6 +136,7 @@ def sequence_log_likelihood(
     batch_size: int = 16,
     device: str | torch.device | None = None,
     sort_by_length: bool = True,
+    cache: bool | str | os.PathLike[str] | None = False,
     progress: bool = True,
 ) -> torch.Tensor:
     """Log-likelihood of each text's own tokens under a causal LM, and how many there are.
@@ -162,6 +171,11 @@ def sequence_log_likelihood(
         Where to run; a loaded model is moved there in place.
     sort_by_length : bool
         Batch texts sorted by token length (longest first); results are in input order anyway.
+    cache : bool or path
+        Keep the result in the features cache (``True``: ``<cache_root()>/features``; a path: that
+        directory), keyed by the model and tokenizer fingerprints, template, ``max_length``,
+        dtype and the texts, as :func:`~ood_zoo.features.extract` keys features. A corrupt entry
+        is recomputed.
     progress : bool
         Show a tqdm progress bar.
 
@@ -195,6 +209,21 @@ def sequence_log_likelihood(
     limit = getattr(tokenizer, "model_max_length", None)
     if isinstance(limit, int) and limit < _NO_LIMIT:
         max_length = min(max_length, limit)
+
+    store = features_dir(cache)
+    path = key = None
+    if store is not None:
+        key = {
+            "kind": "sequence_log_likelihood/1", "model": model_fingerprint(model),
+            "tokenizer": tokenizer_fingerprint(tokenizer), "template": template,
+            "max_length": max_length,
+            "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
+            "texts_sha256": texts_sha256(texts), "n_texts": len(texts),
+        }
+        path = entry_path(store, key)
+        hit = read_entry(path, key, n_rows=len(texts))
+        if hit is not None:
+            return hit["features"]
 
     encoded = _encode(texts, tokenizer, parsed, max_length)
     prompts = [ids for ids, _, _ in encoded]
@@ -237,7 +266,10 @@ def sequence_log_likelihood(
     finally:
         model.train(was_training)
     counts = torch.tensor([stop - first for _, first, stop in encoded], dtype=torch.float64)
-    return torch.stack([totals, counts], dim=1)
+    stats = torch.stack([totals, counts], dim=1)
+    if path is not None and key is not None:
+        write_entry(path, {"features": stats}, key)
+    return stats
 
 
 def _as_stats(stats: Any, name: str) -> torch.Tensor:
