@@ -398,14 +398,13 @@ def cmd_bench_fine_tuned(args: argparse.Namespace) -> int:
     )
     from .finetune import TrainConfig
 
-    recipe = TrainConfig(max_length=args.max_length or CPU_RECIPE.max_length) \
-        if args.paper_recipe else replace(CPU_RECIPE, max_length=args.max_length
-                                          or CPU_RECIPE.max_length)
+    recipe = replace(TrainConfig() if args.paper_recipe else CPU_RECIPE,
+                     max_length=args.max_length or CPU_RECIPE.max_length,
+                     progress=not args.quiet)
     if args.epochs is not None:
         recipe = replace(recipe, max_epochs=args.epochs)
     if args.lr is not None:
         recipe = replace(recipe, learning_rate=args.lr)
-    recipe = replace(recipe, progress=not args.quiet)
     config = FineTunedBenchConfig(
         model=args.model, datasets=_names(args.datasets) or ("bbc",),
         objectives=_names(args.objectives) or ("generative", "discriminative"),

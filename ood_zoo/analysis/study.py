@@ -21,8 +21,6 @@ once per corpus (:func:`ood_zoo.features.extract` with ``layers="all"``, cached 
 from __future__ import annotations
 
 import argparse
-import csv
-import io
 import json
 import math
 import os
@@ -511,14 +509,11 @@ def render_tables(result: StudyResult) -> tuple[str, str]:
 
 
 def _csv(rows: Sequence[Mapping[str, Any]]) -> bytes:
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(ROW_COLUMNS), extrasaction="ignore",
-                            lineterminator="\n")
-    writer.writeheader()
-    for row in rows:
-        writer.writerow({k: ("" if not _finite_or_text(row.get(k)) else row.get(k))
-                         for k in ROW_COLUMNS})
-    return buffer.getvalue().encode("utf-8")
+    """The rows as CSV; NaN and infinite values are left empty."""
+    from ..bench.zero_grad import csv_bytes
+
+    return csv_bytes([{k: (v if _finite_or_text(v) else None) for k, v in row.items()}
+                      for row in rows], ROW_COLUMNS)
 
 
 def _finite_or_text(value: Any) -> bool:

@@ -66,6 +66,7 @@ from .zero_grad import (
     _Task,
     _tasks,
     aggregate,
+    draw_pools,
 )
 
 __all__ = [
@@ -222,26 +223,8 @@ def _run_model(model: Any, tokenizer: Any, texts: Sequence[str], idx: np.ndarray
 
 def _pools(suite: Suite, config: FineTunedBenchConfig) -> tuple[dict[str, Pool], dict[str, str]]:
     """One pool per corpus: ID corpora with train/validation/test parts, OOD corpora test only."""
-    from ..data import split
-
-    ids = set(suite.id_corpora())
     sizes = config.sizes()
-    pools: dict[str, Pool] = {}
-    skipped: dict[str, str] = {}
-    for key in dict.fromkeys(k for s in suite.settings for k in (s.id_corpus, s.ood_corpus)):
-        try:
-            data = suite.corpora[key].load()
-        except Exception as exc:  # a missing package skips this corpus only
-            skipped[key] = f"{type(exc).__name__}: {exc}"
-            continue
-        parts = dict(sizes) if key in ids else {"test": sizes["test"]}
-        if key in ids and data.labels is None:
-            skipped[key] = "the ID corpus has no class labels"
-            continue
-        n = min(sum(parts.values()), len(data))
-        (drawn,) = split(data, [n], seed=0, stratify=data.labels is not None, names=[key])
-        pools[key] = Pool(key, drawn.texts, drawn.labels, tuple(drawn.label_names), parts)
-    return pools, skipped
+    return draw_pools(suite, lambda is_id, n: dict(sizes) if is_id else {"test": sizes["test"]})
 
 
 # ------------------------------------------------------------------------------ the run

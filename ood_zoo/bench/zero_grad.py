@@ -83,6 +83,8 @@ __all__ = [
     "Extracted",
     "ModelExtractor",
     "aggregate",
+    "csv_bytes",
+    "draw_pools",
     "run_bench",
     "write_outputs",
 ]
@@ -371,6 +373,34 @@ class Pool:
 def _build_pools(
     suite: Suite, config: BenchConfig
 ) -> tuple[dict[str, Pool], dict[str, str]]:
+    def sizes(is_id: bool, n: int) -> dict[str, int]:
+        parts = [config.bank, "test"] if is_id else ["test"]
+        if config.full:
+            fractions = {p: FULL_FRACTIONS[p] for p in parts} if is_id else {"test": 1.0}
+            return {p: int(n * f) for p, f in fractions.items()}
+        return {p: SPLIT_SCALE[p] * int(config.max_per_split or 0) for p in parts}
+
+    return draw_pools(suite, sizes)
+
+
+def draw_pools(
+    suite: Suite, part_sizes: Callable[[bool, int], dict[str, int]]
+) -> tuple[dict[str, Pool], dict[str, str]]:
+    """One pool per corpus the suite's settings use, drawn once with :data:`POOL_SEED`.
+
+    Parameters
+    ----------
+    suite : Suite
+    part_sizes : callable
+        ``part_sizes(is_id_corpus, corpus_size) -> {part: texts}``; the pool holds their sum
+        (at most the whole corpus), class-stratified when the corpus is labelled.
+
+    Returns
+    -------
+    (pools, skipped)
+        ``skipped`` maps a corpus that could not be used (missing package, empty, an ID corpus
+        without labels) to the reason.
+    """
     from ..data import split
 
     ids = set(suite.id_corpora())
@@ -387,12 +417,7 @@ def _build_pools(
         if len(data) == 0:
             skipped[key] = "the corpus is empty"
             continue
-        parts = [config.bank, "test"] if key in ids else ["test"]
-        if config.full:
-            fractions = {p: FULL_FRACTIONS[p] for p in parts} if key in ids else {"test": 1.0}
-            sizes = {p: int(len(data) * f) for p, f in fractions.items()}
-        else:
-            sizes = {p: SPLIT_SCALE[p] * int(config.max_per_split or 0) for p in parts}
+        sizes = part_sizes(key in ids, len(data))
         stratify = data.labels is not None
         if key in ids and data.labels is None:
             skipped[key] = "the ID corpus has no class labels"
@@ -934,16 +959,17 @@ def render_tables(result: BenchResult) -> tuple[str, str]:
     return "\n".join(md), "\n".join(txt)
 
 
-def _csv(rows: Sequence[Mapping[str, Any]]) -> bytes:
+def csv_bytes(rows: Sequence[Mapping[str, Any]], columns: Sequence[str] = CSV_COLUMNS) -> bytes:
+    """``rows`` as CSV with the header ``columns`` (missing or ``None`` values are empty)."""
     import csv
     import io
 
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(CSV_COLUMNS), extrasaction="ignore",
+    writer = csv.DictWriter(buffer, fieldnames=list(columns), extrasaction="ignore",
                             lineterminator="\n")
     writer.writeheader()
     for row in rows:
-        writer.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in CSV_COLUMNS})
+        writer.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in columns})
     return buffer.getvalue().encode("utf-8")
 
 
@@ -976,10 +1002,10 @@ def write_outputs(result: BenchResult, out_dir: str | os.PathLike[str]) -> dict[
     outputs = {
         "results.json": (json.dumps(_jsonable(payload), indent=2, allow_nan=False) + "\n"
                          ).encode("utf-8"),
-        "results.csv": _csv([{**r, "row_type": "seed"} for r in result.rows]
+        "results.csv": csv_bytes([{**r, "row_type": "seed"} for r in result.rows]
                             + [{**r, "row_type": "aggregate", "seed": "all"}
                                for r in result.table]),
-        "layer_sweep.csv": _csv([{**r, "row_type": "seed"} for r in result.sweep_rows]
+        "layer_sweep.csv": csv_bytes([{**r, "row_type": "seed"} for r in result.sweep_rows]
                                 + [{**r, "row_type": "aggregate", "seed": "all"}
                                    for r in result.sweep_table]),
         "table.md": (md + "\n").encode("utf-8"),
