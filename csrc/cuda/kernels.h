@@ -22,13 +22,29 @@ enum class Epilogue : int {
 };
 
 //! C[i, j] = epilogue(sum_k (A[i, k] - a_shift[k]) * B[j, k]) for i < m, j < n (a_shift may be
-//! null). Shared-memory tiled, accumulating in the element type (fp32 for float).
+//! null). Shared-memory tiled SIMT FMAs (64 x 64 tiles), accumulating in the element type, so
+//! fp32 and fp64 stay exact to their own rounding; 16-bit operands go to gemm_nt_tc instead.
 cudaError_t gemm_nt(const float* a, const float* a_shift, const float* b, float* c, int64_t m,
                     int64_t n, int64_t kdim, int64_t lda, int64_t ldb, int64_t ldc, Epilogue epi,
                     const float* row_term, const float* col_term, cudaStream_t stream);
 cudaError_t gemm_nt(const double* a, const double* a_shift, const double* b, double* c, int64_t m,
                     int64_t n, int64_t kdim, int64_t lda, int64_t ldb, int64_t ldc, Epilogue epi,
                     const double* row_term, const double* col_term, cudaStream_t stream);
+
+//! Which 16-bit floating format a `const uint16_t*` operand holds (raw bits, so that the torch
+//! glue needs no cuda_bf16.h / cuda_fp16.h).
+enum class HalfKind : int { kBFloat16 = 0, kFloat16 = 1 };
+
+//! As gemm_nt (no shift) for 16-bit A and B of the same kind, on the tensor cores with fp32
+//! accumulation and an fp32 C, row_term and col_term (gemm_tc.cu: 128 x 128 WMMA tiles).
+cudaError_t gemm_nt_tc(const uint16_t* a, const uint16_t* b, float* c, int64_t m, int64_t n,
+                       int64_t kdim, int64_t lda, int64_t ldb, int64_t ldc, HalfKind kind,
+                       Epilogue epi, const float* row_term, const float* col_term,
+                       cudaStream_t stream);
+
+//! row_norms of a 16-bit matrix (accumulated in double), written as fp32.
+cudaError_t row_norms_16(const uint16_t* a, int64_t rows, int64_t cols, int64_t lda,
+                         HalfKind kind, bool inverse, float* out, cudaStream_t stream);
 
 //! out[i] = |A[i, :]|^2, or 1 / max(|A[i, :]|, 1e-12) when `inverse`.
 cudaError_t row_norms(const float* a, int64_t rows, int64_t cols, int64_t lda, bool inverse,

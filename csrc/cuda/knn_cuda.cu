@@ -1,6 +1,9 @@
 // CUDA kernels of ood_zoo::knn (launched from ops_cuda.cpp), usable by other ops too:
-//   gemm_nt     a 64x64-tiled shared-memory GEMM C = (A - shift) B^T with a fused epilogue that
-//               turns dot products into cosine similarities or squared distances;
+//   gemm_nt     the exact path for fp32/fp64: a 64x64-tiled shared-memory SIMT GEMM (each of 256
+//               threads accumulates a 4x4 block with FMAs in the element type, no tensor cores)
+//               C = (A - shift) B^T, with a fused epilogue that turns dot products into cosine
+//               similarities or squared distances. bf16/fp16 banks use the tensor-core GEMM of
+//               gemm_tc.cu instead, with the same epilogue;
 //   row_norms   one warp per row: squared norms or clamped inverse norms;
 //   topk_merge  one block per query: merges a tile's scores into the running top-k. A segment of
 //               1024 scores is skipped unless one beats the current k-th best; otherwise it is

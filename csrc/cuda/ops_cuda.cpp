@@ -1,9 +1,10 @@
 // Torch glue of the ood_zoo CUDA kernels: argument checks, dtype handling, the current stream,
 // TORCH_LIBRARY_IMPL(ood_zoo, CUDA) and the (empty) Python module ood_zoo._C_cuda. The kernels
-// themselves live in knn_cuda.cu and mahalanobis_cuda.cu behind the raw-pointer launchers of
-// kernels.h. The op schemas are defined by ood_zoo._C, which must be imported first.
+// themselves live in knn_cuda.cu (SIMT fp32/fp64 GEMM, norms, fused top-k), gemm_tc.cu (tensor-
+// core GEMM for bf16/fp16) and mahalanobis_cuda.cu behind the raw-pointer launchers of kernels.h. The op schemas are defined by ood_zoo._C, which must be imported first.
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/cat.h>
+#include <ATen/ops/empty.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
@@ -90,6 +91,54 @@ void knn_cuda_kernel(const at::Tensor& q, const at::Tensor& bank, int64_t k, boo
   }
 }
 
+// knn for queries and bank in the same 16-bit dtype: each bank tile's GEMM on the tensor cores
+// (gemm_nt_tc, fp32 accumulation; 16-bit products are exact in fp32), fp32 scores, then the same
+// fused top-k as the fp32 path. Needs k <= kMaxFusedK (the caller checks).
+void knn_cuda_tc(const at::Tensor& q, const at::Tensor& bank, int64_t k, bool cosine,
+                 int64_t tile_rows, at::Tensor& values, at::Tensor& indices, cudaStream_t stream) {
+  const int64_t nq = q.size(0);
+  const int64_t d = q.size(1);
+  const int64_t n_bank = bank.size(0);
+  const int64_t tile = std::min(tile_rows, n_bank);
+  const auto kind =
+      q.scalar_type() == at::kBFloat16 ? cuda::HalfKind::kBFloat16 : cuda::HalfKind::kFloat16;
+  const auto epi = cosine ? cuda::Epilogue::kCosine : cuda::Epilogue::kSqDistClamped;
+  const auto bits = [](const at::Tensor& t) {
+    return static_cast<const uint16_t*>(t.const_data_ptr());
+  };
+  const auto f32 = q.options().dtype(at::kFloat);
+
+  at::Tensor q_term = at::empty({nq}, f32);
+  check_launch(cuda::row_norms_16(bits(q), nq, d, d, kind, cosine, q_term.data_ptr<float>(),
+                                  stream),
+               "row_norms_16");
+  at::Tensor b_term = at::empty({tile}, f32);
+  at::Tensor scores = at::empty({nq, tile}, f32);
+  check_launch(cuda::topk_init(values.data_ptr<float>(), indices.data_ptr<int64_t>(), nq * k,
+                               cosine, stream),
+               "topk_init");
+  for (int64_t start = 0; start < n_bank; start += tile) {
+    const int64_t n = std::min(tile, n_bank - start);
+    const at::Tensor b = bank.narrow(0, start, n).contiguous();
+    check_launch(cuda::row_norms_16(bits(b), n, d, d, kind, cosine, b_term.data_ptr<float>(),
+                                    stream),
+                 "row_norms_16");
+    check_launch(cuda::gemm_nt_tc(bits(q), bits(b), scores.data_ptr<float>(), nq, n, d, d, d,
+                                  tile, kind, epi, q_term.const_data_ptr<float>(),
+                                  b_term.const_data_ptr<float>(), stream),
+                 "gemm_nt_tc");
+    check_launch(cuda::topk_merge(scores.const_data_ptr<float>(), nq, n, tile, start, cosine, k,
+                                  values.data_ptr<float>(), indices.data_ptr<int64_t>(), stream),
+                 "topk_merge");
+  }
+  if (!cosine) {
+    values.sqrt_();
+  }
+}
+
+// Queries and bank of one 16-bit dtype go to the tensor cores; every other combination is
+// converted to fp32 (fp64 for fp64 queries) and runs the exact SIMT GEMM, so mixed inputs (fp32
+// queries, bf16 bank) are never rounded to 16 bits.
 std::tuple<at::Tensor, at::Tensor> knn_cuda(const at::Tensor& queries, const at::Tensor& bank,
                                             int64_t k, c10::string_view metric,
                                             int64_t tile_rows) {
@@ -98,13 +147,20 @@ std::tuple<at::Tensor, at::Tensor> knn_cuda(const at::Tensor& queries, const at:
   const c10::cuda::CUDAGuard guard(queries.device());
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   const at::ScalarType dtype = compute_dtype(queries.scalar_type());
-  const at::Tensor q = queries.to(dtype).contiguous();
-  at::Tensor values = q.new_empty({q.size(0), k});
-  at::Tensor indices = q.new_empty({q.size(0), k}, q.options().dtype(at::kLong));
+  const bool half_inputs = (queries.scalar_type() == at::kBFloat16 ||
+                            queries.scalar_type() == at::kHalf) &&
+                           bank.scalar_type() == queries.scalar_type();
+  const bool tensor_cores = half_inputs && k <= cuda::kMaxFusedK;
+  const at::Tensor q = tensor_cores ? queries.contiguous() : queries.to(dtype).contiguous();
+  const auto out_options = q.options().dtype(dtype);
+  at::Tensor values = at::empty({q.size(0), k}, out_options);
+  at::Tensor indices = at::empty({q.size(0), k}, out_options.dtype(at::kLong));
   if (q.size(0) == 0) {
     return {values, indices};
   }
-  if (dtype == at::kDouble) {
+  if (tensor_cores) {
+    knn_cuda_tc(q, bank, k, cosine, tile_rows, values, indices, stream);
+  } else if (dtype == at::kDouble) {
     knn_cuda_kernel<double>(q, bank, k, cosine, tile_rows, values, indices, stream);
   } else {
     knn_cuda_kernel<float>(q, bank, k, cosine, tile_rows, values, indices, stream);
