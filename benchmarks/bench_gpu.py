@@ -67,7 +67,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--tile-rows", type=int, default=16384, help="ext kernel's bank tile")
     p.add_argument("--torch-chunk", type=int, default=65536, help="torch baseline's chunk")
     p.add_argument("--gemm-size", type=int, default=4096)
-    p.add_argument("--maha-queries", type=int, default=4096)
+    p.add_argument("--maha-queries", type=int, default=16384)
     p.add_argument("--classes", type=int, default=100)
     p.add_argument("--check-queries", type=int, default=8)
     p.add_argument("--repeats", type=int, default=1, help="timed runs per case (best is kept)")

@@ -94,6 +94,9 @@ __global__ void __launch_bounds__(kTcThreads)
                       float* __restrict__ c, int64_t m, int64_t n, int64_t kdim, int64_t lda,
                       int64_t ldb, int64_t ldc, Epilogue epi, const float* __restrict__ row_term,
                       const float* __restrict__ col_term) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
+  __trap();  // bf16 WMMA needs sm_80+; the glue never launches this there (gemm_tc_supported)
+#else
   __shared__ __align__(128) T as[kTcBlockM][kTcLd];
   __shared__ __align__(128) T bs[kTcBlockN][kTcLd];
   __shared__ __align__(128) float stage[kTcWarpsM * kTcWarpsN][kFrag * kFrag];
@@ -188,6 +191,7 @@ __global__ void __launch_bounds__(kTcThreads)
       __syncwarp();
     }
   }
+#endif
 }
 
 template <typename T>
@@ -241,6 +245,17 @@ __global__ void __launch_bounds__(kNormThreads)
 }
 
 }  // namespace
+
+bool gemm_tc_supported() {
+  int device = 0;
+  int major = 0;
+  if (cudaGetDevice(&device) != cudaSuccess ||
+      cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) != cudaSuccess) {
+    cudaGetLastError();  // clear it; the SIMT path will report a real problem
+    return false;
+  }
+  return major >= 8;
+}
 
 cudaError_t gemm_nt_tc(const uint16_t* a, const uint16_t* b, float* c, int64_t m, int64_t n,
                        int64_t kdim, int64_t lda, int64_t ldb, int64_t ldc, HalfKind kind,

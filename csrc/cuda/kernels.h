@@ -42,6 +42,9 @@ cudaError_t gemm_nt_tc(const uint16_t* a, const uint16_t* b, float* c, int64_t m
                        Epilogue epi, const float* row_term, const float* col_term,
                        cudaStream_t stream);
 
+//! Whether the current device runs gemm_nt_tc (compute capability 8.0 or newer).
+bool gemm_tc_supported();
+
 //! row_norms of a 16-bit matrix (accumulated in double), written as fp32.
 cudaError_t row_norms_16(const uint16_t* a, int64_t rows, int64_t cols, int64_t lda,
                          HalfKind kind, bool inverse, float* out, cudaStream_t stream);

@@ -136,9 +136,9 @@ void knn_cuda_tc(const at::Tensor& q, const at::Tensor& bank, int64_t k, bool co
   }
 }
 
-// Queries and bank of one 16-bit dtype go to the tensor cores; every other combination is
-// converted to fp32 (fp64 for fp64 queries) and runs the exact SIMT GEMM, so mixed inputs (fp32
-// queries, bf16 bank) are never rounded to 16 bits.
+// Queries and bank of one 16-bit dtype go to the tensor cores (on sm_80+, for k <= kMaxFusedK);
+// every other combination is converted to fp32 (fp64 for fp64 queries) and runs the exact SIMT
+// GEMM, so mixed inputs (fp32 queries, bf16 bank) are never rounded to 16 bits.
 std::tuple<at::Tensor, at::Tensor> knn_cuda(const at::Tensor& queries, const at::Tensor& bank,
                                             int64_t k, c10::string_view metric,
                                             int64_t tile_rows) {
@@ -150,7 +150,7 @@ std::tuple<at::Tensor, at::Tensor> knn_cuda(const at::Tensor& queries, const at:
   const bool half_inputs = (queries.scalar_type() == at::kBFloat16 ||
                             queries.scalar_type() == at::kHalf) &&
                            bank.scalar_type() == queries.scalar_type();
-  const bool tensor_cores = half_inputs && k <= cuda::kMaxFusedK;
+  const bool tensor_cores = half_inputs && k <= cuda::kMaxFusedK && cuda::gemm_tc_supported();
   const at::Tensor q = tensor_cores ? queries.contiguous() : queries.to(dtype).contiguous();
   const auto out_options = q.options().dtype(dtype);
   at::Tensor values = at::empty({q.size(0), k}, out_options);
