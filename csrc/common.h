@@ -8,9 +8,11 @@
 
 #include <cstdint>
 
-// Hot CPU loops get an AVX2/FMA (x86-64-v3) clone beside the baseline, picked at load time.
+// Hot CPU loops get AVX-512 (x86-64-v4) and AVX2/FMA (x86-64-v3) clones beside the baseline,
+// picked at load time.
 #if defined(__GNUC__) && defined(__x86_64__) && !defined(__clang__)
-#define OOD_ZOO_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
+#define OOD_ZOO_CLONES \
+  __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 #else
 #define OOD_ZOO_CLONES
 #endif

@@ -41,6 +41,7 @@ import contextlib
 import functools
 import math
 import os
+import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Literal
 
@@ -355,8 +356,7 @@ def _knn_torch(
         else:
             best_values = top.values
         best_indices = top_indices
-    order = best_values.argsort(dim=1, descending=largest, stable=True)
-    best_values, best_indices = best_values.gather(1, order), best_indices.gather(1, order)
+    best_values, best_indices = _sort_heaps(best_values, best_indices, largest=largest)
     if not largest:
         best_values = best_values.sqrt()
     return best_values, best_indices
@@ -376,15 +376,22 @@ def _stream_topk(
             picked = values.topk(min(k, values.shape[1]), dim=1, largest=largest, sorted=False)
             values, indices = picked.values, indices.gather(1, picked.indices)
         best_values, best_indices = values, indices
-    order = best_values.argsort(dim=1, descending=largest, stable=True)
-    return best_values.gather(1, order), best_indices.gather(1, order)
+    return _sort_heaps(best_values, best_indices, largest=largest)
 
 
 def _knn_ext(
     q: torch.Tensor, shards: list[torch.Tensor], k: int, metric: Metric, rows: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``torch.ops.ood_zoo.knn`` per chunk (tiles of ``rows`` inside), chunks merged here."""
-    q = q.to(compute_dtype(q.dtype)).contiguous()
+    """``torch.ops.ood_zoo.knn`` per chunk (tiles of ``rows`` inside), chunks merged here.
+
+    On CUDA, 16-bit queries against a bank of the same dtype stay 16-bit, so that the CUDA
+    kernel multiplies its tiles on tensor cores (fp32 accumulation); all else computes in fp32
+    (fp64 for fp64 queries).
+    """
+    half = q.device.type == "cuda" and q.dtype in (torch.float16, torch.bfloat16)
+    if not (half and all(s.dtype == q.dtype for s in shards)):
+        q = q.to(compute_dtype(q.dtype))
+    q = q.contiguous()
 
     def search(chunk: torch.Tensor, kc: int) -> tuple[torch.Tensor, torch.Tensor]:
         chunk = chunk.to(device=q.device, dtype=q.dtype).contiguous()
@@ -414,11 +421,7 @@ def _knn_ext_bf16(
             torch.ops.ood_zoo.knn_bf16_update(
                 qf, chunk.contiguous(), offset, values, indices, counts, metric, rows, cap
             )
-    # best first; equal values by the lower index
-    by_index = indices.argsort(dim=1)
-    values, indices = values.gather(1, by_index), indices.gather(1, by_index)
-    order = values.argsort(dim=1, descending=cosine, stable=True)
-    values, indices = values.gather(1, order), indices.gather(1, order)
+    values, indices = _sort_heaps(values, indices, largest=cosine)
     if not cosine:
         values = values.sqrt()
     values = values.to(torch.float32)
@@ -546,3 +549,425 @@ def _mahalanobis_ext(
     mu = mu.to(device=x.device, dtype=dtype).contiguous()
     m = mu.mean(dim=0) if m is None else m.to(device=x.device, dtype=dtype).contiguous()
     return torch.ops.ood_zoo.mahalanobis(x, w, mu, m, rows)
+
+
+# ---------------------------------------------------------------------------------------------
+# KNNIndex: exact kNN pruned by a principal-subspace bound
+
+#: Principal directions the index projects on, by default (at most ``d // 4``).
+INDEX_RANK = 64
+#: Bank rows sampled to find the principal directions.
+INDEX_SAMPLE_ROWS = 8192
+#: ``mode="auto"`` prunes only if the sampled rows keep at most this share of their energy
+#: outside the principal subspace (LLM hidden states keep a few per cent; isotropic data ~1).
+INDEX_MAX_RESIDUAL_ENERGY = 0.25
+#: ``mode="auto"`` finishes a search densely once the first query block has had to score more
+#: than this share of its (query, row) pairs exactly.
+INDEX_MAX_SURVIVOR_RATE = 0.5
+#: Queries searched before the survivor rate is judged.
+INDEX_PROBE_QUERIES = 256
+#: Banks with fewer rows or features than this are searched densely (pruning cannot pay).
+INDEX_MIN_ROWS, INDEX_MIN_DIM = 2048, 256
+_UNIT_ROUNDOFF = 2.0**-24
+_FP64_SLACK = 2.0**-40
+
+
+def _index_tile_rows(n_queries: int, dim: int) -> int:
+    """Bank rows per tile of the pruned kernel: a tile's fp32 rows stay within ~1 MB of cache."""
+    if n_queries < 64:  # online: the bound GEMM is a GEMV, so take long tiles
+        return 8192
+    return max(16, min(4096, 2**20 // (4 * dim)))
+
+
+class KNNIndex:
+    """Exact k-nearest-neighbour index over a fixed bank, pruned where the bank is anisotropic.
+
+    ``search`` returns the same result as :func:`knn` (values within fp32 rounding, the same
+    neighbours except at exact ties), but on LLM hidden states, whose energy concentrates in a
+    few directions, it scores most (query, row) pairs without touching the rows.
+
+    **Bound.** With ``V`` the top-``p`` principal directions of the bank (orthonormal, from a
+    sample of rows, uncentred), ``a = Vᵀq``, ``c = Vᵀb`` and residual norms
+    ``r_q = |q - Va|``, ``r_b = |b - Vc|``, Cauchy–Schwarz gives
+
+    ``<q, b> = <a, c> + <q⊥, b⊥> <= <a, c> + r_q r_b``
+
+    (for cosine, on unit vectors). The kernel computes ``<a, c>`` for every pair as a GEMM over
+    bank tiles and scores a row exactly only if its bound can still reach the query's running
+    k-th best exact score, seeded from the k rows with the best bounds. Exact scores come from
+    the bank rows as stored, in fp32.
+
+    **Rounding.** ``c``, ``r_b`` (and ``a``, ``r_q`` at search) are computed in float64 from the
+    fp32 rows and stored in fp32, the residuals rounded up. With ``u = 2^-24``: the stored
+    projections cost ``2u |a||c|``, the fp32 GEMM over ``p`` terms (any order) ``γ_p |a||c|``,
+    the bound's product and sum ``2u``; the exact score (16-lane FMA accumulation, see
+    ``csrc/cpu/knn_pruned_cpu.cpp``) is within ``γ_m |q||b|``, ``m = ⌈d/16⌉ + 4``, plus ``2u``
+    for its scaling. A row is pruned only if ``bound + M < τ`` with
+    ``M = 1.01 (p + ⌈d/16⌉ + 16) u``, which exceeds the sum of these terms (``|q̂| = |b̂| = 1``
+    for cosine; for l2 every term is at most ``M (|q|² + |b|²)`` on squared distances). So a
+    row whose exactly computed score reaches the k-th best is never pruned, and the result is
+    the top-k of the exact scores over the whole bank. The fp32 GEMM is assumed to accumulate in
+    fp32 (as MKL, OpenBLAS and oneDNN do by default).
+
+    **Fallback.** ``mode="auto"`` searches densely (the fused :func:`knn` kernel) when the bank
+    keeps more than :data:`INDEX_MAX_RESIDUAL_ENERGY` of its energy outside the subspace, is
+    small (:data:`INDEX_MIN_ROWS`, :data:`INDEX_MIN_DIM`), or the extension is missing; and a
+    search finishes densely when its first :data:`INDEX_PROBE_QUERIES` queries had to score more
+    than :data:`INDEX_MAX_SURVIVOR_RATE` of their pairs. :meth:`stats` says which path ran. CUDA
+    and float64 queries always take :func:`knn`.
+
+    Parameters
+    ----------
+    bank : array ``[N, d]`` or a list of shards
+        Kept by reference (a numpy memmap is read a tile at a time, never copied); the index
+        adds ``N (p + 2)`` fp32 values.
+    metric : {"cosine", "l2"}
+    rank : int, optional
+        ``p``, the principal directions used (default :data:`INDEX_RANK`, at most ``d // 4``).
+    mode : {"auto", "pruned", "dense"}
+    sample_rows : int
+        Bank rows sampled (seeded by ``seed``) to find the principal directions.
+    tile_rows : int, optional
+        Bank rows per tile of the pruned kernel (by default sized for the cache; for tests).
+    """
+
+    def __init__(
+        self,
+        bank: Bank,
+        metric: Metric = "cosine",
+        *,
+        rank: int | None = None,
+        mode: str = "auto",
+        sample_rows: int = INDEX_SAMPLE_ROWS,
+        seed: int = 0,
+        tile_rows: int | None = None,
+    ) -> None:
+        if metric not in ("cosine", "l2"):
+            raise ValueError(f"metric must be 'cosine' or 'l2', got {metric!r}")
+        if mode not in ("auto", "pruned", "dense"):
+            raise ValueError(f"mode must be 'auto', 'pruned' or 'dense', got {mode!r}")
+        for name, value in (("rank", rank), ("sample_rows", sample_rows),
+                            ("tile_rows", tile_rows)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int)
+                                      or value < 1):
+                raise InputError(f"{name} must be a positive int, got {value!r}")
+        start = time.perf_counter()
+        self.metric: Metric = metric
+        self.mode = mode
+        self.tile_rows = tile_rows
+        # finiteness is checked while projecting (dense-only indexes leave it to knn)
+        self.shards = _bank_shards(bank, check_values=False)
+        self.n_rows = sum(s.shape[0] for s in self.shards)
+        self.dim = int(self.shards[0].shape[1])
+        self.rank = min(rank or INDEX_RANK, max(1, self.dim // 4))
+        self._last_search: dict[str, Any] = {}
+        self.residual_energy: float | None = None
+        self.basis = self.bank_proj = self.bank_res = self.bank_term = None
+        reason = self._dense_reason(mode)
+        if reason is None:
+            self._build(sample_rows, seed)
+            if mode == "auto" and self.residual_energy > INDEX_MAX_RESIDUAL_ENERGY:
+                reason = (f"residual energy {self.residual_energy:.3f} > "
+                          f"{INDEX_MAX_RESIDUAL_ENERGY}")
+                self.basis = self.bank_proj = self.bank_res = self.bank_term = None
+        self.dense_reason = reason
+        self.build_seconds = time.perf_counter() - start
+
+    # ------------------------------------------------------------------ build
+    def _dense_reason(self, mode: str) -> str | None:
+        if mode == "dense":
+            return "mode='dense'"
+        if not _ext.available() or _resolve_backend(warn=False) != "ext":
+            if mode == "pruned":
+                raise BackendUnavailableError(
+                    "KNNIndex(mode='pruned') needs the C++ extension and the ext backend "
+                    f"({_ext.load_error() or 'OOD_ZOO_BACKEND=' + str(_requested_backend())})"
+                )
+            return "the ext backend is not in use"
+        if mode == "auto" and self.n_rows < INDEX_MIN_ROWS:
+            return f"bank of {self.n_rows} rows < {INDEX_MIN_ROWS}"
+        if mode == "auto" and self.dim < INDEX_MIN_DIM:
+            return f"dimension {self.dim} < {INDEX_MIN_DIM}"
+        return None
+
+    def _build(self, sample_rows: int, seed: int) -> None:
+        generator = torch.Generator().manual_seed(seed)
+        n_sample = min(self.n_rows, sample_rows)
+        rows = torch.randperm(self.n_rows, generator=generator)[:n_sample].sort().values
+        sample = _gather_rows(self.shards, rows).to(torch.float64)
+        if not bool(torch.isfinite(sample).all()):
+            for shard in self.shards:
+                check_finite(shard, name="bank")
+        sample = self._unit(sample)
+        self.basis = _principal_directions(sample, self.rank, generator)
+        proj, res, term = [], [], []
+        for offset, chunk in _chunks(self.shards, _index_build_rows(self.dim)):
+            c, r, t = self._project(chunk, unit=self.metric == "cosine", offset=offset)
+            proj.append(c)
+            res.append(r)
+            term.append(t)
+        self.bank_proj = torch.cat(proj).contiguous()
+        self.bank_res = torch.cat(res)
+        self.bank_term = torch.cat(term)
+        energy = (sample * sample).sum()
+        outside = energy - ((sample @ self.basis) ** 2).sum()
+        self.residual_energy = float(outside.clamp_min(0) / energy.clamp_min(1e-300))
+
+    def _unit(self, x64: torch.Tensor) -> torch.Tensor:
+        if self.metric != "cosine":
+            return x64
+        return x64 / x64.norm(dim=1, keepdim=True).clamp_min(_NORM_EPS)
+
+    def _project(
+        self, x: torch.Tensor, *, unit: bool, offset: int = 0
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Rows -> (projections, residual norms rounded up, per-row term), via float64.
+
+        ``unit`` scales each row to unit norm (cosine bank rows); the term is then the inverse
+        norm, else the squared norm. The squared norms double as the finiteness check (a row
+        holding NaN or Inf is reported with its position ``offset + i``).
+        """
+        x64 = x.to(torch.float64)
+        sq = torch.linalg.vector_norm(x64, dim=1).square_()
+        if not bool(torch.isfinite(sq).all()):
+            row = offset + int((~torch.isfinite(sq)).nonzero()[0, 0])
+            raise InputError(f"bank: row {row} is not finite (NaN or Inf) or overflows")
+        c64 = x64 @ self.basis
+        term = sq
+        if unit:
+            term = 1.0 / sq.sqrt().clamp_min(_NORM_EPS)
+            c64 *= term.unsqueeze(1)
+            sq = sq * term * term
+        res_sq = (sq - c64.square().sum(dim=1)).clamp_min_(0) + _FP64_SLACK * sq
+        return c64.to(torch.float32), _round_up_f32(res_sq.sqrt()), term.to(torch.float32)
+
+    @property
+    def pruned(self) -> bool:
+        """Whether searches take the pruned kernel (else the dense :func:`knn`)."""
+        return self.bank_proj is not None and self.dense_reason is None
+
+    def margin(self) -> float:
+        """The rounding margin ``M`` of the bound (see the class docstring)."""
+        return 1.01 * (self.rank + math.ceil(self.dim / 16) + 16) * _UNIT_ROUNDOFF
+
+    # ------------------------------------------------------------------ search
+    def search(self, queries: ArrayLike, k: int) -> tuple[ArrayLike, ArrayLike]:
+        """The k nearest bank rows of each query, as :func:`knn` returns them.
+
+        Returns
+        -------
+        values : array ``[Q, k]``
+            Cosine similarities (descending) or Euclidean distances (ascending), fp32.
+        indices : array ``[Q, k]`` of int64
+        """
+        q = check_matrix(queries, name="queries")
+        if q.shape[1] != self.dim:
+            raise InputError(f"queries have {q.shape[1]} features but the bank has {self.dim}")
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise InputError(f"k must be a positive int, got {k!r}")
+        if k > self.n_rows:
+            raise InputError(f"k={k} is larger than the bank ({self.n_rows} rows)")
+        start = time.perf_counter()
+        kind = ArrayKind.of(queries)
+        if not self.pruned or q.device.type != "cpu" or q.dtype == torch.float64:
+            why = self.dense_reason or ("float64 queries" if q.dtype == torch.float64
+                                        else f"{q.device} queries")
+            values, indices = knn(q, self.shards, k, self.metric)
+            self._last_search = {"path": "dense", "reason": why, "queries": q.shape[0]}
+        else:
+            values, indices = self._search_pruned(q, k)
+        self._last_search["seconds"] = time.perf_counter() - start
+        return kind.wrap(values), kind.wrap(indices)
+
+    def _search_pruned(self, q: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        qf = q.to(torch.float32)
+        if self.metric == "cosine":
+            qf = _normalise_rows(qf)
+        qf = qf.contiguous()
+        probe = min(qf.shape[0], INDEX_PROBE_QUERIES) if self.mode == "auto" else qf.shape[0]
+        values, indices, pairs, scored = self._pruned_block(qf[:probe], k)
+        rate = scored / max(pairs, 1)
+        info: dict[str, Any] = {"path": "pruned", "queries": qf.shape[0], "survivor_rate": rate}
+        if probe < qf.shape[0]:
+            if rate > INDEX_MAX_SURVIVOR_RATE:
+                rest = knn(qf[probe:], self.shards, k, self.metric)
+                info.update(path="pruned+dense", reason=f"survivor rate {rate:.3f} > "
+                            f"{INDEX_MAX_SURVIVOR_RATE} on the first {probe} queries")
+            else:
+                *rest, more_pairs, more_scored = self._pruned_block(qf[probe:], k)
+                info["survivor_rate"] = (scored + more_scored) / max(pairs + more_pairs, 1)
+            values = torch.cat([values, rest[0]])
+            indices = torch.cat([indices, rest[1]])
+        self._last_search = info
+        return values, indices
+
+    def _pruned_block(
+        self, qf: torch.Tensor, k: int
+    ) -> tuple[torch.Tensor, torch.Tensor, int, int]:
+        cosine = self.metric == "cosine"
+        # the queries as the kernel sees them (unit fp32 rows for cosine), projected exactly
+        a, r_q, q_sq = self._project(qf, unit=False)
+        if cosine:
+            q_sq = torch.empty(0)
+        tiles = self.tile_rows or _index_tile_rows(qf.shape[0], self.dim)
+        stats = torch.zeros(2, dtype=torch.int64)
+
+        def run(seed: bool, tau: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            values = torch.full((qf.shape[0], k), -math.inf if cosine else math.inf)
+            indices = torch.full((qf.shape[0], k), torch.iinfo(torch.int64).max)
+            offset = 0
+            for shard in self.shards:
+                n = shard.shape[0]
+                if n:
+                    torch.ops.ood_zoo.knn_pruned_update(
+                        qf, a, r_q, q_sq, shard, self.bank_proj[offset : offset + n],
+                        self.bank_res[offset : offset + n], self.bank_term[offset : offset + n],
+                        offset, values, indices, tau, self.metric, seed, self.margin(), tiles,
+                        stats,
+                    )
+                offset += n
+            return values, indices
+
+        # seed: the k rows with the best bounds, scored exactly; their worst score is a valid
+        # threshold (the k-th best exact score over the bank can only be better)
+        no_tau = torch.full((qf.shape[0],), -math.inf if cosine else math.inf)
+        _, seeds = run(True, no_tau)
+        rows = _gather_rows(self.shards, seeds.reshape(-1)).reshape(*seeds.shape, self.dim)
+        exact = torch.ops.ood_zoo.knn_pruned_rescore(
+            qf, q_sq, rows, self.bank_term[seeds].contiguous(), self.metric
+        )
+        tau = exact.min(dim=1).values if cosine else exact.max(dim=1).values
+        stats.zero_()
+        values, indices = run(False, tau.contiguous())
+        values, indices = _sort_heaps(values, indices, largest=cosine)
+        if not cosine:
+            values = values.sqrt()
+        return values, indices, int(stats[0]), int(stats[1])
+
+    def stats(self) -> dict[str, Any]:
+        """How the index was built and how the last search ran (path, survivor rate, times)."""
+        return {
+            "metric": self.metric,
+            "mode": self.mode,
+            "rows": self.n_rows,
+            "dim": self.dim,
+            "rank": self.rank if self.pruned else 0,
+            "pruned": self.pruned,
+            "dense_reason": self.dense_reason,
+            "residual_energy": self.residual_energy,
+            "margin": self.margin(),
+            "build_seconds": self.build_seconds,
+            "last_search": dict(self._last_search),
+        }
+
+    # ------------------------------------------------------------------ persistence
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """The index's own tensors (the bank is not included); empty ones for a dense index."""
+        if self.bank_proj is None:
+            empty = torch.empty(0, dtype=torch.float32)
+            return {"basis": torch.empty(self.dim, 0, dtype=torch.float64),
+                    "proj": empty.reshape(0, 0), "res": empty, "term": empty,
+                    "residual_energy": torch.tensor([math.nan], dtype=torch.float64)}
+        return {"basis": self.basis, "proj": self.bank_proj, "res": self.bank_res,
+                "term": self.bank_term,
+                "residual_energy": torch.tensor([self.residual_energy], dtype=torch.float64)}
+
+    @classmethod
+    def from_state(
+        cls, bank: Bank, metric: Metric, state: dict[str, torch.Tensor], *, mode: str = "auto"
+    ) -> KNNIndex:
+        """Rebuild an index from :meth:`state_dict` without recomputing it.
+
+        Raises
+        ------
+        InputError
+            If the tensors do not fit the bank (shapes, dtypes, non-finite values).
+        """
+        index = cls.__new__(cls)
+        index.metric, index.mode, index.tile_rows = metric, mode, None
+        index.shards = _bank_shards(bank, check_values=False)
+        index.n_rows = sum(s.shape[0] for s in index.shards)
+        index.dim = int(index.shards[0].shape[1])
+        index._last_search = {}
+        index.build_seconds = 0.0
+        basis = state["basis"]
+        p = basis.shape[1] if basis.dim() == 2 else -1
+        expected = {"basis": ((index.dim, p), torch.float64),
+                    "proj": ((index.n_rows, p) if p else (0, 0), torch.float32),
+                    "res": ((index.n_rows,) if p else (0,), torch.float32),
+                    "term": ((index.n_rows,) if p else (0,), torch.float32),
+                    "residual_energy": ((1,), torch.float64)}
+        for name, (shape, dtype) in expected.items():
+            t = state[name]
+            if tuple(t.shape) != shape or t.dtype != dtype:
+                raise InputError(f"KNNIndex state {name!r} is {t.dtype} {tuple(t.shape)}, "
+                                 f"expected {dtype} {shape} for this bank")
+        if p and not all(bool(torch.isfinite(state[n]).all()) for n in expected):
+            raise InputError("KNNIndex state holds non-finite values")
+        index.rank = max(p, 1)
+        index.basis = index.bank_proj = index.bank_res = index.bank_term = None
+        index.residual_energy = None
+        index.dense_reason = "saved as a dense index"
+        if p:
+            index.basis, index.bank_proj = basis, state["proj"]
+            index.bank_res, index.bank_term = state["res"], state["term"]
+            index.residual_energy = float(state["residual_energy"][0])
+            usable = _ext.available() and _resolve_backend(warn=False) == "ext"
+            index.dense_reason = (
+                "mode='dense'" if mode == "dense"
+                else None if usable else "the ext backend is not in use"
+            )
+        return index
+
+
+def _principal_directions(x64: torch.Tensor, rank: int, generator: torch.Generator) -> torch.Tensor:
+    """An orthonormal float64 ``[d, rank]`` basis of the top right singular vectors of ``x64``.
+
+    Subspace iteration on the (uncentred) rows in fp32 with ``rank + 8`` vectors, then a
+    Rayleigh–Ritz step; only the orthonormality of the result matters for the bound's validity
+    (re-orthonormalised in float64), its accuracy only for how much the index prunes.
+    """
+    x = x64.to(torch.float32)
+    width = min(rank + 8, *x.shape)
+    z = torch.randn(x.shape[1], width, generator=generator)
+    for _ in range(4):
+        z, _ = torch.linalg.qr(x.T @ (x @ z))
+    y = x @ z
+    _, vectors = torch.linalg.eigh((y.T @ y).to(torch.float64))
+    basis = z.to(torch.float64) @ vectors.flip(1)[:, :rank]
+    return torch.linalg.qr(basis)[0].contiguous()
+
+
+def _index_build_rows(dim: int) -> int:
+    """Bank rows projected at once while building (a float64 copy of ~64 MB)."""
+    return max(256, 2**23 // dim)
+
+
+def _round_up_f32(x64: torch.Tensor) -> torch.Tensor:
+    """float64 -> float32, rounded towards +inf (so that a stored bound stays a bound)."""
+    x32 = x64.to(torch.float32)
+    low = x32.to(torch.float64) < x64
+    return torch.where(low, torch.nextafter(x32, torch.tensor(math.inf)), x32)
+
+
+def _gather_rows(shards: list[torch.Tensor], rows: torch.Tensor) -> torch.Tensor:
+    """Bank rows at global positions ``rows`` (any order), as a new tensor in the bank's dtype."""
+    out = torch.empty((rows.numel(), shards[0].shape[1]), dtype=shards[0].dtype)
+    offset = 0
+    for shard in shards:
+        n = shard.shape[0]
+        inside = ((rows >= offset) & (rows < offset + n)).nonzero().squeeze(1)
+        if inside.numel():
+            out[inside] = shard[rows[inside] - offset].to(out.dtype)
+        offset += n
+    return out
+
+
+def _sort_heaps(
+    values: torch.Tensor, indices: torch.Tensor, *, largest: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Order top-k heaps best first, equal values by the lower index."""
+    by_index = indices.argsort(dim=1)
+    values, indices = values.gather(1, by_index), indices.gather(1, by_index)
+    order = values.argsort(dim=1, descending=largest, stable=True)
+    return values.gather(1, order), indices.gather(1, order)

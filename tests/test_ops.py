@@ -204,6 +204,19 @@ def test_knn_duplicate_rows_compare_values(backend, rng):
         assert_knn(values, indices, q, b, 7, metric)
 
 
+def test_knn_exact_ties_go_to_the_lower_index_across_chunks(backend, rng):
+    """Small integers make every product exact, so copies of a row tie exactly."""
+    base = rng.integers(-3, 4, size=(10, 8)).astype(np.float32)
+    b = np.concatenate([base, base, base])
+    q = rng.integers(-3, 4, size=(5, 8)).astype(np.float32)
+    for metric in ("cosine", "l2"):
+        values, indices = ops.knn(q, b, 9, metric, chunk_rows=4)
+        for row_values, row_indices in zip(values, indices, strict=True):
+            for j in range(8):
+                if row_values[j] == row_values[j + 1]:
+                    assert row_indices[j] < row_indices[j + 1], (metric, row_indices)
+
+
 def test_knn_non_contiguous_inputs(backend, rng):
     q_t = gaussian(rng, 11, 4)  # [d, Q]: queries are its transpose
     b_big = gaussian(rng, 80, 11)

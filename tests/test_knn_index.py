@@ -1,0 +1,329 @@
+"""Tests of ``ops.KNNIndex``: exact kNN pruned by a principal-subspace bound.
+
+Every search is compared with an independent float64 reference (values within fp32 rounding,
+every returned index checked by value, neighbour sets equal wherever the k-th value is not tied),
+on anisotropic banks (where the index prunes) and on adversarial ones: near-identical rows, rows
+exactly inside the subspace, duplicates, a query equal to a bank row, extreme norms, odd shapes.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+from test_ops import HYPOTHESIS, assert_knn, gaussian
+from test_ops_fast import assert_exact_sets
+
+from ood_zoo import _ext, ops
+from ood_zoo.errors import BackendUnavailableError, InputError
+
+needs_ext = pytest.mark.skipif(not _ext.available(), reason=f"C++ extension: {_ext.load_error()}")
+
+
+@pytest.fixture(autouse=True)
+def _ext_backend(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("OOD_ZOO_BACKEND", raising=False)
+
+
+def cone(rng: np.random.Generator, n: int, d: int, *, rank: int = 8, noise: float = 0.02,
+         basis_seed: int = 7, dtype=np.float32) -> np.ndarray:
+    """Anisotropic rows like LLM hidden states: a large mean, a few strong directions, noise."""
+    fixed = np.random.default_rng(basis_seed)
+    mean = 3.0 * fixed.standard_normal(d)
+    rank = min(rank, d)
+    basis = np.linalg.qr(fixed.standard_normal((d, rank)))[0]
+    scales = np.logspace(0.3, -1.0, rank)
+    rows = mean + (rng.standard_normal((n, rank)) * scales) @ basis.T
+    return (rows + noise * rng.standard_normal((n, d))).astype(dtype)
+
+
+def pruned(bank, metric: str, **kwargs) -> ops.KNNIndex:
+    index = ops.KNNIndex(bank, metric, mode="pruned", **kwargs)
+    assert index.pruned
+    return index
+
+
+def check(index: ops.KNNIndex, queries, bank, k: int, metric: str) -> None:
+    values, indices = index.search(queries, k)
+    assert_knn(values, indices, queries, bank, k, metric)
+    if metric == "cosine":  # l2's expanded form blurs near-ties at the scale of the norms
+        assert_exact_sets(indices, queries, bank, k, metric)
+
+
+# ---------------------------------------------------------------------------- agreement
+
+
+@needs_ext
+@pytest.mark.parametrize("metric", ["cosine", "l2"])
+@pytest.mark.parametrize(("n", "d", "k", "tile"), [
+    (2500, 300, 1, None), (2500, 300, 7, 37), (1001, 77, 10, 64), (300, 20, 300, 16),
+])
+def test_matches_reference_on_anisotropic_banks(rng, metric, n, d, k, tile):
+    bank, queries = cone(rng, n, d), cone(rng, 40, d)
+    index = pruned(bank, metric, tile_rows=tile)
+    check(index, queries, bank, k, metric)
+    if k < n // 10:
+        assert index.stats()["last_search"]["survivor_rate"] < 0.5  # it did prune
+
+
+@needs_ext
+@pytest.mark.parametrize("metric", ["cosine", "l2"])
+def test_equals_dense_kernel(rng, metric):
+    bank, queries = cone(rng, 3000, 257), cone(rng, 64, 257)
+    values, indices = pruned(bank, metric, tile_rows=100).search(queries, 5)
+    dense_values, dense_indices = ops.knn(queries, bank, 5, metric)
+    if metric == "l2":  # both use the expanded form: compare squared distances at its scale
+        scale = 2 * float((bank.astype(np.float64) ** 2).sum(1).max())
+        np.testing.assert_allclose(values**2, dense_values**2, rtol=0, atol=64 * 2**-24 * scale)
+        return
+    np.testing.assert_allclose(values, dense_values, rtol=1e-5, atol=1e-5)
+    # the same rows wherever the dense kernel's 5th and 6th values are apart
+    d6 = np.take_along_axis(ops.knn(queries, bank, 6, metric)[0], np.array([[4, 5]]), 1)
+    apart = np.abs(d6[:, 0] - d6[:, 1]) > 1e-5
+    assert apart.sum() > 10
+    for r in np.flatnonzero(apart):
+        assert set(indices[r].tolist()) == set(dense_indices[r].tolist())
+
+
+@needs_ext
+@pytest.mark.parametrize("metric", ["cosine", "l2"])
+def test_near_identical_rows(rng, metric):
+    base = gaussian(rng, 1, 128)
+    bank = (base + 1e-3 * gaussian(rng, 800, 128)).astype(np.float32)  # cosine ~0.9999
+    queries = (base + 1e-3 * gaussian(rng, 12, 128)).astype(np.float32)
+    check(pruned(bank, metric, tile_rows=50), queries, bank, 3, metric)
+
+
+@needs_ext
+@pytest.mark.parametrize("metric", ["cosine", "l2"])
+def test_rows_inside_the_subspace_have_zero_residual(rng, metric):
+    d = 96
+    basis = np.linalg.qr(rng.standard_normal((d, 6)))[0]
+    bank = (rng.standard_normal((600, 6)) @ basis.T).astype(np.float32)
+    queries = (rng.standard_normal((20, 6)) @ basis.T).astype(np.float32)
+    index = pruned(bank, metric, rank=8)
+    assert float(index.bank_res.max()) < 1e-5
+    check(index, queries, bank, 4, metric)
+
+
+@needs_ext
+@pytest.mark.parametrize("metric", ["cosine", "l2"])
+def test_duplicates_and_a_query_equal_to_a_row(rng, metric):
+    rows = cone(rng, 150, 64)
+    bank = np.concatenate([rows, rows, rows[:30]])  # every row at least twice
+    queries = np.concatenate([rows[:5], cone(rng, 5, 64)])
+    values, indices = pruned(bank, metric, tile_rows=32).search(queries, 2)
+    assert_knn(values, indices, queries, bank, 2, metric)
+    for r in range(5):  # the query itself, then its copy: ties go to the lower index
+        assert sorted(indices[r].tolist()) == indices[r].tolist()
+        assert indices[r, 0] % 150 == r
+
+
+@needs_ext
+@pytest.mark.parametrize("metric", ["cosine", "l2"])
+@pytest.mark.parametrize("scale", [1e-15, 1e15])
+def test_extreme_norms(rng, metric, scale):
+    bank, queries = cone(rng, 700, 48), cone(rng, 10, 48)
+    if metric == "cosine":  # per-row magnitudes spanning 1e-15 .. 1e15
+        bank = bank * np.logspace(-15, 15, 700, dtype=np.float64)[:, None].astype(np.float32)
+        queries = queries * np.float32(scale)
+    else:
+        bank, queries = bank * np.float32(scale), queries * np.float32(scale)
+    check(pruned(bank, metric), queries, bank, 3, metric)
+
+
+@needs_ext
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("metric", ["cosine", "l2"])
+def test_half_precision_banks_and_queries(rng, dtype, metric):
+    bank = torch.from_numpy(cone(rng, 900, 80)).to(dtype)
+    queries = torch.from_numpy(cone(rng, 16, 80)).to(dtype)
+    values, indices = pruned(bank, metric, tile_rows=128).search(queries, 4)
+    assert values.dtype == torch.float32
+    assert_knn(values, indices, queries, bank, 4, metric)
+
+
+@needs_ext
+def test_zero_rows_and_zero_queries(rng):
+    bank = cone(rng, 400, 40)
+    bank[::7] = 0.0
+    queries = np.concatenate([np.zeros((2, 40), np.float32), cone(rng, 6, 40)])
+    check(pruned(bank, "cosine"), queries, bank, 5, "cosine")
+
+
+@needs_ext
+def test_memmap_and_shards(rng, tmp_path):
+    bank = cone(rng, 1500, 64)
+    path = tmp_path / "bank.npy"
+    np.save(path, bank)
+    mm = np.load(path, mmap_mode="r")
+    queries = cone(rng, 12, 64)
+    for source in (mm, [mm[:700], mm[700:1499], mm[1499:]]):
+        check(pruned(source, "cosine", tile_rows=90), queries, bank, 6, "cosine")
+
+
+@needs_ext
+@given(
+    n=st.integers(4, 300), d=st.integers(4, 70), n_q=st.integers(1, 9), k_frac=st.floats(0, 1),
+    rank=st.integers(1, 12), tile=st.integers(1, 120), noise=st.sampled_from([0.0, 1e-3, 0.3]),
+    metric=st.sampled_from(["cosine", "l2"]), seed=st.integers(0, 2**16),
+)
+@HYPOTHESIS
+def test_hypothesis_matches_reference(n, d, n_q, k_frac, rank, tile, noise, metric, seed):
+    rng = np.random.default_rng(seed)
+    bank, queries = cone(rng, n, d, noise=noise), cone(rng, n_q, d, noise=noise)
+    k = 1 + round(k_frac * (n - 1))
+    index = ops.KNNIndex(bank, metric, mode="pruned", rank=rank, tile_rows=tile)
+    values, indices = index.search(queries, k)
+    assert_knn(values, indices, queries, bank, k, metric)
+
+
+@needs_ext
+@given(
+    n=st.integers(1, 200), d=st.integers(2, 64), rank=st.integers(1, 16),
+    noise=st.sampled_from([0.0, 1e-4, 0.05, 1.0]), metric=st.sampled_from(["cosine", "l2"]),
+    seed=st.integers(0, 2**16),
+)
+@HYPOTHESIS
+def test_hypothesis_bound_never_excludes_a_pair(n, d, rank, noise, metric, seed):
+    """bound + margin >= the kernel's exact score for every (query, row) pair."""
+    rng = np.random.default_rng(seed)
+    bank, queries = cone(rng, n, d, noise=noise), cone(rng, 7, d, noise=noise)
+    index = ops.KNNIndex(bank, metric, mode="pruned", rank=rank)
+    q = torch.from_numpy(queries)
+    if metric == "cosine":
+        q = q / q.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    a, r_q, q_sq = index._project(q, unit=False)
+    bound = a @ index.bank_proj.T + r_q[:, None] * index.bank_res[None, :]
+    rows = torch.from_numpy(bank).expand(q.shape[0], n, d).contiguous()
+    terms = index.bank_term.expand(q.shape[0], n).contiguous()
+    exact = torch.ops.ood_zoo.knn_pruned_rescore(q.contiguous(), q_sq, rows, terms, metric)
+    margin = index.margin()
+    if metric == "cosine":
+        assert bool((bound + margin >= exact).all())
+    else:
+        scale = q_sq[:, None] + index.bank_term[None, :]
+        assert bool((scale * (1 - margin) - 2 * bound <= exact).all())
+
+
+# ---------------------------------------------------------------------------- fallback, state
+
+
+@needs_ext
+def test_auto_mode_falls_back_on_isotropic_banks(rng):
+    bank, queries = gaussian(rng, 4096, 256), gaussian(rng, 8, 256)
+    index = ops.KNNIndex(bank, "cosine")
+    stats = index.stats()
+    assert not index.pruned
+    assert stats["pruned"] is False
+    assert "residual energy" in stats["dense_reason"]
+    assert stats["residual_energy"] > 0.5
+    values, indices = index.search(queries, 3)
+    assert index.stats()["last_search"]["path"] == "dense"
+    assert_knn(values, indices, queries, bank, 3, "cosine")
+
+
+@needs_ext
+def test_auto_mode_prunes_anisotropic_banks(rng):
+    bank, queries = cone(rng, 4096, 256), cone(rng, 300, 256)
+    index = ops.KNNIndex(bank, "cosine")
+    assert index.pruned
+    assert index.stats()["residual_energy"] < 0.05
+    values, indices = index.search(queries, 2)
+    last = index.stats()["last_search"]
+    assert last["path"] == "pruned"
+    assert last["survivor_rate"] < 0.2
+    assert_knn(values, indices, queries, bank, 2, "cosine")
+
+
+@needs_ext
+def test_high_survivor_rate_finishes_densely(rng, monkeypatch):
+    monkeypatch.setattr(ops, "INDEX_MAX_SURVIVOR_RATE", 0.0)
+    monkeypatch.setattr(ops, "INDEX_PROBE_QUERIES", 5)
+    bank, queries = cone(rng, 4096, 256), cone(rng, 20, 256)
+    index = ops.KNNIndex(bank, "l2")
+    values, indices = index.search(queries, 3)
+    last = index.stats()["last_search"]
+    assert last["path"] == "pruned+dense"
+    assert "survivor rate" in last["reason"]
+    assert_knn(values, indices, queries, bank, 3, "l2")
+
+
+def test_small_banks_and_torch_backend_search_densely(rng, monkeypatch):
+    bank, queries = cone(rng, 100, 300), cone(rng, 4, 300)
+    index = ops.KNNIndex(bank, "cosine")
+    assert not index.pruned
+    check(index, queries, bank, 2, "cosine")
+    monkeypatch.setenv("OOD_ZOO_BACKEND", "torch")
+    assert "ext backend" in ops.KNNIndex(cone(rng, 5000, 300), "cosine").stats()["dense_reason"]
+    with pytest.raises(BackendUnavailableError, match="mode='pruned'"):
+        ops.KNNIndex(bank, "cosine", mode="pruned")
+
+
+@needs_ext
+def test_float64_queries_take_the_dense_path(rng):
+    bank = cone(rng, 500, 32)
+    queries = cone(rng, 3, 32, dtype=np.float64)
+    index = pruned(bank, "cosine")
+    values, indices = index.search(queries, 2)
+    assert values.dtype == np.float64
+    assert index.stats()["last_search"]["path"] == "dense"
+    assert_knn(values, indices, queries, bank, 2, "cosine")
+
+
+@needs_ext
+@pytest.mark.parametrize("metric", ["cosine", "l2"])
+def test_state_round_trip(rng, metric):
+    bank, queries = cone(rng, 700, 40), cone(rng, 9, 40)
+    index = pruned(bank, metric)
+    state = index.state_dict()
+    again = ops.KNNIndex.from_state(bank, metric, state)
+    assert again.pruned
+    for a, b in zip(index.search(queries, 3), again.search(queries, 3), strict=True):
+        np.testing.assert_array_equal(a, b)
+    dense = ops.KNNIndex(bank, metric, mode="dense")
+    reloaded = ops.KNNIndex.from_state(bank, metric, dense.state_dict())
+    assert not reloaded.pruned
+    assert reloaded.stats()["dense_reason"] == "saved as a dense index"
+
+
+@needs_ext
+def test_state_that_does_not_fit_is_refused(rng):
+    bank = cone(rng, 300, 40)
+    state = pruned(bank, "cosine").state_dict()
+    with pytest.raises(InputError, match="proj"):
+        ops.KNNIndex.from_state(bank[:200], "cosine", state)
+    bad = dict(state, res=torch.full_like(state["res"], math.nan))
+    with pytest.raises(InputError, match="non-finite"):
+        ops.KNNIndex.from_state(bank, "cosine", bad)
+
+
+def test_bad_arguments(rng):
+    bank = cone(rng, 50, 8)
+    with pytest.raises(ValueError, match="metric"):
+        ops.KNNIndex(bank, "dot")
+    with pytest.raises(ValueError, match="mode"):
+        ops.KNNIndex(bank, mode="fast")
+    with pytest.raises(InputError, match="rank"):
+        ops.KNNIndex(bank, rank=0)
+    index = ops.KNNIndex(bank)
+    with pytest.raises(InputError, match="features"):
+        index.search(cone(rng, 2, 9), 1)
+    with pytest.raises(InputError, match="larger than the bank"):
+        index.search(cone(rng, 2, 8), 51)
+    with pytest.raises(InputError, match="positive int"):
+        index.search(cone(rng, 2, 8), 0)
+
+
+@needs_ext
+def test_non_finite_bank_is_named(rng):
+    bank = cone(rng, 300, 40)
+    bank[123, 5] = np.nan
+    with pytest.raises(InputError, match="123"):
+        ops.KNNIndex(bank, "cosine", mode="pruned", sample_rows=10)
+    with pytest.raises(InputError, match="NaN"):
+        ops.KNNIndex(bank, "cosine", mode="pruned")
