@@ -201,6 +201,10 @@ def _read_tensors(directory: Path, manifest: dict[str, Any]) -> dict[str, torch.
         tensors = load_file(str(tensor_path))
     except (SafetensorError, OSError) as exc:
         raise PersistenceError(f"{tensor_path} is not a valid safetensors file: {exc}") from exc
+    # Tensors come back at their offsets in the file; BLAS results can depend on alignment (MKL's
+    # fp64 GEMM does, in the last bit), so give every tensor torch's own 64-byte alignment: a
+    # loaded detector then scores bit for bit like the one that was saved.
+    tensors = {k: t if t.data_ptr() % 64 == 0 else t.clone() for k, t in tensors.items()}
     entries = manifest.get("entries", {})
     for key, spec in entries.items():
         tensor = tensors.get(key)

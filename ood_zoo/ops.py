@@ -564,6 +564,8 @@ INDEX_MAX_RESIDUAL_ENERGY = 0.25
 #: ``mode="auto"`` finishes a search densely once the first query block has had to score more
 #: than this share of its (query, row) pairs exactly.
 INDEX_MAX_SURVIVOR_RATE = 0.5
+#: The seed pass scores this many candidates per neighbour exactly to set the first threshold.
+INDEX_SEED_FACTOR = 4
 #: Queries searched before the survivor rate is judged.
 INDEX_PROBE_QUERIES = 256
 #: Banks with fewer rows or features than this are searched densely (pruning cannot pay).
@@ -594,8 +596,8 @@ class KNNIndex:
 
     (for cosine, on unit vectors). The kernel computes ``<a, c>`` for every pair as a GEMM over
     bank tiles and scores a row exactly only if its bound can still reach the query's running
-    k-th best exact score, seeded from the k rows with the best bounds. Exact scores come from
-    the bank rows as stored, in fp32.
+    k-th best exact score. That threshold is seeded from a first, cheaper pass: the
+    ``4 k`` rows with the best approximate scores ``<a, c>``, scored exactly. Exact scores come from the bank rows as stored, in fp32.
 
     **Rounding.** ``c``, ``r_b`` (and ``a``, ``r_q`` at search) are computed in float64 from the
     fp32 rows and stored in fp32, the residuals rounded up. With ``u = 2^-24``: the stored
@@ -684,6 +686,11 @@ class KNNIndex:
                     f"({_ext.load_error() or 'OOD_ZOO_BACKEND=' + str(_requested_backend())})"
                 )
             return "the ext backend is not in use"
+        devices = sorted({str(s.device) for s in self.shards if s.device.type != "cpu"})
+        if devices:
+            if mode == "pruned":
+                raise InputError(f"KNNIndex(mode='pruned') needs a CPU bank, not {devices}")
+            return f"bank on {', '.join(devices)}"
         if mode == "auto" and self.n_rows < INDEX_MIN_ROWS:
             return f"bank of {self.n_rows} rows < {INDEX_MIN_ROWS}"
         if mode == "auto" and self.dim < INDEX_MIN_DIM:
@@ -812,9 +819,9 @@ class KNNIndex:
         tiles = self.tile_rows or _index_tile_rows(qf.shape[0], self.dim)
         stats = torch.zeros(2, dtype=torch.int64)
 
-        def run(seed: bool, tau: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            values = torch.full((qf.shape[0], k), -math.inf if cosine else math.inf)
-            indices = torch.full((qf.shape[0], k), torch.iinfo(torch.int64).max)
+        def run(seed: bool, tau: torch.Tensor, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+            values = torch.full((qf.shape[0], width), -math.inf if cosine else math.inf)
+            indices = torch.full((qf.shape[0], width), torch.iinfo(torch.int64).max)
             offset = 0
             for shard in self.shards:
                 n = shard.shape[0]
@@ -828,17 +835,18 @@ class KNNIndex:
                 offset += n
             return values, indices
 
-        # seed: the k rows with the best bounds, scored exactly; their worst score is a valid
-        # threshold (the k-th best exact score over the bank can only be better)
+        # Seed: the rows with the best approximate scores <a, c>, scored exactly; their k-th best exact score is a valid threshold (the k-th best over the
+        # whole bank can only be better).
+        width = min(self.n_rows, max(INDEX_SEED_FACTOR * k, 8))
         no_tau = torch.full((qf.shape[0],), -math.inf if cosine else math.inf)
-        _, seeds = run(True, no_tau)
+        _, seeds = run(True, no_tau, width)
         rows = _gather_rows(self.shards, seeds.reshape(-1)).reshape(*seeds.shape, self.dim)
         exact = torch.ops.ood_zoo.knn_pruned_rescore(
             qf, q_sq, rows, self.bank_term[seeds].contiguous(), self.metric
         )
-        tau = exact.min(dim=1).values if cosine else exact.max(dim=1).values
+        tau = exact.topk(k, dim=1, largest=cosine).values[:, -1]
         stats.zero_()
-        values, indices = run(False, tau.contiguous())
+        values, indices = run(False, tau.contiguous(), k)
         values, indices = _sort_heaps(values, indices, largest=cosine)
         if not cosine:
             values = values.sqrt()
@@ -867,7 +875,7 @@ class KNNIndex:
             empty = torch.empty(0, dtype=torch.float32)
             return {"basis": torch.empty(self.dim, 0, dtype=torch.float64),
                     "proj": empty.reshape(0, 0), "res": empty, "term": empty,
-                    "residual_energy": torch.tensor([math.nan], dtype=torch.float64)}
+                    "residual_energy": torch.empty(0, dtype=torch.float64)}
         return {"basis": self.basis, "proj": self.bank_proj, "res": self.bank_res,
                 "term": self.bank_term,
                 "residual_energy": torch.tensor([self.residual_energy], dtype=torch.float64)}
@@ -896,7 +904,7 @@ class KNNIndex:
                     "proj": ((index.n_rows, p) if p else (0, 0), torch.float32),
                     "res": ((index.n_rows,) if p else (0,), torch.float32),
                     "term": ((index.n_rows,) if p else (0,), torch.float32),
-                    "residual_energy": ((1,), torch.float64)}
+                    "residual_energy": ((1,) if p else (0,), torch.float64)}
         for name, (shape, dtype) in expected.items():
             t = state[name]
             if tuple(t.shape) != shape or t.dtype != dtype:

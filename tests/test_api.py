@@ -15,7 +15,7 @@ from sklearn.metrics import roc_auc_score
 import ood_zoo
 from ood_zoo import Detector, InputError, NotFittedError, Param, Requirements
 from ood_zoo import testing as kit
-from ood_zoo.api import THRESHOLD_SAMPLE_ROWS, threshold_at_tpr
+from ood_zoo.api import THRESHOLD_MIN_ROWS, threshold_at_tpr, threshold_sample_rows
 from ood_zoo.registry import get_registry
 
 DATA = kit.make_synthetic_inputs(seed=5)
@@ -165,12 +165,12 @@ def test_fit_threshold_uses_a_seeded_subsample_of_large_fits():
             seen.append(rows)
             return super()._fit_scores(features, logits, rows)
 
-    n = THRESHOLD_SAMPLE_ROWS + 137
+    n = 3 * THRESHOLD_MIN_ROWS + 137
     bank = np.random.default_rng(0).normal(size=(n, 4)).astype(np.float32)
     first = Recording().fit(bank)
     second = Recording().fit(bank)
     rows = seen[0]
-    assert rows.numel() == THRESHOLD_SAMPLE_ROWS
+    assert rows.numel() == threshold_sample_rows(n, 0.95) == THRESHOLD_MIN_ROWS
     assert torch.equal(rows, rows.sort().values)
     assert rows.unique().numel() == rows.numel()
     assert int(rows.min()) >= 0
@@ -180,6 +180,25 @@ def test_fit_threshold_uses_a_seeded_subsample_of_large_fits():
     small = np.random.default_rng(1).normal(size=(50, 4)).astype(np.float32)
     Recording().fit(small)
     assert torch.equal(seen[-1], torch.arange(50))
+
+
+@pytest.mark.parametrize("tpr", [0.5, 0.9, 0.95, 0.99, 1.0])
+def test_threshold_sample_reaches_its_standard_error(tpr):
+    """Over many seeded samples, the accepted fit share scatters by the promised error."""
+    n_rows = 20_000
+    n = threshold_sample_rows(n_rows, tpr)
+    assert THRESHOLD_MIN_ROWS <= n <= n_rows
+    assert tpr * (1 - tpr) / n <= 0.007**2 + 1e-12
+    population = torch.from_numpy(np.random.default_rng(3).normal(size=n_rows))
+    accepted = []
+    for seed in range(200):
+        rows = torch.randperm(n_rows, generator=torch.Generator().manual_seed(seed))[:n]
+        threshold = threshold_at_tpr(population[rows], tpr)
+        accepted.append(float((population >= threshold).double().mean()))
+    accepted = np.array(accepted)
+    assert abs(accepted.mean() - tpr) < 0.003
+    assert accepted.std() <= 0.0085  # 0.007 promised, plus the finite-population wobble
+    assert threshold_sample_rows(50, tpr) == 50
 
 
 def test_predict_before_a_threshold_is_not_fitted_error():

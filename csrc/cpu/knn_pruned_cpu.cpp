@@ -9,8 +9,9 @@
 // a tile at a time, which stays in cache) and offered to caller-owned top-k heaps (topk_heap.h).
 //
 //   knn_pruned_update(seed=false): the pruned exact pass described above;
-//   knn_pruned_update(seed=true):  the heaps collect the k best *bounds* instead (no exact scores),
-//                                  so that the caller can seed `tau` from k exactly scored rows;
+//   knn_pruned_update(seed=true):  the heaps collect the rows with the best *approximate* scores
+//                                  <a, c> instead (no residual, no exact scores), so that the
+//                                  caller can seed `tau` from rows scored exactly;
 //   knn_pruned_rescore:            exact scores of given (query, row) pairs, same arithmetic.
 //
 // Exact scores: s = fl(<q, b>) accumulated in fp32 over 16 lanes (each lane sums ceil(d/16)
@@ -92,6 +93,25 @@ OOD_ZOO_CLONES float dot_x1(const float* q, const float* b, int64_t d) {
   return tree_sum(acc);
 }
 
+OOD_ZOO_CLONES float block_max(const float* x, int64_t n) {
+  float m = -std::numeric_limits<float>::infinity();
+#pragma omp simd reduction(max : m)
+  for (int64_t j = 0; j < n; ++j) {
+    m = std::max(m, x[j]);
+  }
+  return m;
+}
+
+// min_j |q|^2 + |b_j|^2 - 2 s_j, the seed pass's best approximate squared distance of a block
+OOD_ZOO_CLONES float block_min_l2(const float* s, const float* bb, float qq, int64_t n) {
+  float m = std::numeric_limits<float>::infinity();
+#pragma omp simd reduction(min : m)
+  for (int64_t j = 0; j < n; ++j) {
+    m = std::min(m, qq + bb[j] - 2.0f * s[j]);
+  }
+  return m;
+}
+
 // The ranking value of an exact dot product s: cosine s * inv_b, l2 the squared distance.
 template <bool Cosine>
 inline float exact_value(float s, float q_sq, float b_term) {
@@ -165,35 +185,39 @@ void pruned_kernel(const Inputs& in, const at::Tensor& bank, int64_t offset, at:
           const float qq = Cosine ? 0.0f : in.q_sq[i];
           const float* qrow = in.q + i * d;
           for (int64_t j0 = 0; j0 < n; j0 += kScreenRows) {
-            const int64_t j1 = std::min(n, j0 + kScreenRows);
-            int64_t count = 0;
+            const int64_t len = std::min(n, j0 + kScreenRows) - j0;
             if constexpr (Seed) {
-              // Offer the bounds themselves: cosine the upper bound of the similarity, l2 the
-              // lower bound of the squared distance.
-              for (int64_t j = j0; j < j1; ++j) {
-                const float ub = u[j] + rq * br[j];
-                const float v = Cosine ? ub : qq + bt[j] - 2.0f * ub;
+              // Offer the approximate scores <a, c> (cosine: similarity; l2: squared distance);
+              // whole blocks that cannot enter the heap are skipped after one vectorised
+              // best-of-block.
+              const float* uj = u + j0;
+              if (Cosine ? block_max(uj, len) <= hv[0]
+                         : block_min_l2(uj, bt + j0, qq, len) >= hv[0]) {
+                continue;
+              }
+              for (int64_t j = 0; j < len; ++j) {
+                const float v = Cosine ? uj[j] : qq + bt[j0 + j] - 2.0f * uj[j];
                 if (Cosine ? v > hv[0] : v < hv[0]) {
-                  heap_replace_root<float, Cosine>(hv, hi, k, v, offset + start + j);
+                  heap_replace_root<float, Cosine>(hv, hi, k, v, offset + start + j0 + j);
                 }
               }
               continue;
             }
             const float worst = hv[0];
             const float tau = Cosine ? std::max(in.tau[i], worst) : std::min(in.tau[i], worst);
+            // branch-free compaction of the rows whose bound can still reach tau
+            int64_t count = 0;
             if (Cosine) {
               const float need = tau - in.margin;
-              for (int64_t j = j0; j < j1; ++j) {
-                if (u[j] + rq * br[j] >= need) {
-                  survivors[count++] = j;
-                }
+              for (int64_t j = j0; j < j0 + len; ++j) {
+                survivors[count] = j;
+                count += u[j] + rq * br[j] >= need;
               }
             } else {
               const float keep = 1.0f - in.margin;
-              for (int64_t j = j0; j < j1; ++j) {
-                if ((qq + bt[j]) * keep - 2.0f * (u[j] + rq * br[j]) <= tau) {
-                  survivors[count++] = j;
-                }
+              for (int64_t j = j0; j < j0 + len; ++j) {
+                survivors[count] = j;
+                count += (qq + bt[j]) * keep - 2.0f * (u[j] + rq * br[j]) <= tau;
               }
             }
             if (count == 0) {
