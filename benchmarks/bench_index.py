@@ -110,7 +110,31 @@ def scores64(q: np.ndarray, bank: np.ndarray, metric: str) -> np.ndarray:
     return out
 
 
-def check(values: np.ndarray, indices: np.ndarray, ref: np.ndarray, k: int, metric: str
+@dataclass
+class Reference:
+    """Float64 scores ``[R, N]`` and their best ``K`` values and rows, best first."""
+
+    scores: np.ndarray
+    top: np.ndarray
+    top_idx: np.ndarray
+
+    @classmethod
+    def of(cls, scores: np.ndarray, k: int, metric: str) -> Reference:
+        """Sort only the best ``k`` of each row (argpartition), ties in row order."""
+        sign = -1.0 if metric == "cosine" else 1.0
+        k = min(k, scores.shape[1])
+        part = np.argpartition(sign * scores, k - 1, axis=1)[:, :k]
+        vals = np.take_along_axis(sign * scores, part, 1)
+        order = np.lexsort((part, vals), axis=1)
+        idx = np.take_along_axis(part, order, 1)
+        return cls(scores, np.take_along_axis(scores, idx, 1), idx)
+
+    def head(self, m: int) -> Reference:
+        """The first ``m`` queries."""
+        return Reference(self.scores[:m], self.top[:m], self.top_idx[:m])
+
+
+def check(values: np.ndarray, indices: np.ndarray, reference: Reference, k: int, metric: str
           ) -> dict[str, Any]:
     """Exactness of one result ``[R, k]`` against the float64 scores ``ref [R, N]``.
 
@@ -119,8 +143,8 @@ def check(values: np.ndarray, indices: np.ndarray, ref: np.ndarray, k: int, metr
     reference score of the returned row. ``ties_ok``: the share of returned rows that score at
     least the reference k-th value (within tolerance), so ties may be broken either way.
     """
-    sign = -1.0 if metric == "cosine" else 1.0
-    top = np.sort(sign * ref, axis=1)[:, :k] * sign  # best first
+    ref = reference.scores
+    top = reference.top[:, :k]
     scale = max(float(np.abs(top).max()), 1e-30)
     denom = np.maximum(np.abs(top), 1e-3 * scale)
     v = np.asarray(values, dtype=np.float64)[:, :k]
@@ -132,7 +156,7 @@ def check(values: np.ndarray, indices: np.ndarray, ref: np.ndarray, k: int, metr
     good = (got >= kth - tol) if metric == "cosine" else (got <= kth + tol)
     good &= valid_index
     dupes = sum(len(set(row)) != len(row) for row in i.tolist())
-    ref_idx = np.argsort(sign * ref, axis=1, kind="stable")[:, :k]
+    ref_idx = reference.top_idx[:, :k]
     overlap = float(np.mean([len(set(a) & set(b)) / k for a, b in
                              zip(i.tolist(), ref_idx.tolist(), strict=True)]))
     out = {
@@ -320,41 +344,28 @@ def timed(fn: Callable[[], Any], repeat: int) -> tuple[float, Any]:
 def run_metric(bank: np.ndarray, queries: np.ndarray, online_q: np.ndarray, metric: str,
                args: argparse.Namespace) -> dict[str, Any]:
     """All contenders on one bank for one metric: rows of timings and exactness."""
-    n, d = bank.shape
     n_ref = min(args.ref_queries, len(queries))
     t = time.perf_counter()
-    ref_batch = scores64(queries[:n_ref], bank, metric)
-    ref_online = scores64(online_q, bank, metric)
+    k_max = max([*args.ks, *args.online_ks])
+    ref_batch = Reference.of(scores64(queries[:n_ref], bank, metric), k_max, metric)
+    ref_online = Reference.of(scores64(online_q, bank, metric), k_max, metric)
     print(f"[{metric}] float64 reference on {n_ref} + {len(online_q)} queries: "
           f"{time.perf_counter() - t:.1f} s", flush=True)
     contenders, skipped = make_contenders(bank, metric, args)
     rows: list[dict[str, Any]] = []
-    builds: dict[str, Any] = {}
+    builds: dict[str, float] = {}
     stats: dict[str, Any] = {}
+    failed: dict[str, str] = {}
     for c in contenders:
-        with threads(args.threads):
-            t_build, _ = timed(c.build, 1)
-        builds[c.name] = t_build
-        print(f"[{metric}] {c.name}: build {t_build:.2f} s (load {load()})", flush=True)
-        for k in args.ks:
-            n_q = len(queries) if c.max_queries is None else min(c.max_queries, len(queries))
-            q = np.ascontiguousarray(queries[:n_q])
-            with threads(args.threads):
-                c.search(q[: min(8, n_q)], k)  # warm-up
-                secs, (v, i) = timed(lambda c=c, q=q, k=k: c.search(q, k), args.repeat)
-            exact = check(v[:n_ref], i[:n_ref], ref_batch[: min(n_ref, n_q)], k, metric)
-            rows.append(row(c, "batch", k, n_q, secs, n, d, exact, metric))
-            if c.stats is not None:
-                stats[f"{c.name} batch k={k}"] = c.stats()
-        for k in args.online_ks:
-            for n_q in args.online:
-                lat, res_v, res_i = online(c, online_q, n_q, k, args)
-                m = len(res_v)
-                exact = check(res_v, res_i, ref_online[:m], k, metric)
-                rows.append(row(c, "online", k, n_q, lat, n, d, exact, metric))
-                if c.stats is not None:
-                    stats[f"{c.name} online Q={n_q} k={k}"] = c.stats()
-        c.free()
+        try:
+            run_contender(c, bank, queries, online_q, ref_batch, ref_online, metric, args,
+                          rows, builds, stats)
+        except Exception as err:  # one broken contender must not sink the others
+            failed[c.name] = f"{type(err).__name__}: {err}"
+            print(f"[{metric}] {c.name} FAILED: {failed[c.name]}", flush=True)
+        finally:
+            c.free()
+
     def key(r: dict[str, Any]) -> tuple:  # batch: by k (sklearn times a subset); online: k, Q
         return (r["regime"], r["k"]) if r["regime"] == "batch" else (r["regime"], r["k"], r["Q"])
 
@@ -363,7 +374,53 @@ def run_metric(bank: np.ndarray, queries: np.ndarray, online_q: np.ndarray, metr
         base = faiss_qps.get(key(r))
         r["x_faiss"] = r["qps"] / base if base else None
     return {"metric": metric, "rows": rows, "build_seconds": builds, "skipped": skipped,
-            "knnindex_stats": stats}
+            "failed": failed, "knnindex_stats": stats}
+
+
+def run_contender(c: Contender, bank: np.ndarray, queries: np.ndarray, online_q: np.ndarray,
+                  ref_batch: Reference, ref_online: Reference, metric: str,
+                  args: argparse.Namespace, rows: list[dict[str, Any]],
+                  builds: dict[str, float], stats: dict[str, Any]) -> None:
+    """Build one contender, then time it in every regime; rows and stats are appended."""
+    n, d = bank.shape
+    n_ref = len(ref_batch.scores)
+    with threads(args.threads):
+        t_build, _ = timed(c.build, 1)
+    builds[c.name] = t_build
+    print(f"[{metric}] {c.name}: build {t_build:.2f} s (load {load()})", flush=True)
+    if c.stats is not None:
+        stats[f"{c.name} build"] = c.stats()
+    for k in args.ks:
+        n_q = len(queries) if c.max_queries is None else min(c.max_queries, len(queries))
+        q = np.ascontiguousarray(queries[:n_q])
+        with threads(args.threads):
+            c.search(q[: min(8, n_q)], k)  # warm-up
+            secs, (v, i) = timed(lambda c=c, q=q, k=k: c.search(q, k), args.repeat)
+        exact = check(v[:n_ref], i[:n_ref], ref_batch.head(min(n_ref, n_q)), k, metric)
+        rows.append(row(c, "batch", k, n_q, secs, n, d, exact, metric))
+        if c.stats is not None:
+            stats[f"{c.name} batch k={k}"] = index_note(rows[-1], c.stats())
+    for k in args.online_ks:
+        for n_q in args.online:
+            lat, res_v, res_i = online(c, online_q, n_q, k, args)
+            exact = check(res_v, res_i, ref_online.head(len(res_v)), k, metric)
+            rows.append(row(c, "online", k, n_q, lat, n, d, exact, metric))
+            if c.stats is not None:
+                stats[f"{c.name} online Q={n_q} k={k}"] = index_note(rows[-1], c.stats())
+
+
+def index_note(r: dict[str, Any], st: dict[str, Any]) -> dict[str, Any]:
+    """Put the index's path, survivor rate and rank of its last search into row ``r``."""
+    last = st.get("last_search") or {}
+    r["index_path"] = last.get("path", st.get("path"))
+    r["survivor_rate"] = last.get("survivor_rate", st.get("survivor_rate"))
+    r["index_rank"] = st.get("rank")
+    rate = r["survivor_rate"]
+    r["note"] = (f"path={r['index_path']}, survivors="
+                 f"{'-' if rate is None else f'{100 * rate:.2f}%'}, rank={r['index_rank']}")
+    if st.get("dense_reason"):
+        r["note"] += f" (dense: {st['dense_reason']})"
+    return st
 
 
 def online(c: Contender, online_q: np.ndarray, n_q: int, k: int, args: argparse.Namespace
@@ -442,6 +499,8 @@ def markdown(report: dict[str, Any]) -> str:
         lines += [f"## metric = {res['metric']}", ""]
         for name, why in res["skipped"].items():
             lines.append(f"- skipped {name}: {why}")
+        for name, why in res["failed"].items():
+            lines.append(f"- FAILED {name}: {why}")
         lines.append("- build: " + ", ".join(f"{k} {v:.2f} s"
                                              for k, v in res["build_seconds"].items()))
         lines += ["", "| regime | contender | k | Q | time (s) | q/s | ms/query | GFLOP/s-eq "
@@ -454,8 +513,10 @@ def markdown(report: dict[str, Any]) -> str:
                 f"| {r['qps']:.1f} | {r['ms_per_query']:.3f} | {r['gflops_equiv']:.1f} | {ratio} "
                 f"| {'yes' if r['exact'] else 'NO'} | {r['values_rel_err']:.1e} "
                 f"| {r['ties_ok']:.3f} | {r['note']} |")
-        for key, st in res["knnindex_stats"].items():
-            lines.append(f"\n- KNNIndex stats ({key}): `{json.dumps(st, default=str)}`")
+        build = {k: v for k, v in res["knnindex_stats"].items() if k.endswith(" build")}
+        for key, st in build.items():
+            brief = {k: v for k, v in st.items() if k != "last_search"}
+            lines.append(f"\n- {key} stats: `{json.dumps(brief, default=str)}`")
         lines.append("")
     return "\n".join(lines)
 
@@ -466,9 +527,9 @@ def markdown(report: dict[str, Any]) -> str:
 def smoke_bank(seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
     """A tiny anisotropic bank (power-law spectrum, offset mean) with queries, in memory."""
     rng = np.random.default_rng(seed)
-    n, d = 4000, 64
+    n, d = 6000, 256  # KNNIndex prunes only from N >= 2048, d >= 256
     scale = (np.arange(1, d + 1) ** -1.0).astype(np.float32) * 4
-    mean = rng.standard_normal(d).astype(np.float32)
+    mean = 0.5 * rng.standard_normal(d).astype(np.float32)
     basis = np.linalg.qr(rng.standard_normal((d, d)))[0].astype(np.float32)
 
     def draw(m: int) -> np.ndarray:

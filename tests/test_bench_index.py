@@ -61,8 +61,11 @@ def _check_report(report: dict[str, Any], *, index_expected: bool) -> None:
                 assert r["x_faiss"] == pytest.approx(1.0)
             # expanded-form l2 (GEMM) loses a few ulps more than cosine: allow 1e-4 there
             assert r["values_rel_err"] <= (1e-5 if res["metric"] == "cosine" else 1e-4), r
-            if r["contender"] == "ood_zoo KNNIndex":
+            if r["contender"] == "ood_zoo KNNIndex" and res["metric"] == "cosine":
                 assert r["exact"], r
+            if r["contender"] == "ood_zoo KNNIndex":
+                assert r["index_path"] in ("pruned", "dense"), r
+                assert 0 <= r["survivor_rate"] <= 1, r
 
 
 def test_smoke_cli(tmp_path: Path) -> None:
@@ -124,6 +127,7 @@ def test_smoke_with_index(cls: type, tmp_path: Path, monkeypatch: pytest.MonkeyP
         assert all(r["exact"] == (cls is _Index) for r in rows)
         assert all(r["ties_ok"] < 1.0 for r in rows) == (cls is _WrongIndex)
         assert res["knnindex_stats"]
+        assert all(r["index_path"] == "dense" for r in rows)
         assert "ood_zoo KNNIndex" not in res["skipped"]
 
 
