@@ -574,11 +574,9 @@ _UNIT_ROUNDOFF = 2.0**-24
 _FP64_SLACK = 2.0**-40
 
 
-def _index_tile_rows(n_queries: int, dim: int) -> int:
-    """Bank rows per tile of the pruned kernel: a tile's fp32 rows stay within ~1 MB of cache."""
-    if n_queries < 64:  # online: the bound GEMM is a GEMV, so take long tiles
-        return 8192
-    return max(16, min(4096, 2**20 // (4 * dim)))
+def _index_tile_rows(dim: int) -> int:
+    """Bank rows per tile of the pruned kernel: a tile's fp32 rows take ~512 KB of cache."""
+    return max(16, min(4096, 2**19 // (4 * dim)))
 
 
 class KNNIndex:
@@ -816,7 +814,7 @@ class KNNIndex:
         a, r_q, q_sq = self._project(qf, unit=False)
         if cosine:
             q_sq = torch.empty(0)
-        tiles = self.tile_rows or _index_tile_rows(qf.shape[0], self.dim)
+        tiles = self.tile_rows or _index_tile_rows(self.dim)
         stats = torch.zeros(2, dtype=torch.int64)
 
         def run(seed: bool, tau: torch.Tensor, width: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -2,9 +2,9 @@
 //
 // With V an orthonormal [d, p] basis, a = Vᵀq, c = Vᵀb and the residual norms r_q = |q - Va|,
 // r_b = |b - Vc|, Cauchy–Schwarz gives  <q, b> = <a, c> + <q⊥, b⊥> <= <a, c> + r_q r_b.
-// Per bank tile, one [Q, p] x [p, tile] GEMM (gemm.h) gives <a, c> for every pair; a pair is
-// scored exactly only if its bound, widened by the caller's rounding margin, can still reach the
-// query's threshold: the larger (cosine) or smaller (l2) of the caller's seed `tau` and the k-th
+// Per bank tile and block of 8 queries, a register-blocked micro-kernel gives <a, c> for 8 x 16
+// pairs at a time (group_scores), screened at once; a pair is scored exactly only if its bound,
+// widened by the caller's rounding margin, can still reach the query's threshold: the larger (cosine) or smaller (l2) of the caller's seed `tau` and the k-th
 // best exact score so far. Survivors are scored from the bank rows themselves (converted to fp32
 // a tile at a time, which stays in cache) and offered to caller-owned top-k heaps (topk_heap.h).
 //
@@ -29,18 +29,16 @@
 #include <cmath>
 #include <cstdint>
 #include <limits>
+#include <mutex>
 #include <vector>
 
 #include "../common.h"
-#include "gemm.h"
 #include "topk_heap.h"
 
 namespace ood_zoo {
 namespace {
 
 constexpr int kLanes = 16;
-// Rows screened before the survivors are scored and the threshold refreshed.
-constexpr int64_t kScreenRows = 64;
 
 inline float tree_sum(float* acc) {
   for (int width = kLanes / 2; width >= 1; width /= 2) {
@@ -93,25 +91,6 @@ OOD_ZOO_CLONES float dot_x1(const float* q, const float* b, int64_t d) {
   return tree_sum(acc);
 }
 
-OOD_ZOO_CLONES float block_max(const float* x, int64_t n) {
-  float m = -std::numeric_limits<float>::infinity();
-#pragma omp simd reduction(max : m)
-  for (int64_t j = 0; j < n; ++j) {
-    m = std::max(m, x[j]);
-  }
-  return m;
-}
-
-// min_j |q|^2 + |b_j|^2 - 2 s_j, the seed pass's best approximate squared distance of a block
-OOD_ZOO_CLONES float block_min_l2(const float* s, const float* bb, float qq, int64_t n) {
-  float m = std::numeric_limits<float>::infinity();
-#pragma omp simd reduction(min : m)
-  for (int64_t j = 0; j < n; ++j) {
-    m = std::min(m, qq + bb[j] - 2.0f * s[j]);
-  }
-  return m;
-}
-
 // The ranking value of an exact dot product s: cosine s * inv_b, l2 the squared distance.
 template <bool Cosine>
 inline float exact_value(float s, float q_sq, float b_term) {
@@ -146,101 +125,198 @@ struct Inputs {
   float margin;
 };
 
+// Bound GEMM micro-kernel: the approximate scores <a_r, c_l> of kQueries queries (a, row-major
+// [kQueries, p]) against one group of kGroup bank rows (ct, transposed: [p, kGroup]), summed in
+// fp32 over t = 0..p-1 in order (any contraction), so that |error| <= gamma_p |a_r| |c_l|. The
+// scores stay in registers until the caller screens them: the [Q, N] matrix is never written.
+constexpr int kQueries = 8;
+constexpr int kGroup = 16;
+typedef float Lanes __attribute__((vector_size(kGroup * sizeof(float)), aligned(4)));
+
+#pragma GCC push_options
+#pragma GCC optimize("fp-contract=fast")
+OOD_ZOO_CLONES void group_scores(const float* a, const float* ct, int64_t p, float* out) {
+  Lanes s0 = {}, s1 = {}, s2 = {}, s3 = {}, s4 = {}, s5 = {}, s6 = {}, s7 = {};
+  for (int64_t t = 0; t < p; ++t) {
+    const Lanes c = *reinterpret_cast<const Lanes*>(ct + t * kGroup);
+    s0 += a[0 * p + t] * c;
+    s1 += a[1 * p + t] * c;
+    s2 += a[2 * p + t] * c;
+    s3 += a[3 * p + t] * c;
+    s4 += a[4 * p + t] * c;
+    s5 += a[5 * p + t] * c;
+    s6 += a[6 * p + t] * c;
+    s7 += a[7 * p + t] * c;
+  }
+  Lanes* o = reinterpret_cast<Lanes*>(out);
+  o[0] = s0, o[1] = s1, o[2] = s2, o[3] = s3, o[4] = s4, o[5] = s5, o[6] = s6, o[7] = s7;
+}
+#pragma GCC pop_options
+
+// One tile's projections, transposed group by group: ct[g][t][l] = b_proj[g * kGroup + l][t],
+// zero beyond the tile's last row.
+void transpose_tile(const float* b_proj, int64_t n, int64_t p, float* ct) {
+  const int64_t groups = (n + kGroup - 1) / kGroup;
+  for (int64_t g = 0; g < groups; ++g) {
+    float* dst = ct + g * p * kGroup;
+    for (int64_t l = 0; l < kGroup; ++l) {
+      const int64_t row = g * kGroup + l;
+      for (int64_t t = 0; t < p; ++t) {
+        dst[t * kGroup + l] = row < n ? b_proj[row * p + t] : 0.0f;
+      }
+    }
+  }
+}
+
+// Scans bank rows [start, start + n) (one tile; ct its transposed projections) for the query
+// blocks [block_begin, block_end), updating the heaps hv/hi ([Q, k]). Returns the pairs scored.
+template <bool Cosine, bool Seed>
+int64_t scan_tile(const Inputs& in, const float* rows, const float* ct, int64_t start, int64_t n,
+                  int64_t offset, float* hv_all, int64_t* hi_all, int64_t block_begin,
+                  int64_t block_end) {
+  const int64_t d = in.d, k = in.k, p = in.p;
+  const float* br = in.b_res + start;
+  const float* bt = in.b_term + start;
+  std::vector<float> a(static_cast<size_t>(kQueries * p));
+  float approx[kQueries * kGroup];
+  int64_t survivors[kGroup];
+  const float* survivor_rows[kGroup];
+  float dots[kGroup];
+  int64_t scored = 0;
+  for (int64_t blk = block_begin; blk < block_end; ++blk) {
+    const int64_t q0 = blk * kQueries;
+    const int64_t nb = std::min<int64_t>(kQueries, in.nq - q0);
+    std::fill(a.begin(), a.end(), 0.0f);
+    std::copy(in.q_proj + q0 * p, in.q_proj + (q0 + nb) * p, a.begin());
+    for (int64_t j0 = 0; j0 < n; j0 += kGroup) {
+      const int64_t len = std::min<int64_t>(kGroup, n - j0);
+      group_scores(a.data(), ct + j0 * p, p, approx);
+      for (int64_t r = 0; r < nb; ++r) {
+        const int64_t i = q0 + r;
+        const float* u = approx + r * kGroup;
+        float* hv = hv_all + i * k;
+        int64_t* hi = hi_all + i * k;
+        const float qq = Cosine ? 0.0f : in.q_sq[i];
+        if constexpr (Seed) {
+          // Offer the approximate scores themselves (cosine: similarity; l2: squared
+          // distance), after one best-of-group check against the heap's worst entry.
+          float best = Cosine ? u[0] : qq + bt[j0] - 2.0f * u[0];
+          for (int64_t l = 1; l < len; ++l) {
+            const float v = Cosine ? u[l] : qq + bt[j0 + l] - 2.0f * u[l];
+            best = Cosine ? std::max(best, v) : std::min(best, v);
+          }
+          if (Cosine ? !(best > hv[0]) : !(best < hv[0])) {
+            continue;
+          }
+          for (int64_t l = 0; l < len; ++l) {
+            const float v = Cosine ? u[l] : qq + bt[j0 + l] - 2.0f * u[l];
+            if (Cosine ? v > hv[0] : v < hv[0]) {
+              heap_replace_root<float, Cosine>(hv, hi, k, v, offset + start + j0 + l);
+            }
+          }
+          continue;
+        }
+        const float rq = in.q_res[i];
+        const float tau = Cosine ? std::max(in.tau[i], hv[0]) : std::min(in.tau[i], hv[0]);
+        // branch-free compaction of the rows whose bound can still reach tau
+        int64_t count = 0;
+        if (Cosine) {
+          const float need = tau - in.margin;
+          for (int64_t l = 0; l < len; ++l) {
+            survivors[count] = j0 + l;
+            count += u[l] + rq * br[j0 + l] >= need;
+          }
+        } else {
+          const float keep = 1.0f - in.margin;
+          for (int64_t l = 0; l < len; ++l) {
+            survivors[count] = j0 + l;
+            count += (qq + bt[j0 + l]) * keep - 2.0f * (u[l] + rq * br[j0 + l]) <= tau;
+          }
+        }
+        if (count == 0) {
+          continue;
+        }
+        for (int64_t c = 0; c < count; ++c) {
+          survivor_rows[c] = rows + survivors[c] * d;
+        }
+        dot_rows(in.q + i * d, survivor_rows, count, d, dots);
+        scored += count;
+        for (int64_t c = 0; c < count; ++c) {
+          const int64_t j = survivors[c];
+          const float v = exact_value<Cosine>(dots[c], qq, bt[j]);
+          // Candidates arrive in increasing index order: a later one never wins a tie.
+          if (Cosine ? v > hv[0] : v < hv[0]) {
+            heap_replace_root<float, Cosine>(hv, hi, k, v, offset + start + j);
+          }
+        }
+      }
+    }
+  }
+  return scored;
+}
+
+// Runs scan_tile over the bank. Many queries: tile by tile, the query blocks split among the
+// threads (the tile's rows stay in cache for all of them). Few queries (online search): the
+// tiles split among the threads, each with private copies of the heaps, merged at the end.
 template <bool Cosine, bool Seed>
 void pruned_kernel(const Inputs& in, const at::Tensor& bank, int64_t offset, at::Tensor& values,
                    at::Tensor& indices, int64_t tile_rows, at::Tensor& stats) {
-  const int64_t n_bank = bank.size(0);
-  const int64_t tile = std::min(tile_rows, n_bank);
-  // Query block whose [block, tile] bound matrix stays within about 1 MB.
-  const int64_t block = std::clamp<int64_t>((int64_t{1} << 18) / tile, 1, in.nq);
-  std::vector<float> bound(static_cast<size_t>(block * tile));
+  const int64_t n_bank = bank.size(0), k = in.k, p = in.p;
+  const int64_t tile = std::min(n_bank, (std::max<int64_t>(tile_rows, 1) + kGroup - 1) /
+                                            kGroup * kGroup);
+  const int64_t n_tiles = (n_bank + tile - 1) / tile;
+  const int64_t n_blocks = (in.nq + kQueries - 1) / kQueries;
+  const size_t ct_size = static_cast<size_t>((tile + kGroup - 1) / kGroup * kGroup * p);
   float* hv_all = values.data_ptr<float>();
   int64_t* hi_all = indices.data_ptr<int64_t>();
+  auto tile_rows_f32 = [&](int64_t start, int64_t n) {
+    return Seed ? at::Tensor() : bank.narrow(0, start, n).to(at::kFloat).contiguous();
+  };
+  auto data = [](const at::Tensor& t) { return t.defined() ? t.const_data_ptr<float>() : nullptr; };
   std::atomic<int64_t> scored{0};
-  const int64_t d = in.d, k = in.k;
 
-  for (int64_t start = 0; start < n_bank; start += tile) {
-    const int64_t n = std::min(tile, n_bank - start);
-    at::Tensor rows;
-    if constexpr (!Seed) {
-      rows = bank.narrow(0, start, n).to(at::kFloat).contiguous();
-    }
-    const float* bp = rows.defined() ? rows.const_data_ptr<float>() : nullptr;
-    const float* cp = in.b_proj + start * in.p;
-    const float* br = in.b_res + start;
-    const float* bt = in.b_term + start;
-    for (int64_t q0 = 0; q0 < in.nq; q0 += block) {
-      const int64_t nb = std::min(block, in.nq - q0);
-      gemm_nt(in.q_proj + q0 * in.p, in.p, cp, in.p, bound.data(), n, nb, n, in.p);
-      at::parallel_for(q0, q0 + nb, 1, [&](int64_t begin, int64_t end) {
-        int64_t survivors[kScreenRows];
-        const float* survivor_rows[kScreenRows];
-        float dots[kScreenRows];
-        int64_t local_scored = 0;
-        for (int64_t i = begin; i < end; ++i) {
-          const float* u = bound.data() + (i - q0) * n;
-          float* hv = hv_all + i * k;
-          int64_t* hi = hi_all + i * k;
-          const float rq = in.q_res[i];
-          const float qq = Cosine ? 0.0f : in.q_sq[i];
-          const float* qrow = in.q + i * d;
-          for (int64_t j0 = 0; j0 < n; j0 += kScreenRows) {
-            const int64_t len = std::min(n, j0 + kScreenRows) - j0;
-            if constexpr (Seed) {
-              // Offer the approximate scores <a, c> (cosine: similarity; l2: squared distance);
-              // whole blocks that cannot enter the heap are skipped after one vectorised
-              // best-of-block.
-              const float* uj = u + j0;
-              if (Cosine ? block_max(uj, len) <= hv[0]
-                         : block_min_l2(uj, bt + j0, qq, len) >= hv[0]) {
-                continue;
-              }
-              for (int64_t j = 0; j < len; ++j) {
-                const float v = Cosine ? uj[j] : qq + bt[j0 + j] - 2.0f * uj[j];
-                if (Cosine ? v > hv[0] : v < hv[0]) {
-                  heap_replace_root<float, Cosine>(hv, hi, k, v, offset + start + j0 + j);
-                }
-              }
-              continue;
-            }
-            const float worst = hv[0];
-            const float tau = Cosine ? std::max(in.tau[i], worst) : std::min(in.tau[i], worst);
-            // branch-free compaction of the rows whose bound can still reach tau
-            int64_t count = 0;
-            if (Cosine) {
-              const float need = tau - in.margin;
-              for (int64_t j = j0; j < j0 + len; ++j) {
-                survivors[count] = j;
-                count += u[j] + rq * br[j] >= need;
-              }
-            } else {
-              const float keep = 1.0f - in.margin;
-              for (int64_t j = j0; j < j0 + len; ++j) {
-                survivors[count] = j;
-                count += (qq + bt[j]) * keep - 2.0f * (u[j] + rq * br[j]) <= tau;
-              }
-            }
-            if (count == 0) {
-              continue;
-            }
-            for (int64_t s = 0; s < count; ++s) {
-              survivor_rows[s] = bp + survivors[s] * d;
-            }
-            dot_rows(qrow, survivor_rows, count, d, dots);
-            local_scored += count;
-            for (int64_t s = 0; s < count; ++s) {
-              const int64_t j = survivors[s];
-              const float v = exact_value<Cosine>(dots[s], qq, bt[j]);
-              // Candidates arrive in increasing index order: a later one never wins a tie.
-              if (Cosine ? v > hv[0] : v < hv[0]) {
-                heap_replace_root<float, Cosine>(hv, hi, k, v, offset + start + j);
-              }
-            }
-          }
-        }
-        scored.fetch_add(local_scored);
+  if (n_blocks >= 2 * at::get_num_threads() || n_tiles == 1) {
+    std::vector<float> ct(ct_size);
+    for (int64_t t = 0; t < n_tiles; ++t) {
+      const int64_t start = t * tile, n = std::min(tile, n_bank - start);
+      const at::Tensor rows = tile_rows_f32(start, n);
+      transpose_tile(in.b_proj + start * p, n, p, ct.data());
+      at::parallel_for(0, n_blocks, 1, [&](int64_t begin, int64_t end) {
+        scored.fetch_add(scan_tile<Cosine, Seed>(in, data(rows), ct.data(), start, n, offset,
+                                                 hv_all, hi_all, begin, end));
       });
     }
+  } else {
+    std::mutex merge;
+    at::parallel_for(0, n_tiles, 1, [&](int64_t begin, int64_t end) {
+      std::vector<float> ct(ct_size);
+      std::vector<float> hv(hv_all, hv_all + in.nq * k);
+      std::vector<int64_t> hi(hi_all, hi_all + in.nq * k);
+      int64_t local = 0;
+      for (int64_t t = begin; t < end; ++t) {
+        const int64_t start = t * tile, n = std::min(tile, n_bank - start);
+        const at::Tensor rows = tile_rows_f32(start, n);
+        transpose_tile(in.b_proj + start * p, n, p, ct.data());
+        local += scan_tile<Cosine, Seed>(in, data(rows), ct.data(), start, n, offset, hv.data(),
+                                         hi.data(), 0, n_blocks);
+      }
+      const std::lock_guard<std::mutex> lock(merge);
+      for (int64_t i = 0; i < in.nq * k; ++i) {
+        float* root_v = hv_all + (i / k) * k;
+        int64_t* root_i = hi_all + (i / k) * k;
+        // ranges merge out of order, so ties are settled by index here
+        if (better<float, Cosine>(hv[i], hi[i], root_v[0], root_i[0])) {
+          bool present = false;
+          for (int64_t j = 0; j < k; ++j) {
+            present |= root_i[j] == hi[i];
+          }
+          if (!present) {
+            heap_replace_root<float, Cosine>(root_v, root_i, k, hv[i], hi[i]);
+          }
+        }
+      }
+      scored.fetch_add(local);
+    });
   }
   int64_t* st = stats.data_ptr<int64_t>();
   st[0] += in.nq * n_bank;
