@@ -571,6 +571,7 @@ INDEX_PROBE_QUERIES = 256
 #: Banks with fewer rows or features than this are searched densely (pruning cannot pay).
 INDEX_MIN_ROWS, INDEX_MIN_DIM = 2048, 256
 _UNIT_ROUNDOFF = 2.0**-24
+#: Relative slack on the float64 residual ``|x|² - |c|²`` (its rounding error is ~d 2^-53).
 _FP64_SLACK = 2.0**-40
 
 
@@ -592,22 +593,22 @@ class KNNIndex:
 
     ``<q, b> = <a, c> + <q⊥, b⊥> <= <a, c> + r_q r_b``
 
-    (for cosine, on unit vectors). The kernel computes ``<a, c>`` for every pair as a GEMM over
-    bank tiles and scores a row exactly only if its bound can still reach the query's running
-    k-th best exact score. That threshold is seeded from a first, cheaper pass: the
-    ``4 k`` rows with the best approximate scores ``<a, c>``, scored exactly. Exact scores come from the bank rows as stored, in fp32.
+    (for cosine, on unit vectors). The kernel computes ``<a, c>`` for every pair, 8 queries by
+    16 bank rows at a time in registers (the ``[Q, N]`` matrix is never written), and scores a
+    row exactly only if its bound can still reach the query's running k-th best exact score.
+    That threshold is seeded by a first pass: the ``4 k`` rows with the best approximate scores
+    ``<a, c>``, scored exactly. Exact scores come from the bank rows as stored, in fp32.
 
     **Rounding.** ``c``, ``r_b`` (and ``a``, ``r_q`` at search) are computed in float64 from the
     fp32 rows and stored in fp32, the residuals rounded up. With ``u = 2^-24``: the stored
-    projections cost ``2u |a||c|``, the fp32 GEMM over ``p`` terms (any order) ``γ_p |a||c|``,
-    the bound's product and sum ``2u``; the exact score (16-lane FMA accumulation, see
-    ``csrc/cpu/knn_pruned_cpu.cpp``) is within ``γ_m |q||b|``, ``m = ⌈d/16⌉ + 4``, plus ``2u``
-    for its scaling. A row is pruned only if ``bound + M < τ`` with
-    ``M = 1.01 (p + ⌈d/16⌉ + 16) u``, which exceeds the sum of these terms (``|q̂| = |b̂| = 1``
-    for cosine; for l2 every term is at most ``M (|q|² + |b|²)`` on squared distances). So a
-    row whose exactly computed score reaches the k-th best is never pruned, and the result is
-    the top-k of the exact scores over the whole bank. The fp32 GEMM is assumed to accumulate in
-    fp32 (as MKL, OpenBLAS and oneDNN do by default).
+    projections cost ``2u |a||c|``; the fp32 sum of the ``p`` products ``γ_p |a||c|``
+    (``γ_m = m u / (1 - m u)``); the bound's product and sum ``2u``; the exact score (16-lane
+    FMA accumulation, see ``csrc/cpu/knn_pruned_cpu.cpp``) is within ``γ_m |q||b|``,
+    ``m = ⌈d/16⌉ + 4``, plus ``2u`` for its scaling. A row is pruned only if ``bound + M < τ``
+    with ``M = 1.01 (p + ⌈d/16⌉ + 16) u``, which exceeds the sum of these terms
+    (``|q̂| = |b̂| = 1`` for cosine; for l2 every term is at most ``M (|q|² + |b|²)`` on squared
+    distances). So a row whose exactly computed score reaches the k-th best is never pruned,
+    and the result is the top-k of the exact scores over the whole bank.
 
     **Fallback.** ``mode="auto"`` searches densely (the fused :func:`knn` kernel) when the bank
     keeps more than :data:`INDEX_MAX_RESIDUAL_ENERGY` of its energy outside the subspace, is
@@ -655,7 +656,7 @@ class KNNIndex:
         self.metric: Metric = metric
         self.mode = mode
         self.tile_rows = tile_rows
-        # finiteness is checked while projecting (dense-only indexes leave it to knn)
+        # finiteness is checked while projecting (indexes that search densely leave it to knn)
         self.shards = _bank_shards(bank, check_values=False)
         self.n_rows = sum(s.shape[0] for s in self.shards)
         self.dim = int(self.shards[0].shape[1])
@@ -728,23 +729,18 @@ class KNNIndex:
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Rows -> (projections, residual norms rounded up, per-row term), via float64.
 
-        ``unit`` scales each row to unit norm (cosine bank rows); the term is then the inverse
-        norm, else the squared norm. The squared norms double as the finiteness check (a row
-        holding NaN or Inf is reported with its position ``offset + i``).
+        ``c = Vᵀx̂`` and ``|x̂ - Vc| = sqrt(max(0, |x̂|² - |c|²) + 2^-40 |x̂|²)`` (the slack covers
+        the float64 rounding), where ``x̂`` is the row scaled to unit norm if ``unit`` (cosine
+        bank rows; the term is then the inverse norm) or the row itself (the term is the squared
+        norm). The squared norms double as the finiteness check: a row holding NaN or Inf is
+        reported with its position ``offset + i``.
         """
-        x64 = x.to(torch.float64)
-        sq = torch.linalg.vector_norm(x64, dim=1).square_()
-        if not bool(torch.isfinite(sq).all()):
-            row = offset + int((~torch.isfinite(sq)).nonzero()[0, 0])
-            raise InputError(f"bank: row {row} is not finite (NaN or Inf) or overflows")
-        c64 = x64 @ self.basis
-        term = sq
-        if unit:
-            term = 1.0 / sq.sqrt().clamp_min(_NORM_EPS)
-            c64 *= term.unsqueeze(1)
-            sq = sq * term * term
-        res_sq = (sq - c64.square().sum(dim=1)).clamp_min_(0) + _FP64_SLACK * sq
-        return c64.to(torch.float32), _round_up_f32(res_sq.sqrt()), term.to(torch.float32)
+        x = x.to(torch.float32).contiguous()
+        project = torch.ops.ood_zoo.knn_pruned_project
+        proj, res, term, bad = project(x, self.basis, unit, _FP64_SLACK)
+        if bad >= 0:
+            raise InputError(f"bank: row {offset + bad} is not finite (NaN or Inf) or overflows")
+        return proj, res, term
 
     @property
     def pruned(self) -> bool:
@@ -833,8 +829,8 @@ class KNNIndex:
                 offset += n
             return values, indices
 
-        # Seed: the rows with the best approximate scores <a, c>, scored exactly; their k-th best exact score is a valid threshold (the k-th best over the
-        # whole bank can only be better).
+        # Seed: the rows with the best approximate scores <a, c>, scored exactly; their k-th best
+        # exact score is a valid threshold (the k-th best over the whole bank can only be better).
         width = min(self.n_rows, max(INDEX_SEED_FACTOR * k, 8))
         no_tau = torch.full((qf.shape[0],), -math.inf if cosine else math.inf)
         _, seeds = run(True, no_tau, width)

@@ -12,7 +12,8 @@
 //   knn_pruned_update(seed=true):  the heaps collect the rows with the best *approximate* scores
 //                                  <a, c> instead (no residual, no exact scores), so that the
 //                                  caller can seed `tau` from rows scored exactly;
-//   knn_pruned_rescore:            exact scores of given (query, row) pairs, same arithmetic.
+//   knn_pruned_rescore:            exact scores of given (query, row) pairs, same arithmetic;
+//   knn_pruned_project:            the projections and residual norms, in float64.
 //
 // Exact scores: s = fl(<q, b>) accumulated in fp32 over 16 lanes (each lane sums ceil(d/16)
 // products with FMA, then a 4-level tree), so |s - <q, b>| <= gamma_(ceil(d/16)+4) |q| |b|
@@ -30,6 +31,7 @@
 #include <cstdint>
 #include <limits>
 #include <mutex>
+#include <tuple>
 #include <vector>
 
 #include "../common.h"
@@ -330,6 +332,124 @@ void check_float(const at::Tensor& t, const char* name, std::initializer_list<in
               ", expected ", at::IntArrayRef(shape));
 }
 
+// ------------------------------------------------------------------ projections (build, queries)
+
+typedef double Doubles __attribute__((vector_size(8 * sizeof(double)), aligned(8)));
+
+// out_r[c] = sum_i x_r[i] basis[i][c] in float64, for two rows and 8 NC columns of a padded basis
+// ([d, ld] row-major); the products of fp32 rows and fp64 basis entries accumulate in fp64.
+template <int NC>
+OOD_ZOO_CLONES void project_pair(const float* x0, const float* x1, const double* basis,
+                                 int64_t d, int64_t ld, double* out0, double* out1) {
+  Doubles a0[NC] = {}, a1[NC] = {};
+  for (int64_t i = 0; i < d; ++i) {
+    const double s0 = x0[i], s1 = x1[i];
+    const Doubles* v = reinterpret_cast<const Doubles*>(basis + i * ld);
+    for (int c = 0; c < NC; ++c) {
+      a0[c] += s0 * v[c];
+      a1[c] += s1 * v[c];
+    }
+  }
+  for (int c = 0; c < NC; ++c) {
+    reinterpret_cast<Doubles*>(out0)[c] = a0[c];
+    reinterpret_cast<Doubles*>(out1)[c] = a1[c];
+  }
+}
+
+OOD_ZOO_CLONES double sum_sq_f64(const float* x, int64_t d) {
+  double acc = 0.0;
+#pragma omp simd reduction(+ : acc)
+  for (int64_t i = 0; i < d; ++i) {
+    acc += static_cast<double>(x[i]) * static_cast<double>(x[i]);
+  }
+  return acc;
+}
+
+inline float round_up(double x) {
+  const float f = static_cast<float>(x);
+  return static_cast<double>(f) < x ? std::nextafter(f, std::numeric_limits<float>::infinity()) : f;
+}
+
+// knn_pruned_project(rows [n, d] fp32, basis [d, p] fp64, unit, slack) -> (proj [n, p] fp32,
+// residual norms [n] fp32 rounded up, term [n] fp32): c = Vᵀx̂, |x̂ - Vc| from
+// sqrt(max(0, |x̂|² - |c|²) + slack |x̂|²), x̂ = x / max(|x|, eps) if unit (term = that inverse
+// norm) else x (term = |x|²), all in float64. Returns the first non-finite row in `bad` (or -1).
+std::tuple<at::Tensor, at::Tensor, at::Tensor, int64_t> knn_pruned_project_cpu(
+    const at::Tensor& rows, const at::Tensor& basis, bool unit, double slack) {
+  const int64_t n = rows.size(0), d = rows.size(1), p = basis.size(1);
+  check_float(rows, "rows", {n, d});
+  TORCH_CHECK(basis.scalar_type() == at::kDouble && basis.is_contiguous() && basis.dim() == 2 &&
+                  basis.size(0) == d && p >= 1,
+              "knn_pruned_project: basis must be a contiguous float64 [d, p] matrix");
+  constexpr int64_t kMaxChunks = 8;  // columns per pass: 8 x 8 doubles
+  const int64_t ld = (p + 7) / 8 * 8;
+  std::vector<double> padded(static_cast<size_t>(d * ld), 0.0);
+  const double* bsrc = basis.const_data_ptr<double>();
+  for (int64_t i = 0; i < d; ++i) {
+    std::copy(bsrc + i * p, bsrc + (i + 1) * p, padded.begin() + i * ld);
+  }
+  at::Tensor proj = at::empty({n, p}, rows.options());
+  at::Tensor res = at::empty({n}, rows.options());
+  at::Tensor term = at::empty({n}, rows.options());
+  const float* x = rows.const_data_ptr<float>();
+  float* pp = proj.data_ptr<float>();
+  float* rp = res.data_ptr<float>();
+  float* tp = term.data_ptr<float>();
+  std::atomic<int64_t> first_bad{std::numeric_limits<int64_t>::max()};
+  at::parallel_for(0, (n + 1) / 2, 16, [&](int64_t begin, int64_t end) {
+    std::vector<double> c0(static_cast<size_t>(ld)), c1(static_cast<size_t>(ld));
+    for (int64_t pair = begin; pair < end; ++pair) {
+      const int64_t r0 = 2 * pair, r1 = std::min(r0 + 1, n - 1);
+      for (int64_t col = 0; col < ld; col += 8 * kMaxChunks) {
+        const int64_t chunks = std::min<int64_t>(kMaxChunks, (ld - col) / 8);
+        const double* b = padded.data() + col;
+        double* o0 = c0.data() + col;
+        double* o1 = c1.data() + col;
+        switch (chunks) {
+#define OOD_ZOO_PROJECT_CASE(NC) \
+  case NC:                       \
+    project_pair<NC>(x + r0 * d, x + r1 * d, b, d, ld, o0, o1); \
+    break;
+          OOD_ZOO_PROJECT_CASE(1) OOD_ZOO_PROJECT_CASE(2) OOD_ZOO_PROJECT_CASE(3)
+          OOD_ZOO_PROJECT_CASE(4) OOD_ZOO_PROJECT_CASE(5) OOD_ZOO_PROJECT_CASE(6)
+          OOD_ZOO_PROJECT_CASE(7) OOD_ZOO_PROJECT_CASE(8)
+#undef OOD_ZOO_PROJECT_CASE
+          default:
+            break;
+        }
+      }
+      for (int64_t r = r0; r <= r1; ++r) {
+        const double* c = r == r0 ? c0.data() : c1.data();
+        double sq = sum_sq_f64(x + r * d, d);
+        if (!std::isfinite(sq)) {
+          int64_t seen = first_bad.load();
+          while (r < seen && !first_bad.compare_exchange_weak(seen, r)) {
+          }
+          sq = 0.0;
+        }
+        double scale = 1.0;
+        if (unit) {
+          scale = 1.0 / std::max(std::sqrt(sq), kNormEps);
+          tp[r] = static_cast<float>(scale);
+        } else {
+          tp[r] = static_cast<float>(sq);
+        }
+        double cc = 0.0;
+        for (int64_t j = 0; j < p; ++j) {
+          const double v = c[j] * scale;
+          pp[r * p + j] = static_cast<float>(v);
+          cc += v * v;
+        }
+        const double xx = sq * scale * scale;
+        rp[r] = round_up(std::sqrt(std::max(0.0, xx - cc) + slack * xx));
+      }
+    }
+  });
+  const int64_t bad = first_bad.load();
+  return {proj, res, term, bad == std::numeric_limits<int64_t>::max() ? -1 : bad};
+}
+
+
 void knn_pruned_update_cpu(const at::Tensor& queries, const at::Tensor& q_proj,
                            const at::Tensor& q_res, const at::Tensor& q_sq, const at::Tensor& bank,
                            const at::Tensor& b_proj, const at::Tensor& b_res,
@@ -429,6 +549,9 @@ TORCH_LIBRARY_FRAGMENT(ood_zoo, m) {
       "Tensor(b!) indices, Tensor tau, str metric, bool seed, float margin, int tile_rows, "
       "Tensor(c!) stats) -> ()");
   m.def(
+      "knn_pruned_project(Tensor rows, Tensor basis, bool unit, float slack) "
+      "-> (Tensor proj, Tensor res, Tensor term, int bad_row)");
+  m.def(
       "knn_pruned_rescore(Tensor queries, Tensor q_sq, Tensor rows, Tensor row_term, str metric) "
       "-> Tensor");
 }
@@ -436,4 +559,5 @@ TORCH_LIBRARY_FRAGMENT(ood_zoo, m) {
 TORCH_LIBRARY_IMPL(ood_zoo, CPU, m) {
   m.impl("knn_pruned_update", &ood_zoo::knn_pruned_update_cpu);
   m.impl("knn_pruned_rescore", &ood_zoo::knn_pruned_rescore_cpu);
+  m.impl("knn_pruned_project", &ood_zoo::knn_pruned_project_cpu);
 }
