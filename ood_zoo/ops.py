@@ -600,15 +600,17 @@ class KNNIndex:
     ``<a, c>``, scored exactly. Exact scores come from the bank rows as stored, in fp32.
 
     **Rounding.** ``c``, ``r_b`` (and ``a``, ``r_q`` at search) are computed in float64 from the
-    fp32 rows and stored in fp32, the residuals rounded up. With ``u = 2^-24``: the stored
-    projections cost ``2u |a||c|``; the fp32 sum of the ``p`` products ``γ_p |a||c|``
-    (``γ_m = m u / (1 - m u)``); the bound's product and sum ``2u``; the exact score (16-lane
-    FMA accumulation, see ``csrc/cpu/knn_pruned_cpu.cpp``) is within ``γ_m |q||b|``,
-    ``m = ⌈d/16⌉ + 4``, plus ``2u`` for its scaling. A row is pruned only if ``bound + M < τ``
-    with ``M = 1.01 (p + ⌈d/16⌉ + 16) u``, which exceeds the sum of these terms
-    (``|q̂| = |b̂| = 1`` for cosine; for l2 every term is at most ``M (|q|² + |b|²)`` on squared
-    distances). So a row whose exactly computed score reaches the k-th best is never pruned,
-    and the result is the top-k of the exact scores over the whole bank.
+    fp32 rows and stored in fp32, the residuals rounded up. With ``u = 2^-24`` and
+    ``γ_m = m u / (1 - m u)``, for cosine (unit rows, ``|a|, |c| <= 1``): the stored projections
+    cost ``2u``, the fp32 sum of the ``p`` products ``γ_p``, the bound's product and sum ``2u``;
+    the exact score (32-lane FMA accumulation, see ``csrc/cpu/knn_pruned_cpu.cpp``) is within
+    ``γ_m``, ``m = ⌈d/32⌉ + 5``, plus ``2u`` for its scaling. For l2 each term, doubled, is
+    at most that multiple of ``u (|q|² + |b|²)`` on squared distances, plus ``u`` for each of
+    ``|q|²`` and ``|b|²`` and ``4u`` for each of the two sums of three terms. A row is pruned
+    only if ``bound + M < τ`` (cosine; l2: ``(1 - M)(|q|² + |b|²) - 2 bound > τ``) with
+    ``M = 1.01 (p + ⌈d/32⌉ + 24) u``, which exceeds the sum of these terms. So a row whose
+    exactly computed score reaches the k-th best is never pruned, and the result is the top-k
+    of the exact scores over the whole bank.
 
     **Fallback.** ``mode="auto"`` searches densely (the fused :func:`knn` kernel) when the bank
     keeps more than :data:`INDEX_MAX_RESIDUAL_ENERGY` of its energy outside the subspace, is
@@ -749,7 +751,7 @@ class KNNIndex:
 
     def margin(self) -> float:
         """The rounding margin ``M`` of the bound (see the class docstring)."""
-        return 1.01 * (self.rank + math.ceil(self.dim / 16) + 16) * _UNIT_ROUNDOFF
+        return 1.01 * (self.rank + math.ceil(self.dim / 32) + 24) * _UNIT_ROUNDOFF
 
     # ------------------------------------------------------------------ search
     def search(self, queries: ArrayLike, k: int) -> tuple[ArrayLike, ArrayLike]:
@@ -834,10 +836,15 @@ class KNNIndex:
         width = min(self.n_rows, max(INDEX_SEED_FACTOR * k, 8))
         no_tau = torch.full((qf.shape[0],), -math.inf if cosine else math.inf)
         _, seeds = run(True, no_tau, width)
-        rows = _gather_rows(self.shards, seeds.reshape(-1)).reshape(*seeds.shape, self.dim)
-        exact = torch.ops.ood_zoo.knn_pruned_rescore(
-            qf, q_sq, rows, self.bank_term[seeds].contiguous(), self.metric
-        )
+        exact = torch.empty(seeds.shape)
+        offset = 0
+        for shard in self.shards:
+            n = shard.shape[0]
+            torch.ops.ood_zoo.knn_pruned_rescore(
+                qf, q_sq, shard, offset, seeds, self.bank_term[offset : offset + n],
+                self.metric, exact,
+            )
+            offset += n
         tau = exact.topk(k, dim=1, largest=cosine).values[:, -1]
         stats.zero_()
         values, indices = run(False, tau.contiguous(), k)

@@ -199,9 +199,12 @@ def test_hypothesis_bound_never_excludes_a_pair(n, d, rank, noise, metric, seed)
         q = q / q.norm(dim=1, keepdim=True).clamp_min(1e-12)
     a, r_q, q_sq = index._project(q, unit=False)
     bound = a @ index.bank_proj.T + r_q[:, None] * index.bank_res[None, :]
-    rows = torch.from_numpy(bank).expand(q.shape[0], n, d).contiguous()
-    terms = index.bank_term.expand(q.shape[0], n).contiguous()
-    exact = torch.ops.ood_zoo.knn_pruned_rescore(q.contiguous(), q_sq, rows, terms, metric)
+    every_row = torch.arange(n).expand(q.shape[0], n).contiguous()
+    exact = torch.full((q.shape[0], n), math.nan)
+    torch.ops.ood_zoo.knn_pruned_rescore(
+        q.contiguous(), q_sq, torch.from_numpy(bank), 0, every_row, index.bank_term, metric, exact
+    )
+    assert not bool(exact.isnan().any())
     margin = index.margin()
     if metric == "cosine":
         assert bool((bound + margin >= exact).all())

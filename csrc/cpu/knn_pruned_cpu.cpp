@@ -4,9 +4,11 @@
 // r_b = |b - Vc|, Cauchy–Schwarz gives  <q, b> = <a, c> + <q⊥, b⊥> <= <a, c> + r_q r_b.
 // Per bank tile and block of 8 queries, a register-blocked micro-kernel gives <a, c> for 8 x 16
 // pairs at a time (group_scores), screened at once; a pair is scored exactly only if its bound,
-// widened by the caller's rounding margin, can still reach the query's threshold: the larger (cosine) or smaller (l2) of the caller's seed `tau` and the k-th
-// best exact score so far. Survivors are scored from the bank rows themselves (converted to fp32
-// a tile at a time, which stays in cache) and offered to caller-owned top-k heaps (topk_heap.h).
+// widened by the caller's rounding margin, can still reach the query's threshold: the larger
+// (cosine) or smaller (l2) of the caller's seed `tau` and the k-th best exact score at the start
+// of the tile. A query's survivors in the tile are then scored from the bank rows themselves
+// (converted to fp32 a tile at a time, which stays in cache), four at a time, and offered to
+// caller-owned top-k heaps (topk_heap.h).
 //
 //   knn_pruned_update(seed=false): the pruned exact pass described above;
 //   knn_pruned_update(seed=true):  the heaps collect the rows with the best *approximate* scores
@@ -15,20 +17,23 @@
 //   knn_pruned_rescore:            exact scores of given (query, row) pairs, same arithmetic;
 //   knn_pruned_project:            the projections and residual norms, in float64.
 //
-// Exact scores: s = fl(<q, b>) accumulated in fp32 over 16 lanes (each lane sums ceil(d/16)
-// products with FMA, then a 4-level tree), so |s - <q, b>| <= gamma_(ceil(d/16)+4) |q| |b|
+// Exact scores: s = fl(<q, b>) accumulated in fp32 over 32 lanes (each lane sums ceil(d/32)
+// products with FMA, then a 5-level tree), so |s - <q, b>| <= gamma_(ceil(d/32)+5) |q| |b|
 // with gamma_m = m u / (1 - m u), u = 2^-24. cosine: value s * inv_b (queries normalised by the
 // caller); l2: max(0, |q|^2 + |b|^2 - 2 s), squared. The margin that covers these roundings and
 // those of the bound is derived in ops.KNNIndex's docstring and passed in.
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
 #include <torch/library.h>
 
 #include <algorithm>
 #include <atomic>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <limits>
 #include <mutex>
 #include <tuple>
@@ -37,12 +42,21 @@
 #include "../common.h"
 #include "topk_heap.h"
 
+// The 16-lane vector helpers below are always inlined into their callers' ISA clones.
+#pragma GCC diagnostic ignored "-Wpsabi"
+
 namespace ood_zoo {
 namespace {
 
-constexpr int kLanes = 16;
+// Exact dot products accumulate in fp32 over kLanes = 32 lanes (two 16-wide vectors per row, so
+// that independent FMA chains hide the FMA latency), then a 5-level tree.
+constexpr int kLanes = 32;
+typedef float Lanes16 __attribute__((vector_size(16 * sizeof(float)), aligned(4)));
 
-inline float tree_sum(float* acc) {
+inline float tree_sum(Lanes16 lo, Lanes16 hi) {
+  float acc[kLanes];
+  std::memcpy(acc, &lo, sizeof lo);
+  std::memcpy(acc + 16, &hi, sizeof hi);
   for (int width = kLanes / 2; width >= 1; width /= 2) {
     for (int l = 0; l < width; ++l) {
       acc[l] += acc[l + width];
@@ -51,46 +65,69 @@ inline float tree_sum(float* acc) {
   return acc[0];
 }
 
-// Four dot products sharing the query's loads: out[r] = <q, b_r>, 16-lane fp32 FMA accumulation.
+// Lane l of a row's accumulators sums q[j] b[j] over j = l, l + 32, ... in that order.
+inline Lanes16 load16(const float* x) {
+  Lanes16 v;
+  std::memcpy(&v, x, sizeof v);
+  return v;
+}
+
+// c + a * b lane by lane, always fused (one rounding), whichever ISA the clone targets.
+inline Lanes16 fma16(Lanes16 a, Lanes16 b, Lanes16 c) {
+  for (int l = 0; l < 16; ++l) {
+    c[l] = std::fma(a[l], b[l], c[l]);
+  }
+  return c;
+}
+
+// The d % 32 tail, lane by lane, in the same order as the vector loop.
+inline void dot_tail(const float* q, const float* b, int64_t j, int64_t d, Lanes16& lo,
+                     Lanes16& hi) {
+  for (int l = 0; j + l < d; ++l) {
+    if (l < 16) {
+      lo[l] = std::fma(q[j + l], b[j + l], lo[l]);
+    } else {
+      hi[l - 16] = std::fma(q[j + l], b[j + l], hi[l - 16]);
+    }
+  }
+}
+
+// Four dot products sharing the query's loads: out[r] = <q, b_r>.
 OOD_ZOO_CLONES void dot_x4(const float* q, const float* const* b, int64_t d, float* out) {
-  float a0[kLanes] = {}, a1[kLanes] = {}, a2[kLanes] = {}, a3[kLanes] = {};
+  Lanes16 l0 = {}, h0 = {}, l1 = {}, h1 = {}, l2 = {}, h2 = {}, l3 = {}, h3 = {};
   const float *b0 = b[0], *b1 = b[1], *b2 = b[2], *b3 = b[3];
   int64_t j = 0;
   for (; j + kLanes <= d; j += kLanes) {
-    for (int l = 0; l < kLanes; ++l) {
-      const float x = q[j + l];
-      a0[l] = std::fma(x, b0[j + l], a0[l]);
-      a1[l] = std::fma(x, b1[j + l], a1[l]);
-      a2[l] = std::fma(x, b2[j + l], a2[l]);
-      a3[l] = std::fma(x, b3[j + l], a3[l]);
-    }
+    const Lanes16 ql = load16(q + j), qh = load16(q + j + 16);
+    l0 = fma16(ql, load16(b0 + j), l0);
+    h0 = fma16(qh, load16(b0 + j + 16), h0);
+    l1 = fma16(ql, load16(b1 + j), l1);
+    h1 = fma16(qh, load16(b1 + j + 16), h1);
+    l2 = fma16(ql, load16(b2 + j), l2);
+    h2 = fma16(qh, load16(b2 + j + 16), h2);
+    l3 = fma16(ql, load16(b3 + j), l3);
+    h3 = fma16(qh, load16(b3 + j + 16), h3);
   }
-  for (int l = 0; j + l < d; ++l) {
-    const float x = q[j + l];
-    a0[l] = std::fma(x, b0[j + l], a0[l]);
-    a1[l] = std::fma(x, b1[j + l], a1[l]);
-    a2[l] = std::fma(x, b2[j + l], a2[l]);
-    a3[l] = std::fma(x, b3[j + l], a3[l]);
-  }
-  out[0] = tree_sum(a0);
-  out[1] = tree_sum(a1);
-  out[2] = tree_sum(a2);
-  out[3] = tree_sum(a3);
+  dot_tail(q, b0, j, d, l0, h0);
+  dot_tail(q, b1, j, d, l1, h1);
+  dot_tail(q, b2, j, d, l2, h2);
+  dot_tail(q, b3, j, d, l3, h3);
+  out[0] = tree_sum(l0, h0);
+  out[1] = tree_sum(l1, h1);
+  out[2] = tree_sum(l2, h2);
+  out[3] = tree_sum(l3, h3);
 }
 
-// The same accumulation for one pair (bit-identical to one lane of dot_x4).
+// The same accumulation for one pair (bit-identical to one row of dot_x4).
 OOD_ZOO_CLONES float dot_x1(const float* q, const float* b, int64_t d) {
-  float acc[kLanes] = {};
+  Lanes16 lo = {}, hi = {};
   int64_t j = 0;
   for (; j + kLanes <= d; j += kLanes) {
-    for (int l = 0; l < kLanes; ++l) {
-      acc[l] = std::fma(q[j + l], b[j + l], acc[l]);
-    }
+    lo = fma16(load16(q + j), load16(b + j), lo);
+    hi = fma16(load16(q + j + 16), load16(b + j + 16), hi);
   }
-  for (int l = 0; j + l < d; ++l) {
-    acc[l] = std::fma(q[j + l], b[j + l], acc[l]);
-  }
-  return tree_sum(acc);
+  dot_tail(q, b, j, d, lo, hi);
+  return tree_sum(lo, hi);
 }
 
 // The ranking value of an exact dot product s: cosine s * inv_b, l2 the squared distance.
@@ -181,27 +218,39 @@ int64_t scan_tile(const Inputs& in, const float* rows, const float* ct, int64_t 
   const float* bt = in.b_term + start;
   std::vector<float> a(static_cast<size_t>(kQueries * p));
   float approx[kQueries * kGroup];
-  int64_t survivors[kGroup];
-  const float* survivor_rows[kGroup];
-  float dots[kGroup];
+  // Survivors of the whole tile per query, scored after the screening (four rows at a time);
+  // the thresholds are those at the start of the tile.
+  std::vector<int32_t> survivors(Seed ? 0 : static_cast<size_t>(kQueries * n));
+  int64_t counts[kQueries];
+  float need[kQueries];
+  constexpr int64_t kBatch = 64;
+  const float* batch_rows[kBatch];
+  float dots[kBatch];
   int64_t scored = 0;
   for (int64_t blk = block_begin; blk < block_end; ++blk) {
     const int64_t q0 = blk * kQueries;
     const int64_t nb = std::min<int64_t>(kQueries, in.nq - q0);
     std::fill(a.begin(), a.end(), 0.0f);
     std::copy(in.q_proj + q0 * p, in.q_proj + (q0 + nb) * p, a.begin());
+    for (int64_t r = 0; r < nb && !Seed; ++r) {
+      const int64_t i = q0 + r;
+      const float worst = hv_all[i * k];
+      const float tau = Cosine ? std::max(in.tau[i], worst) : std::min(in.tau[i], worst);
+      need[r] = Cosine ? tau - in.margin : tau;
+      counts[r] = 0;
+    }
     for (int64_t j0 = 0; j0 < n; j0 += kGroup) {
       const int64_t len = std::min<int64_t>(kGroup, n - j0);
       group_scores(a.data(), ct + j0 * p, p, approx);
       for (int64_t r = 0; r < nb; ++r) {
         const int64_t i = q0 + r;
         const float* u = approx + r * kGroup;
-        float* hv = hv_all + i * k;
-        int64_t* hi = hi_all + i * k;
         const float qq = Cosine ? 0.0f : in.q_sq[i];
         if constexpr (Seed) {
           // Offer the approximate scores themselves (cosine: similarity; l2: squared
           // distance), after one best-of-group check against the heap's worst entry.
+          float* hv = hv_all + i * k;
+          int64_t* hi = hi_all + i * k;
           float best = Cosine ? u[0] : qq + bt[j0] - 2.0f * u[0];
           for (int64_t l = 1; l < len; ++l) {
             const float v = Cosine ? u[l] : qq + bt[j0 + l] - 2.0f * u[l];
@@ -216,39 +265,48 @@ int64_t scan_tile(const Inputs& in, const float* rows, const float* ct, int64_t 
               heap_replace_root<float, Cosine>(hv, hi, k, v, offset + start + j0 + l);
             }
           }
-          continue;
-        }
-        const float rq = in.q_res[i];
-        const float tau = Cosine ? std::max(in.tau[i], hv[0]) : std::min(in.tau[i], hv[0]);
-        // branch-free compaction of the rows whose bound can still reach tau
-        int64_t count = 0;
-        if (Cosine) {
-          const float need = tau - in.margin;
-          for (int64_t l = 0; l < len; ++l) {
-            survivors[count] = j0 + l;
-            count += u[l] + rq * br[j0 + l] >= need;
-          }
         } else {
-          const float keep = 1.0f - in.margin;
-          for (int64_t l = 0; l < len; ++l) {
-            survivors[count] = j0 + l;
-            count += (qq + bt[j0 + l]) * keep - 2.0f * (u[l] + rq * br[j0 + l]) <= tau;
+          // branch-free compaction of the rows whose bound can still reach the threshold
+          const float rq = in.q_res[i];
+          int32_t* list = survivors.data() + r * n;
+          int64_t count = counts[r];
+          if (Cosine) {
+            for (int64_t l = 0; l < len; ++l) {
+              list[count] = static_cast<int32_t>(j0 + l);
+              count += u[l] + rq * br[j0 + l] >= need[r];
+            }
+          } else {
+            const float keep = 1.0f - in.margin;
+            for (int64_t l = 0; l < len; ++l) {
+              list[count] = static_cast<int32_t>(j0 + l);
+              count += (qq + bt[j0 + l]) * keep - 2.0f * (u[l] + rq * br[j0 + l]) <= need[r];
+            }
           }
+          counts[r] = count;
         }
-        if (count == 0) {
-          continue;
-        }
-        for (int64_t c = 0; c < count; ++c) {
-          survivor_rows[c] = rows + survivors[c] * d;
-        }
-        dot_rows(in.q + i * d, survivor_rows, count, d, dots);
-        scored += count;
-        for (int64_t c = 0; c < count; ++c) {
-          const int64_t j = survivors[c];
-          const float v = exact_value<Cosine>(dots[c], qq, bt[j]);
-          // Candidates arrive in increasing index order: a later one never wins a tie.
-          if (Cosine ? v > hv[0] : v < hv[0]) {
-            heap_replace_root<float, Cosine>(hv, hi, k, v, offset + start + j);
+      }
+    }
+    if constexpr (!Seed) {
+      for (int64_t r = 0; r < nb; ++r) {
+        const int64_t i = q0 + r;
+        float* hv = hv_all + i * k;
+        int64_t* hi = hi_all + i * k;
+        const float qq = Cosine ? 0.0f : in.q_sq[i];
+        const int32_t* list = survivors.data() + r * n;
+        scored += counts[r];
+        for (int64_t c0 = 0; c0 < counts[r]; c0 += kBatch) {
+          const int64_t m = std::min(kBatch, counts[r] - c0);
+          for (int64_t c = 0; c < m; ++c) {
+            batch_rows[c] = rows + static_cast<int64_t>(list[c0 + c]) * d;
+          }
+          dot_rows(in.q + i * d, batch_rows, m, d, dots);
+          for (int64_t c = 0; c < m; ++c) {
+            const int64_t j = list[c0 + c];
+            const float v = exact_value<Cosine>(dots[c], qq, bt[j]);
+            // Candidates arrive in increasing index order: a later one never wins a tie.
+            if (Cosine ? v > hv[0] : v < hv[0]) {
+              heap_replace_root<float, Cosine>(hv, hi, k, v, offset + start + j);
+            }
           }
         }
       }
@@ -502,41 +560,73 @@ void knn_pruned_update_cpu(const at::Tensor& queries, const at::Tensor& q_proj,
 }
 
 // values[i, j] = the exact ranking value of query i and rows[i, j] (same arithmetic as above).
-at::Tensor knn_pruned_rescore_cpu(const at::Tensor& queries, const at::Tensor& q_sq,
-                                  const at::Tensor& rows, const at::Tensor& row_term,
-                                  c10::string_view metric) {
+// Row r of a bank of any floating dtype and layout, as fp32 (exact for fp16/bf16).
+template <typename T>
+void row_to_float(const at::Tensor& bank, int64_t r, float* out) {
+  const T* base = bank.const_data_ptr<T>() + r * bank.stride(0);
+  const int64_t step = bank.stride(1);
+  for (int64_t c = 0; c < bank.size(1); ++c) {
+    out[c] = static_cast<float>(base[c * step]);
+  }
+}
+
+// out[i, j] = the exact ranking value of query i and bank row indices[i, j] - offset, for the
+// entries that fall inside this shard [offset, offset + n); the others are left as they are.
+void knn_pruned_rescore_cpu(const at::Tensor& queries, const at::Tensor& q_sq,
+                            const at::Tensor& bank, int64_t offset, const at::Tensor& indices,
+                            const at::Tensor& b_term, c10::string_view metric, at::Tensor& out) {
   const bool cosine = metric_is_cosine(metric);
-  const int64_t nq = queries.size(0), d = queries.size(1);
-  TORCH_CHECK(rows.dim() == 3 && rows.size(0) == nq && rows.size(2) == d,
-              "knn_pruned_rescore: rows must be [Q, k, d], got ", rows.sizes());
-  const int64_t k = rows.size(1);
+  check_feature_matrix(bank, "knn_pruned_rescore", "bank");
+  const int64_t nq = queries.size(0), d = queries.size(1), n = bank.size(0);
+  TORCH_CHECK(bank.size(1) == d, "knn_pruned_rescore: queries have ", d,
+              " features but the bank has ", bank.size(1));
+  TORCH_CHECK(indices.dim() == 2 && indices.size(0) == nq && indices.scalar_type() == at::kLong &&
+                  indices.is_contiguous(),
+              "knn_pruned_rescore: indices must be a contiguous int64 [Q, w] tensor");
+  const int64_t w = indices.size(1);
   check_float(queries, "queries", {nq, d});
   if (!cosine) {
     check_float(q_sq, "q_sq", {nq});
   }
-  check_float(row_term, "row_term", {nq, k});
-  const at::Tensor r = rows.to(at::kFloat).contiguous();
-  at::Tensor out = at::empty({nq, k}, queries.options());
+  check_float(b_term, "b_term", {n});
+  check_float(out, "out", {nq, w});
   const float* qp = queries.const_data_ptr<float>();
-  const float* rp = r.const_data_ptr<float>();
-  const float* tp = row_term.const_data_ptr<float>();
+  const int64_t* ip = indices.const_data_ptr<int64_t>();
+  const float* tp = b_term.const_data_ptr<float>();
   const float* qs = cosine ? nullptr : q_sq.const_data_ptr<float>();
   float* op = out.data_ptr<float>();
+  const auto dtype = bank.scalar_type();
   at::parallel_for(0, nq, 1, [&](int64_t begin, int64_t end) {
-    std::vector<const float*> ptrs(static_cast<size_t>(k));
-    std::vector<float> dots(static_cast<size_t>(k));
+    std::vector<float> rows(static_cast<size_t>(w * d));
+    std::vector<const float*> ptrs(static_cast<size_t>(w));
+    std::vector<int64_t> slots(static_cast<size_t>(w));
+    std::vector<float> dots(static_cast<size_t>(w));
     for (int64_t i = begin; i < end; ++i) {
-      for (int64_t j = 0; j < k; ++j) {
-        ptrs[j] = rp + (i * k + j) * d;
+      int64_t m = 0;
+      for (int64_t j = 0; j < w; ++j) {
+        const int64_t r = ip[i * w + j] - offset;
+        if (r < 0 || r >= n) {
+          continue;
+        }
+        float* dst = rows.data() + m * d;
+        switch (dtype) {
+          case at::kFloat: row_to_float<float>(bank, r, dst); break;
+          case at::kDouble: row_to_float<double>(bank, r, dst); break;
+          case at::kHalf: row_to_float<c10::Half>(bank, r, dst); break;
+          default: row_to_float<c10::BFloat16>(bank, r, dst); break;
+        }
+        ptrs[m] = dst;
+        slots[m++] = j;
       }
-      dot_rows(qp + i * d, ptrs.data(), k, d, dots.data());
-      for (int64_t j = 0; j < k; ++j) {
-        op[i * k + j] = cosine ? exact_value<true>(dots[j], 0.0f, tp[i * k + j])
-                               : exact_value<false>(dots[j], qs[i], tp[i * k + j]);
+      dot_rows(qp + i * d, ptrs.data(), m, d, dots.data());
+      for (int64_t c = 0; c < m; ++c) {
+        const int64_t j = slots[c];
+        const float term = tp[ip[i * w + j] - offset];
+        op[i * w + j] = cosine ? exact_value<true>(dots[c], 0.0f, term)
+                               : exact_value<false>(dots[c], qs[i], term);
       }
     }
   });
-  return out;
 }
 
 }  // namespace
@@ -552,8 +642,8 @@ TORCH_LIBRARY_FRAGMENT(ood_zoo, m) {
       "knn_pruned_project(Tensor rows, Tensor basis, bool unit, float slack) "
       "-> (Tensor proj, Tensor res, Tensor term, int bad_row)");
   m.def(
-      "knn_pruned_rescore(Tensor queries, Tensor q_sq, Tensor rows, Tensor row_term, str metric) "
-      "-> Tensor");
+      "knn_pruned_rescore(Tensor queries, Tensor q_sq, Tensor bank, int offset, Tensor indices, "
+      "Tensor b_term, str metric, Tensor(a!) out) -> ()");
 }
 
 TORCH_LIBRARY_IMPL(ood_zoo, CPU, m) {
