@@ -1,5 +1,6 @@
-// CPU kernel of ood_zoo::knn: a GEMM per bank tile (ATen mm, i.e. MKL/oneDNN) fused with a running
-// top-k per query, so that only a [Q, tile_rows] block of similarities exists at any time.
+// CPU kernel of ood_zoo::knn: a GEMM per bank tile fused with a running top-k per query, so that
+// only a [Q, tile_rows] block of similarities exists at any time. fp32 tiles go through
+// ood_zoo::gemm_nt (gemm.h: ATen, oneDNN or OpenBLAS, chosen by measurement); fp64 uses ATen mm.
 //
 // Per tile, the epilogue turns the raw dot products s = <q, b> into ranking values on the fly:
 //   cosine: s * (1 / max(|b|, eps)) with the queries normalised beforehand;
@@ -9,6 +10,7 @@
 // strictly better than the root's: one comparison per element on the common path.
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -18,9 +20,11 @@
 #include <limits>
 #include <numeric>
 #include <tuple>
+#include <type_traits>
 #include <vector>
 
 #include "../common.h"
+#include "gemm.h"
 #include "topk_heap.h"
 
 namespace ood_zoo {
@@ -145,6 +149,10 @@ void knn_kernel(const at::Tensor& queries, const at::Tensor& bank, int64_t k, in
   std::vector<T> heap_v(static_cast<size_t>(nq * k));
   std::vector<int64_t> heap_i(static_cast<size_t>(nq * k));
   std::vector<T> b_term(static_cast<size_t>(tile));
+  at::Tensor s_buf;  // fp32: one [nq, tile] similarity block, reused by every tile
+  if constexpr (std::is_same_v<T, float>) {
+    s_buf = at::empty({nq, tile}, q.options());
+  }
 
   for (int64_t start = 0; start < n_bank; start += tile) {
     const int64_t n = std::min(tile, n_bank - start);
@@ -152,7 +160,14 @@ void knn_kernel(const at::Tensor& queries, const at::Tensor& bank, int64_t k, in
     const int64_t bad = row_norms<T>(b.const_data_ptr<T>(), n, d, /*inverse=*/Largest,
                                      b_term.data());
     TORCH_CHECK(bad < 0, "knn: bank row ", start + bad, " is not finite (NaN or Inf)");
-    const at::Tensor s = q.mm(b.t());  // [nq, n], row-major
+    at::Tensor s;  // [nq, n], row-major
+    if constexpr (std::is_same_v<T, float>) {
+      gemm_nt(q.const_data_ptr<float>(), d, b.const_data_ptr<float>(), d,
+              s_buf.data_ptr<float>(), n, nq, n, d);
+      s = s_buf;
+    } else {
+      s = q.mm(b.t());
+    }
     const T* sp = s.const_data_ptr<T>();
     const T* bt = b_term.data();
     const int64_t filled = std::min(k, start);
