@@ -158,3 +158,22 @@ def test_doctor_shows_the_choice(capsys):
     assert "gflops" in gemm
     assert "reason" in gemm
     assert ops.describe_backend()["cpu_gemm"]["provider"] == gemm["provider"]
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+def test_fp32_even_when_torch_allows_reduced_matmul_precision(provider):
+    """gemm_nt stays IEEE fp32 (no bf16/TF32 fpmath) under set_float32_matmul_precision."""
+    if not available(provider):
+        pytest.skip(f"{provider} unavailable")
+    rng = np.random.default_rng(11)
+    a, b = strided(96, 1000, 0, rng), strided(80, 1000, 3, rng)
+    ref = a.double() @ b.double().T
+    before = torch.get_float32_matmul_precision()
+    try:
+        torch.set_float32_matmul_precision("medium")
+        c = torch.empty(96, 80)
+        torch.ops.ood_zoo.gemm_nt_out(a, b, c, provider)
+    finally:
+        torch.set_float32_matmul_precision(before)
+    scale = (a.double().abs() @ b.double().abs().T).max().item()
+    assert (c.double() - ref).abs().max().item() <= 1e-5 * scale
