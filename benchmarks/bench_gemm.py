@@ -5,9 +5,11 @@ in ONE process, interleaved and repeated (the machine is shared, so only ratios 
     OMP_WAIT_POLICY=PASSIVE PYTHONPATH=. .venv/bin/python benchmarks/bench_gemm.py \\
         --threads 2 --shapes 100000x1024 50000x4096 --queries 1000 --repeat 3
 
-Tile shapes: ``[Q, d] x [rows, d]^T`` with ``rows = ops.default_chunk_rows(Q, d)``, the tile
-``ops.knn`` hands the kernel. ``--providers`` picks which ``torch.ops.ood_zoo.gemm_nt_out``
-providers to time (default: every available one, plus numpy's ``@`` for reference).
+GEMM shapes: ``[Q, d] x [2048, d]^T``, the column block in which the kernel
+(csrc/cpu/knn_cpu.cpp) multiplies each bank tile (``OOD_ZOO_KNN_GEMM_COLS`` changes it there
+and here). ``--providers`` picks which ``torch.ops.ood_zoo.gemm_nt_out`` providers to time
+(default: every available one), with numpy's ``@`` for reference. ``OOD_ZOO_GEMM`` forces the
+provider ``ops.knn`` uses; the ops.knn / faiss ratio is for that provider.
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from ood_zoo import _ext, ops  # noqa: E402
+
+KNN_GEMM_COLS = 2048  # the kernel's default column block (knn_gemm_cols in knn_cpu.cpp)
 
 
 def machine() -> dict:
@@ -64,17 +68,27 @@ def interleaved(fns: dict, repeat: int) -> dict[str, list[float]]:
     return times
 
 
-def bench_tiles(n_q: int, d: int, providers: list[str], repeat: int) -> dict:
-    rows = ops.default_chunk_rows(n_q, d)
-    a, b = torch.randn(n_q, d), torch.randn(rows, d)
-    c = torch.empty(n_q, rows)
+def bench_tiles(n_q: int, d: int, providers: list[str], repeat: int, calls: int = 4) -> dict:
+    """One contender call = ``calls`` GEMMs of the kernel's block shape, on distinct B blocks."""
+    cols = int(os.environ.get("OOD_ZOO_KNN_GEMM_COLS", KNN_GEMM_COLS))
+    a, b = torch.randn(n_q, d), torch.randn(calls * cols, d)
+    c = torch.empty(n_q, cols)
     an, bn = a.numpy(), b.numpy()
-    fns = {p: (lambda p=p: torch.ops.ood_zoo.gemm_nt_out(a, b, c, p)) for p in providers}
-    fns["numpy @ (reference)"] = lambda: an @ bn.T
+
+    def gemm(p: str) -> None:
+        for i in range(calls):
+            torch.ops.ood_zoo.gemm_nt_out(a, b[i * cols : (i + 1) * cols], c, p)
+
+    def numpy_gemm() -> None:
+        for i in range(calls):
+            an @ bn[i * cols : (i + 1) * cols].T
+
+    fns = {p: (lambda p=p: gemm(p)) for p in providers}
+    fns["numpy @ (reference)"] = numpy_gemm
     times = interleaved(fns, repeat)
-    flop = 2.0 * n_q * rows * d
+    flop = 2.0 * n_q * cols * d * calls
     return {
-        "tile": [n_q, rows, d],
+        "tile": [n_q, cols, d],
         "gflops_median": {k: flop / statistics.median(v) / 1e9 for k, v in times.items()},
         "gflops_best": {k: flop / min(v) / 1e9 for k, v in times.items()},
         "load": load(),
