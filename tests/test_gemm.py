@@ -177,3 +177,20 @@ def test_fp32_even_when_torch_allows_reduced_matmul_precision(provider):
         torch.set_float32_matmul_precision(before)
     scale = (a.double().abs() @ b.double().abs().T).max().item()
     assert (c.double() - ref).abs().max().item() <= 1e-5 * scale
+
+
+def test_provider_failing_at_run_time_is_dropped():
+    """torch's oneDNN fp32 matmul refuses CPUs without AVX-512 (as on Zen 3): capped to AVX2, it
+    must be reported unavailable, in calibration and when forced, and the kernel still works."""
+    capped = {"ONEDNN_MAX_CPU_ISA": "AVX2"}
+    base = fresh_info(OOD_ZOO_GEMM="aten")
+    auto = fresh_info(**capped)
+    forced = fresh_info(OOD_ZOO_GEMM="onednn", **capped)
+    for got in (auto, forced):
+        assert "onednn" not in got["available"]
+        assert got["provider"] != "onednn"
+        assert got["knn"] == base["knn"]
+    assert forced["provider"] == "aten"
+    if "onednn" in info()["available"]:  # it works uncapped here, so the cap made it fail
+        assert forced["onednn_error"].startswith("failed:")
+        assert "Exception raised from" not in forced["onednn_error"]  # no C++ backtrace

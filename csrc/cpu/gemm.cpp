@@ -304,6 +304,10 @@ void calibrate(State& s) {
         if (rep > 0) {
           best[p] = std::min(best[p], dt);
         }
+      } catch (const c10::Error& e) {  // e.g. torch's oneDNN fp32 path needs AVX-512 (BW/VL/DQ)
+        s.available[p] = false;
+        (p == kOnednn ? s.onednn_error : s.blas.error) =
+            std::string("failed: ") + e.what_without_backtrace();
       } catch (const std::exception& e) {
         s.available[p] = false;
         (p == kOnednn ? s.onednn_error : s.blas.error) = std::string("failed: ") + e.what();
@@ -331,6 +335,20 @@ void calibrate(State& s) {
   }
 }
 
+// A forced oneDNN is tried once on a small product first: torch's mkldnn_matmul refuses CPUs
+// without AVX-512 (or AVX-NE-CONVERT), and the calibration, which would notice, is skipped.
+void probe_onednn(State& s) {
+  const at::Tensor a = at::randn({8, 16});
+  at::Tensor c = at::empty({8, 8});
+  try {
+    run(s, kOnednn, a.const_data_ptr<float>(), 16, a.const_data_ptr<float>(), 16,
+        c.data_ptr<float>(), 8, 8, 8, 16);
+  } catch (const c10::Error& e) {
+    s.available[kOnednn] = false;
+    s.onednn_error = std::string("failed: ") + e.what_without_backtrace();
+  }
+}
+
 void init(State& s) {
   resolve_onednn(s);
   resolve_openblas(s);
@@ -346,6 +364,9 @@ void init(State& s) {
     return;
   }
   s.requested = req;
+  if (req == "onednn" && s.available[kOnednn]) {
+    probe_onednn(s);
+  }
   const auto it = std::find(std::begin(kNames), std::end(kNames), req);
   if (it == std::end(kNames)) {
     s.reason = "unknown OOD_ZOO_GEMM='" + req + "' (expected auto, aten, onednn or openblas); aten";
