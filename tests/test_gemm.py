@@ -194,3 +194,20 @@ def test_provider_failing_at_run_time_is_dropped():
     if "onednn" in info()["available"]:  # it works uncapped here, so the cap made it fail
         assert forced["onednn_error"].startswith("failed:")
         assert "Exception raised from" not in forced["onednn_error"]  # no C++ backtrace
+
+
+def test_calibration_leaves_torch_rng_alone():
+    """The first kNN call calibrates; it must not advance the user's seeded torch generator."""
+    code = (
+        "import numpy as np, torch; from ood_zoo import _ext, ops; assert _ext.available();"
+        "q = np.ones((2, 8), np.float32); b = np.eye(8, dtype=np.float32);"
+        "torch.manual_seed(0); want = torch.rand(4);"
+        "torch.manual_seed(0); ops.knn(q, b, 2); got = torch.rand(4);"
+        "assert torch.equal(got, want), (got, want); print('ok')"
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OOD_ZOO_BACKEND": "ext"}
+    env.pop("OOD_ZOO_GEMM", None)
+    proc = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr
