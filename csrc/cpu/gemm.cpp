@@ -2,11 +2,13 @@
 //
 //   aten     ATen's mm (MKL on x86 builds of torch; always available, the fallback).
 //   onednn   at::native::mkldnn_matmul, looked up at run time in libtorch_cpu (not a public API,
-//            so it is resolved with dlsym and skipped when absent).
+//            so it is resolved with dlsym and skipped when absent). torch 2.13 refuses it on CPUs
+//            without AVX-512 BW/VL/DQ (e.g. Zen 3): it throws, and the calibration drops it.
 //   openblas cblas_sgemm of an OpenBLAS already on the machine, loaded with dlopen: the one
 //            faiss-cpu vendors (faiss_cpu.libs), scipy-openblas (scipy_openblas32, scipy.libs,
 //            numpy.libs; symbols prefixed scipy_, 64-bit-int ones suffixed 64_), or a system
-//            libopenblas.so.0. Never a link-time dependency: the extension loads without it.
+//            libopenblas.so.0, the first that loads (faiss's is OpenMP-threaded, so its idle
+//            threads obey OMP_WAIT_POLICY). Never a link-time dependency.
 //
 // At first use, every available provider multiplies one representative tile
 // (kCalM x kCalN x kCalK, about 2 GFLOP) a few times, interleaved; its result is checked against
