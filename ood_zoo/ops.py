@@ -20,7 +20,9 @@ kNN precision (``knn(..., precision=...)``, default from ``OOD_ZOO_KNN_PRECISION
 :func:`knn_precision`):
 
 ``exact`` (the default)
-    Every GEMM in fp32 (fp64 for fp64 queries).
+    Every GEMM in fp32 (fp64 for fp64 queries). On the CPU the ``ext`` kernels' fp32 tile GEMMs
+    go through one provider (ATen/MKL, oneDNN or a vendored OpenBLAS) picked by a one-off
+    measurement per process; ``OOD_ZOO_GEMM`` forces one, :func:`cpu_gemm_info` reports it.
 ``bf16``
     Still an exact result, faster where the CPU multiplies bf16 natively (AVX512-BF16 or AMX):
     the ``ext`` backend runs each bank tile's GEMM in bf16 with fp32 accumulation, bounds the
@@ -39,6 +41,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
 import math
 import os
 import time
@@ -182,7 +185,20 @@ def describe_backend() -> dict[str, Any]:
         "bf16_gemm_native": bf16_gemm_native(),
         "torch_threads": torch.get_num_threads(),
         "faiss_threads": faiss_threads,
+        "cpu_gemm": cpu_gemm_info(),
     }
+
+
+def cpu_gemm_info() -> dict[str, Any] | None:
+    """The fp32 tile-GEMM provider of the CPU kernels and its calibration rates (GFLOP/s).
+
+    The first call (or the first kNN/Mahalanobis call) runs the extension's one-off calibration,
+    about 0.1-0.5 s; ``OOD_ZOO_GEMM=aten|onednn|openblas`` skips it and forces a provider.
+    Returns None without the C++ extension.
+    """
+    if not _ext.available():
+        return None
+    return json.loads(torch.ops.ood_zoo.gemm_info())
 
 
 def _describe_precision() -> str:

@@ -1,5 +1,6 @@
-// CPU kernel of ood_zoo::knn: a GEMM per bank tile (ATen mm, i.e. MKL/oneDNN) fused with a running
-// top-k per query, so that only a [Q, tile_rows] block of similarities exists at any time.
+// CPU kernel of ood_zoo::knn: a GEMM per bank tile fused with a running top-k per query, so that
+// only a [Q, tile_rows] block of similarities exists at any time. fp32 tiles go through
+// ood_zoo::gemm_nt (gemm.h: ATen, oneDNN or OpenBLAS, chosen by measurement); fp64 uses ATen mm.
 //
 // Per tile, the epilogue turns the raw dot products s = <q, b> into ranking values on the fly:
 //   cosine: s * (1 / max(|b|, eps)) with the queries normalised beforehand;
@@ -9,18 +10,22 @@
 // strictly better than the root's: one comparison per element on the common path.
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
 #include <torch/library.h>
 
 #include <algorithm>
 #include <atomic>
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <limits>
 #include <numeric>
 #include <tuple>
+#include <type_traits>
 #include <vector>
 
 #include "../common.h"
+#include "gemm.h"
 #include "topk_heap.h"
 
 namespace ood_zoo {
@@ -117,6 +122,14 @@ int64_t row_norms(const T* a, int64_t rows, int64_t cols, bool inverse, T* out) 
   return bad == std::numeric_limits<int64_t>::max() ? -1 : bad;
 }
 
+// Bank rows per fp32 GEMM call; OOD_ZOO_KNN_GEMM_COLS overrides it (read per call, for
+// benchmarking).
+int64_t knn_gemm_cols() {
+  const char* v = std::getenv("OOD_ZOO_KNN_GEMM_COLS");
+  const long long parsed = v == nullptr ? 0 : std::atoll(v);
+  return parsed > 0 ? static_cast<int64_t>(parsed) : int64_t{2048};
+}
+
 template <typename T, bool Largest>
 void knn_kernel(const at::Tensor& queries, const at::Tensor& bank, int64_t k, int64_t tile_rows,
                 at::Tensor& values, at::Tensor& indices) {
@@ -145,36 +158,54 @@ void knn_kernel(const at::Tensor& queries, const at::Tensor& bank, int64_t k, in
   std::vector<T> heap_v(static_cast<size_t>(nq * k));
   std::vector<int64_t> heap_i(static_cast<size_t>(nq * k));
   std::vector<T> b_term(static_cast<size_t>(tile));
+  // fp32: the tile's GEMM runs in column blocks of gemm_cols bank rows, each followed by its
+  // epilogue, so the [nq, gemm_cols] block is still in cache when the top-k pass reads it.
+  const int64_t gemm_cols = std::is_same_v<T, float> ? std::min(tile, knn_gemm_cols()) : tile;
+  at::Tensor s_buf;
+  if constexpr (std::is_same_v<T, float>) {
+    s_buf = at::empty({nq, gemm_cols}, q.options());
+  }
 
   for (int64_t start = 0; start < n_bank; start += tile) {
-    const int64_t n = std::min(tile, n_bank - start);
-    const at::Tensor b = bank.narrow(0, start, n).to(q.scalar_type()).contiguous();
-    const int64_t bad = row_norms<T>(b.const_data_ptr<T>(), n, d, /*inverse=*/Largest,
+    const int64_t n_tile = std::min(tile, n_bank - start);
+    const at::Tensor b = bank.narrow(0, start, n_tile).to(q.scalar_type()).contiguous();
+    const int64_t bad = row_norms<T>(b.const_data_ptr<T>(), n_tile, d, /*inverse=*/Largest,
                                      b_term.data());
     TORCH_CHECK(bad < 0, "knn: bank row ", start + bad, " is not finite (NaN or Inf)");
-    const at::Tensor s = q.mm(b.t());  // [nq, n], row-major
-    const T* sp = s.const_data_ptr<T>();
-    const T* bt = b_term.data();
-    const int64_t filled = std::min(k, start);
-    at::parallel_for(0, nq, std::max<int64_t>(1, 16384 / n), [&](int64_t begin, int64_t end) {
-      for (int64_t r = begin; r < end; ++r) {
-        const T* row = sp + r * n;
-        T* hv = heap_v.data() + r * k;
-        int64_t* hi = heap_i.data() + r * k;
-        if constexpr (Largest) {
-          offer_tile<T, Largest>(
-              [&](int64_t j) { return row[j] * bt[j]; },
-              [&](int64_t j, int64_t len) { return block_max_scaled<T>(row + j, bt + j, len); },
-              n, start, hv, hi, k, filled);
-        } else {
-          const T qq = q_term[r];
-          offer_tile<T, Largest>(
-              [&](int64_t j) { return std::max(qq + bt[j] - T(2) * row[j], T(0)); },
-              [&](int64_t j, int64_t len) { return block_min_l2<T>(row + j, bt + j, qq, len); },
-              n, start, hv, hi, k, filled);
-        }
+    for (int64_t col = 0; col < n_tile; col += gemm_cols) {
+      const int64_t n = std::min(gemm_cols, n_tile - col);
+      at::Tensor s;  // [nq, n], row-major
+      if constexpr (std::is_same_v<T, float>) {
+        gemm_nt(q.const_data_ptr<float>(), d, b.const_data_ptr<float>() + col * d, d,
+                s_buf.data_ptr<float>(), n, nq, n, d);
+        s = s_buf;
+      } else {
+        s = q.mm(b.t());
       }
-    });
+      const T* sp = s.const_data_ptr<T>();
+      const T* bt = b_term.data() + col;
+      const int64_t offset = start + col;
+      const int64_t filled = std::min(k, offset);
+      at::parallel_for(0, nq, std::max<int64_t>(1, 16384 / n), [&](int64_t begin, int64_t end) {
+        for (int64_t r = begin; r < end; ++r) {
+          const T* row = sp + r * n;
+          T* hv = heap_v.data() + r * k;
+          int64_t* hi = heap_i.data() + r * k;
+          if constexpr (Largest) {
+            offer_tile<T, Largest>(
+                [&](int64_t j) { return row[j] * bt[j]; },
+                [&](int64_t j, int64_t len) { return block_max_scaled<T>(row + j, bt + j, len); },
+                n, offset, hv, hi, k, filled);
+          } else {
+            const T qq = q_term[r];
+            offer_tile<T, Largest>(
+                [&](int64_t j) { return std::max(qq + bt[j] - T(2) * row[j], T(0)); },
+                [&](int64_t j, int64_t len) { return block_min_l2<T>(row + j, bt + j, qq, len); },
+                n, offset, hv, hi, k, filled);
+          }
+        }
+      });
+    }
   }
 
   // Sort each heap best-first and write it out (square-rooting distances).

@@ -1,17 +1,21 @@
 // CPU kernel of ood_zoo::mahalanobis, tiled over the queries (Lee et al., NeurIPS 2018):
-//   z = (x - m) W  and  G = z N^T  by ATen mm per tile, with N = (mu - m) W computed once;
+//   z = (x - m) W  and  G = z N^T  per tile (fp32: ood_zoo::gemm_nt of gemm.h, with W^T packed
+//   once; fp64: ATen mm), with N = (mu - m) W computed once;
 //   then, fused per row, d2_c = |z|^2 + |n_c|^2 - 2 G_c, its minimum (first index on ties),
 //   clamped at 0. Only a [tile_rows, max(r, C)] block exists at any time.
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
 #include <torch/library.h>
 
 #include <algorithm>
 #include <cstdint>
 #include <tuple>
+#include <type_traits>
 #include <vector>
 
 #include "../common.h"
+#include "gemm.h"
 
 namespace ood_zoo {
 namespace {
@@ -36,13 +40,25 @@ void mahalanobis_kernel(const at::Tensor& queries, const at::Tensor& w, const at
     means_sq[c] = acc;
   }
   const at::Tensor means_white_t = means_white.t();
+  const at::Tensor w_t = std::is_same_v<T, float> ? w.t().contiguous() : w;  // [r, d] for gemm_nt
 
   T* out_d2 = min_d2.data_ptr<T>();
   int64_t* out_arg = argmin.data_ptr<int64_t>();
   for (int64_t start = 0; start < nq; start += tile_rows) {
     const int64_t n = std::min(tile_rows, nq - start);
-    const at::Tensor z = queries.narrow(0, start, n).to(dtype).sub(m).mm(w).contiguous();
-    const at::Tensor g = z.mm(means_white_t).contiguous();  // [n, C]
+    const at::Tensor x = queries.narrow(0, start, n).to(dtype).sub(m).contiguous();
+    at::Tensor z, g;  // [n, r], [n, C]
+    if constexpr (std::is_same_v<T, float>) {
+      z = at::empty({n, r}, x.options());
+      g = at::empty({n, n_classes}, x.options());
+      gemm_nt(x.const_data_ptr<float>(), x.size(1), w_t.const_data_ptr<float>(), w_t.size(1),
+              z.data_ptr<float>(), r, n, r, x.size(1));
+      gemm_nt(z.const_data_ptr<float>(), r, nw, r, g.data_ptr<float>(), n_classes, n, n_classes,
+              r);
+    } else {
+      z = x.mm(w).contiguous();
+      g = z.mm(means_white_t).contiguous();
+    }
     const T* zp = z.const_data_ptr<T>();
     const T* gp = g.const_data_ptr<T>();
     const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(n_classes + r, 1));
