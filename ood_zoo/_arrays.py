@@ -76,8 +76,11 @@ def check_matrix(
     name: str,
     n_features: int | None = None,
     allow_empty: bool = False,
+    finite: bool = True,
 ) -> torch.Tensor:
     """Validate a 2-D floating feature matrix and return it as a tensor (no copy, no upcast).
+
+    ``finite=False`` leaves the NaN/Inf check to the caller (one that reads every value anyway).
 
     Checks the rank, the dtype, emptiness, the feature dimension against ``n_features`` and that
     every value is finite. The finiteness check runs in bounded-memory row chunks.
@@ -97,7 +100,8 @@ def check_matrix(
             f"{name}: has {tensor.shape[1]} features, but the detector was fitted with "
             f"{n_features}"
         )
-    check_finite(tensor, name=name)
+    if finite:
+        check_finite(tensor, name=name)
     return tensor
 
 

@@ -165,7 +165,7 @@ def test_fit_threshold_uses_a_seeded_subsample_of_large_fits():
             seen.append(rows)
             return super()._fit_scores(features, logits, rows)
 
-    n = 3 * THRESHOLD_MIN_ROWS + 137
+    n = 5 * THRESHOLD_MIN_ROWS + 137
     bank = np.random.default_rng(0).normal(size=(n, 4)).astype(np.float32)
     first = Recording().fit(bank)
     second = Recording().fit(bank)
@@ -188,7 +188,7 @@ def test_threshold_sample_reaches_its_standard_error(tpr):
     n_rows = 20_000
     n = threshold_sample_rows(n_rows, tpr)
     assert THRESHOLD_MIN_ROWS <= n <= n_rows
-    assert tpr * (1 - tpr) / n <= 0.007**2 + 1e-12
+    assert tpr * (1 - tpr) / n <= 0.01**2 + 1e-12
     population = torch.from_numpy(np.random.default_rng(3).normal(size=n_rows))
     accepted = []
     for seed in range(200):
@@ -197,7 +197,7 @@ def test_threshold_sample_reaches_its_standard_error(tpr):
         accepted.append(float((population >= threshold).double().mean()))
     accepted = np.array(accepted)
     assert abs(accepted.mean() - tpr) < 0.003
-    assert accepted.std() <= 0.0085  # 0.007 promised, plus the finite-population wobble
+    assert accepted.std() <= 0.012  # 0.01 promised, plus the finite-population wobble
     assert threshold_sample_rows(50, tpr) == 50
 
 

@@ -27,6 +27,9 @@ class BankDetector(Detector):
     """Base of the detectors that search a bank of fit features with an exact kNN index."""
 
     state_tensors: ClassVar[tuple[str, ...]] = ("bank_", *INDEX_STATE.values())
+    # the index's projection pass, or the leave-one-out search that places the threshold,
+    # reads every bank value and raises InputError on NaN/Inf
+    checks_finite_fit_features = True
 
     def _metric(self) -> str:
         raise NotImplementedError
