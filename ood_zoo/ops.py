@@ -630,9 +630,10 @@ class KNNIndex:
 
     **Fallback.** ``mode="auto"`` searches densely (the fused :func:`knn` kernel) when the bank
     keeps more than :data:`INDEX_MAX_RESIDUAL_ENERGY` of its energy outside the subspace, is
-    small (:data:`INDEX_MIN_ROWS`, :data:`INDEX_MIN_DIM`), or the extension is missing; and a
-    search finishes densely when its first :data:`INDEX_PROBE_QUERIES` queries had to score more
-    than :data:`INDEX_MAX_SURVIVOR_RATE` of their pairs. :meth:`stats` says which path ran. CUDA
+    small (:data:`INDEX_MIN_ROWS`, :data:`INDEX_MIN_DIM`), or the extension is missing; and
+    searches go dense once more than :data:`INDEX_MAX_SURVIVOR_RATE` of the pairs had to be
+    scored (observed on an earlier search with the same ``k``, or on the first
+    :data:`INDEX_PROBE_QUERIES` queries of a large batch). :meth:`stats` says which path ran. CUDA
     and float64 queries always take :func:`knn`.
 
     Parameters
@@ -680,6 +681,7 @@ class KNNIndex:
         self.dim = int(self.shards[0].shape[1])
         self.rank = min(rank or INDEX_RANK, max(1, self.dim // 4))
         self._last_search: dict[str, Any] = {}
+        self._survivor_rates: dict[int, float] = {}
         self.residual_energy: float | None = None
         self.basis = self.bank_proj = self.bank_res = self.bank_term = None
         reason = self._dense_reason(mode)
@@ -799,24 +801,43 @@ class KNNIndex:
         return kind.wrap(values), kind.wrap(indices)
 
     def _search_pruned(self, q: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The pruned search, or the dense one where the survivor rate says pruning won't pay.
+
+        In ``mode="auto"`` the rate observed for this ``k`` on earlier searches decides up front;
+        without one, a large batch is probed: its first :data:`INDEX_PROBE_QUERIES` queries run
+        pruned, and the rest densely if more than :data:`INDEX_MAX_SURVIVOR_RATE` of their
+        pairs survived (a smaller batch runs pruned in one go: the probe would cost a pass).
+        """
         qf = q.to(torch.float32)
         if self.metric == "cosine":
             qf = _normalise_rows(qf)
         qf = qf.contiguous()
-        probe = min(qf.shape[0], INDEX_PROBE_QUERIES) if self.mode == "auto" else qf.shape[0]
+        n_q = qf.shape[0]
+        auto = self.mode == "auto"
+        seen = self._survivor_rates.get(k)
+        if auto and seen is not None and seen > INDEX_MAX_SURVIVOR_RATE:
+            values, indices = knn(qf, self.shards, k, self.metric)
+            self._last_search = {"path": "dense", "queries": n_q, "reason":
+                                 f"survivor rate {seen:.3f} > {INDEX_MAX_SURVIVOR_RATE} on an "
+                                 f"earlier search with k={k}"}
+            return values, indices
+        probe = INDEX_PROBE_QUERIES if auto and seen is None and n_q >= 4 * INDEX_PROBE_QUERIES \
+            else n_q
         values, indices, pairs, scored = self._pruned_block(qf[:probe], k)
         rate = scored / max(pairs, 1)
-        info: dict[str, Any] = {"path": "pruned", "queries": qf.shape[0], "survivor_rate": rate}
-        if probe < qf.shape[0]:
+        info: dict[str, Any] = {"path": "pruned", "queries": n_q, "survivor_rate": rate}
+        if probe < n_q:
             if rate > INDEX_MAX_SURVIVOR_RATE:
                 rest = knn(qf[probe:], self.shards, k, self.metric)
                 info.update(path="pruned+dense", reason=f"survivor rate {rate:.3f} > "
                             f"{INDEX_MAX_SURVIVOR_RATE} on the first {probe} queries")
             else:
                 *rest, more_pairs, more_scored = self._pruned_block(qf[probe:], k)
-                info["survivor_rate"] = (scored + more_scored) / max(pairs + more_pairs, 1)
+                rate = (scored + more_scored) / max(pairs + more_pairs, 1)
+                info["survivor_rate"] = rate
             values = torch.cat([values, rest[0]])
             indices = torch.cat([indices, rest[1]])
+        self._survivor_rates[k] = rate
         self._last_search = info
         return values, indices
 
@@ -914,6 +935,7 @@ class KNNIndex:
         index.n_rows = sum(s.shape[0] for s in index.shards)
         index.dim = int(index.shards[0].shape[1])
         index._last_search = {}
+        index._survivor_rates = {}
         index.build_seconds = 0.0
         basis = state["basis"]
         p = basis.shape[1] if basis.dim() == 2 else -1

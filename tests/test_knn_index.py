@@ -252,8 +252,15 @@ def test_high_survivor_rate_finishes_densely(rng, monkeypatch):
     values, indices = index.search(queries, 3)
     last = index.stats()["last_search"]
     assert last["path"] == "pruned+dense"
-    assert "survivor rate" in last["reason"]
+    assert "first 5 queries" in last["reason"]
     assert_knn(values, indices, queries, bank, 3, "l2")
+    values, indices = index.search(queries[:4], 3)  # the observed rate now decides up front
+    last = index.stats()["last_search"]
+    assert last["path"] == "dense"
+    assert "earlier search with k=3" in last["reason"]
+    assert_knn(values, indices, queries[:4], bank, 3, "l2")
+    index.search(queries[:4], 2)  # another k is judged afresh (a small batch: no probe)
+    assert index.stats()["last_search"]["path"] == "pruned"
 
 
 def test_small_banks_and_torch_backend_search_densely(rng, monkeypatch):
