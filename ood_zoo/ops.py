@@ -755,8 +755,7 @@ class KNNIndex:
         norm). The squared norms double as the finiteness check: a row holding NaN or Inf is
         reported with its position ``offset + i``.
         """
-        x = x.to(torch.float32).contiguous()
-        project = torch.ops.ood_zoo.knn_pruned_project
+        project = torch.ops.ood_zoo.knn_pruned_project  # reads any float dtype as fp32
         proj, res, term, bad = project(x, self.basis, unit, _FP64_SLACK)
         if bad >= 0:
             raise InputError(f"bank: row {offset + bad} is not finite (NaN or Inf) or overflows")

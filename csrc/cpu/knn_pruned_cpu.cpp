@@ -37,6 +37,7 @@
 #include <limits>
 #include <mutex>
 #include <tuple>
+#include <type_traits>
 #include <vector>
 
 #include "../common.h"
@@ -392,6 +393,33 @@ void check_float(const at::Tensor& t, const char* name, std::initializer_list<in
 
 // ------------------------------------------------------------------ projections (build, queries)
 
+// Row r of a bank of any floating dtype and layout, as fp32 (exact for fp16/bf16).
+template <typename T>
+void row_to_float(const at::Tensor& bank, int64_t r, float* out) {
+  const T* base = bank.const_data_ptr<T>() + r * bank.stride(0);
+  const int64_t step = bank.stride(1);
+  if constexpr (std::is_same_v<T, float>) {
+    if (step == 1) {
+      std::memcpy(out, base, sizeof(float) * static_cast<size_t>(bank.size(1)));
+      return;
+    }
+  }
+  for (int64_t c = 0; c < bank.size(1); ++c) {
+    out[c] = static_cast<float>(base[c * step]);
+  }
+}
+
+// The same, for any of the four dtypes.
+void row_as_float(const at::Tensor& bank, int64_t r, float* out) {
+  switch (bank.scalar_type()) {
+    case at::kFloat: row_to_float<float>(bank, r, out); break;
+    case at::kDouble: row_to_float<double>(bank, r, out); break;
+    case at::kHalf: row_to_float<c10::Half>(bank, r, out); break;
+    default: row_to_float<c10::BFloat16>(bank, r, out); break;
+  }
+}
+
+
 typedef double Doubles __attribute__((vector_size(8 * sizeof(double)), aligned(8)));
 
 // out_r[c] = sum_i x_r[i] basis[i][c] in float64, for two rows and 8 NC columns of a padded basis
@@ -428,14 +456,14 @@ inline float round_up(double x) {
   return static_cast<double>(f) < x ? std::nextafter(f, std::numeric_limits<float>::infinity()) : f;
 }
 
-// knn_pruned_project(rows [n, d] fp32, basis [d, p] fp64, unit, slack) -> (proj [n, p] fp32,
+// knn_pruned_project(rows [n, d] any float dtype (as fp32), basis [d, p] fp64, unit, slack) -> (proj [n, p] fp32,
 // residual norms [n] fp32 rounded up, term [n] fp32): c = Vᵀx̂, |x̂ - Vc| from
 // sqrt(max(0, |x̂|² - |c|²) + slack |x̂|²), x̂ = x / max(|x|, eps) if unit (term = that inverse
 // norm) else x (term = |x|²), all in float64. Returns the first non-finite row in `bad` (or -1).
 std::tuple<at::Tensor, at::Tensor, at::Tensor, int64_t> knn_pruned_project_cpu(
     const at::Tensor& rows, const at::Tensor& basis, bool unit, double slack) {
+  check_feature_matrix(rows, "knn_pruned_project", "rows");
   const int64_t n = rows.size(0), d = rows.size(1), p = basis.size(1);
-  check_float(rows, "rows", {n, d});
   TORCH_CHECK(basis.scalar_type() == at::kDouble && basis.is_contiguous() && basis.dim() == 2 &&
                   basis.size(0) == d && p >= 1,
               "knn_pruned_project: basis must be a contiguous float64 [d, p] matrix");
@@ -446,18 +474,21 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, int64_t> knn_pruned_project_cpu(
   for (int64_t i = 0; i < d; ++i) {
     std::copy(bsrc + i * p, bsrc + (i + 1) * p, padded.begin() + i * ld);
   }
-  at::Tensor proj = at::empty({n, p}, rows.options());
-  at::Tensor res = at::empty({n}, rows.options());
-  at::Tensor term = at::empty({n}, rows.options());
-  const float* x = rows.const_data_ptr<float>();
+  const auto f32 = rows.options().dtype(at::kFloat);
+  at::Tensor proj = at::empty({n, p}, f32);
+  at::Tensor res = at::empty({n}, f32);
+  at::Tensor term = at::empty({n}, f32);
   float* pp = proj.data_ptr<float>();
   float* rp = res.data_ptr<float>();
   float* tp = term.data_ptr<float>();
   std::atomic<int64_t> first_bad{std::numeric_limits<int64_t>::max()};
   at::parallel_for(0, (n + 1) / 2, 16, [&](int64_t begin, int64_t end) {
     std::vector<double> c0(static_cast<size_t>(ld)), c1(static_cast<size_t>(ld));
+    std::vector<float> x(static_cast<size_t>(2 * d));  // the pair of rows, as fp32
     for (int64_t pair = begin; pair < end; ++pair) {
       const int64_t r0 = 2 * pair, r1 = std::min(r0 + 1, n - 1);
+      row_as_float(rows, r0, x.data());
+      row_as_float(rows, r1, x.data() + d);
       for (int64_t col = 0; col < ld; col += 8 * kMaxChunks) {
         const int64_t chunks = std::min<int64_t>(kMaxChunks, (ld - col) / 8);
         const double* b = padded.data() + col;
@@ -466,7 +497,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, int64_t> knn_pruned_project_cpu(
         switch (chunks) {
 #define OOD_ZOO_PROJECT_CASE(NC) \
   case NC:                       \
-    project_pair<NC>(x + r0 * d, x + r1 * d, b, d, ld, o0, o1); \
+    project_pair<NC>(x.data(), x.data() + d, b, d, ld, o0, o1); \
     break;
           OOD_ZOO_PROJECT_CASE(1) OOD_ZOO_PROJECT_CASE(2) OOD_ZOO_PROJECT_CASE(3)
           OOD_ZOO_PROJECT_CASE(4) OOD_ZOO_PROJECT_CASE(5) OOD_ZOO_PROJECT_CASE(6)
@@ -478,7 +509,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, int64_t> knn_pruned_project_cpu(
       }
       for (int64_t r = r0; r <= r1; ++r) {
         const double* c = r == r0 ? c0.data() : c1.data();
-        double sq = sum_sq_f64(x + r * d, d);
+        double sq = sum_sq_f64(x.data() + (r - r0) * d, d);
         if (!std::isfinite(sq)) {
           int64_t seen = first_bad.load();
           while (r < seen && !first_bad.compare_exchange_weak(seen, r)) {
@@ -560,16 +591,6 @@ void knn_pruned_update_cpu(const at::Tensor& queries, const at::Tensor& q_proj,
 }
 
 // values[i, j] = the exact ranking value of query i and rows[i, j] (same arithmetic as above).
-// Row r of a bank of any floating dtype and layout, as fp32 (exact for fp16/bf16).
-template <typename T>
-void row_to_float(const at::Tensor& bank, int64_t r, float* out) {
-  const T* base = bank.const_data_ptr<T>() + r * bank.stride(0);
-  const int64_t step = bank.stride(1);
-  for (int64_t c = 0; c < bank.size(1); ++c) {
-    out[c] = static_cast<float>(base[c * step]);
-  }
-}
-
 // out[i, j] = the exact ranking value of query i and bank row indices[i, j] - offset, for the
 // entries that fall inside this shard [offset, offset + n); the others are left as they are.
 void knn_pruned_rescore_cpu(const at::Tensor& queries, const at::Tensor& q_sq,
@@ -595,7 +616,6 @@ void knn_pruned_rescore_cpu(const at::Tensor& queries, const at::Tensor& q_sq,
   const float* tp = b_term.const_data_ptr<float>();
   const float* qs = cosine ? nullptr : q_sq.const_data_ptr<float>();
   float* op = out.data_ptr<float>();
-  const auto dtype = bank.scalar_type();
   at::parallel_for(0, nq, 1, [&](int64_t begin, int64_t end) {
     std::vector<float> rows(static_cast<size_t>(w * d));
     std::vector<const float*> ptrs(static_cast<size_t>(w));
@@ -609,12 +629,7 @@ void knn_pruned_rescore_cpu(const at::Tensor& queries, const at::Tensor& q_sq,
           continue;
         }
         float* dst = rows.data() + m * d;
-        switch (dtype) {
-          case at::kFloat: row_to_float<float>(bank, r, dst); break;
-          case at::kDouble: row_to_float<double>(bank, r, dst); break;
-          case at::kHalf: row_to_float<c10::Half>(bank, r, dst); break;
-          default: row_to_float<c10::BFloat16>(bank, r, dst); break;
-        }
+        row_as_float(bank, r, dst);
         ptrs[m] = dst;
         slots[m++] = j;
       }
