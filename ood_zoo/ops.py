@@ -570,8 +570,11 @@ def _mahalanobis_ext(
 # ---------------------------------------------------------------------------------------------
 # KNNIndex: exact kNN pruned by a principal-subspace bound
 
-#: Principal directions the index projects on, by default (at most ``d // 4``).
-INDEX_RANK = 64
+#: Principal directions the index projects on, by default: 64 below 1,024 features, 128 from
+#: there (at most ``d // 4``). On SmolLM2's middle layer (d = 576) 128 directions cut the k = 10
+#: survivors from 10% to 1.3% but cost twice the bound's work; on the 1M x 1024 synthetic bank
+#: they cut them from 16% to 6% and the search time by a third (benchmarks/RESULTS.md).
+INDEX_RANK, INDEX_RANK_WIDE, INDEX_WIDE_DIM = 64, 128, 1024
 #: Bank rows sampled to find the principal directions.
 INDEX_SAMPLE_ROWS = 8192
 #: ``mode="auto"`` prunes only if the sampled rows keep at most this share of their energy
@@ -643,7 +646,8 @@ class KNNIndex:
         adds ``N (p + 2)`` fp32 values.
     metric : {"cosine", "l2"}
     rank : int, optional
-        ``p``, the principal directions used (default :data:`INDEX_RANK`, at most ``d // 4``).
+        ``p``, the principal directions used (default :data:`INDEX_RANK`, or
+        :data:`INDEX_RANK_WIDE` from :data:`INDEX_WIDE_DIM` features; at most ``d // 4``).
     mode : {"auto", "pruned", "dense"}
     sample_rows : int
         Bank rows sampled (seeded by ``seed``) to find the principal directions.
@@ -679,9 +683,11 @@ class KNNIndex:
         self.shards = _bank_shards(bank, check_values=False)
         self.n_rows = sum(s.shape[0] for s in self.shards)
         self.dim = int(self.shards[0].shape[1])
-        self.rank = min(rank or INDEX_RANK, max(1, self.dim // 4))
+        default_rank = INDEX_RANK_WIDE if self.dim >= INDEX_WIDE_DIM else INDEX_RANK
+        self.rank = min(rank or default_rank, max(1, self.dim // 4))
         self._last_search: dict[str, Any] = {}
-        self._survivor_rates: dict[int, float] = {}
+        #: per k: (queries, pairs, pairs scored exactly) over the pruned searches so far
+        self._observed: dict[int, tuple[int, int, int]] = {}
         self.residual_energy: float | None = None
         self.basis = self.bank_proj = self.bank_res = self.bank_term = None
         reason = self._dense_reason(mode)
@@ -802,10 +808,12 @@ class KNNIndex:
     def _search_pruned(self, q: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The pruned search, or the dense one where the survivor rate says pruning won't pay.
 
-        In ``mode="auto"`` the rate observed for this ``k`` on earlier searches decides up front;
-        without one, a large batch is probed: its first :data:`INDEX_PROBE_QUERIES` queries run
-        pruned, and the rest densely if more than :data:`INDEX_MAX_SURVIVOR_RATE` of their
-        pairs survived (a smaller batch runs pruned in one go: the probe would cost a pass).
+        In ``mode="auto"`` the survivor rate accumulated for this ``k`` over earlier searches
+        decides up front, once it covers :data:`INDEX_PROBE_QUERIES` queries (one outlier query
+        does not switch an index); without it, a large batch is probed: its first
+        :data:`INDEX_PROBE_QUERIES` queries run pruned, and the rest densely if more than
+        :data:`INDEX_MAX_SURVIVOR_RATE` of their pairs survived (a smaller batch runs pruned in
+        one go: the probe would cost a pass).
         """
         qf = q.to(torch.float32)
         if self.metric == "cosine":
@@ -813,18 +821,21 @@ class KNNIndex:
         qf = qf.contiguous()
         n_q = qf.shape[0]
         auto = self.mode == "auto"
-        seen = self._survivor_rates.get(k)
+        observed_queries, observed_pairs, observed_scored = self._observed.get(k, (0, 0, 0))
+        seen = (observed_scored / max(observed_pairs, 1)
+                if observed_queries >= INDEX_PROBE_QUERIES else None)
         if auto and seen is not None and seen > INDEX_MAX_SURVIVOR_RATE:
             values, indices = knn(qf, self.shards, k, self.metric)
             self._last_search = {"path": "dense", "queries": n_q, "reason":
-                                 f"survivor rate {seen:.3f} > {INDEX_MAX_SURVIVOR_RATE} on an "
-                                 f"earlier search with k={k}"}
+                                 f"survivor rate {seen:.3f} > {INDEX_MAX_SURVIVOR_RATE} over "
+                                 f"{observed_queries} earlier queries with k={k}"}
             return values, indices
         probe = INDEX_PROBE_QUERIES if auto and seen is None and n_q >= 4 * INDEX_PROBE_QUERIES \
             else n_q
         values, indices, pairs, scored = self._pruned_block(qf[:probe], k)
         rate = scored / max(pairs, 1)
         info: dict[str, Any] = {"path": "pruned", "queries": n_q, "survivor_rate": rate}
+        pruned_queries = probe
         if probe < n_q:
             if rate > INDEX_MAX_SURVIVOR_RATE:
                 rest = knn(qf[probe:], self.shards, k, self.metric)
@@ -832,11 +843,12 @@ class KNNIndex:
                             f"{INDEX_MAX_SURVIVOR_RATE} on the first {probe} queries")
             else:
                 *rest, more_pairs, more_scored = self._pruned_block(qf[probe:], k)
-                rate = (scored + more_scored) / max(pairs + more_pairs, 1)
-                info["survivor_rate"] = rate
+                pairs, scored, pruned_queries = pairs + more_pairs, scored + more_scored, n_q
+                info["survivor_rate"] = scored / max(pairs, 1)
             values = torch.cat([values, rest[0]])
             indices = torch.cat([indices, rest[1]])
-        self._survivor_rates[k] = rate
+        self._observed[k] = (observed_queries + pruned_queries, observed_pairs + pairs,
+                             observed_scored + scored)
         self._last_search = info
         return values, indices
 
@@ -934,7 +946,7 @@ class KNNIndex:
         index.n_rows = sum(s.shape[0] for s in index.shards)
         index.dim = int(index.shards[0].shape[1])
         index._last_search = {}
-        index._survivor_rates = {}
+        index._observed = {}
         index.build_seconds = 0.0
         basis = state["basis"]
         p = basis.shape[1] if basis.dim() == 2 else -1

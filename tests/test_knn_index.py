@@ -257,10 +257,14 @@ def test_high_survivor_rate_finishes_densely(rng, monkeypatch):
     values, indices = index.search(queries[:4], 3)  # the observed rate now decides up front
     last = index.stats()["last_search"]
     assert last["path"] == "dense"
-    assert "earlier search with k=3" in last["reason"]
+    assert "5 earlier queries with k=3" in last["reason"]
     assert_knn(values, indices, queries[:4], bank, 3, "l2")
     index.search(queries[:4], 2)  # another k is judged afresh (a small batch: no probe)
     assert index.stats()["last_search"]["path"] == "pruned"
+    index.search(queries[4:5], 2)  # 4 queries are not enough evidence to switch: still pruned
+    assert index.stats()["last_search"]["path"] == "pruned"
+    index.search(queries[5:6], 2)  # now 5 observed queries, at a rate above 0
+    assert index.stats()["last_search"]["path"] == "dense"
 
 
 def test_small_banks_and_torch_backend_search_densely(rng, monkeypatch):
