@@ -43,7 +43,9 @@
 #include "../common.h"
 #include "topk_heap.h"
 
-// The 16-lane vector helpers below are always inlined into their callers' ISA clones.
+// The 16-lane vector helpers below take and return vectors, so they must be inlined into each
+// ISA clone of their callers: a shared out-of-line copy would see another calling convention.
+#define OOD_ZOO_INLINE inline __attribute__((always_inline))
 #pragma GCC diagnostic ignored "-Wpsabi"
 
 namespace ood_zoo {
@@ -54,11 +56,11 @@ namespace {
 constexpr int kLanes = 32;
 typedef float Lanes16 __attribute__((vector_size(16 * sizeof(float)), aligned(4)));
 
-inline float tree_sum(Lanes16 lo, Lanes16 hi) {
-  float acc[kLanes];
-  std::memcpy(acc, &lo, sizeof lo);
-  std::memcpy(acc + 16, &hi, sizeof hi);
-  for (int width = kLanes / 2; width >= 1; width /= 2) {
+OOD_ZOO_INLINE float tree_sum(Lanes16 lo, Lanes16 hi) {
+  const Lanes16 sum = lo + hi;  // the tree's first level, lane by lane
+  float acc[16];
+  std::memcpy(acc, &sum, sizeof sum);
+  for (int width = 8; width >= 1; width /= 2) {
     for (int l = 0; l < width; ++l) {
       acc[l] += acc[l + width];
     }
@@ -67,14 +69,14 @@ inline float tree_sum(Lanes16 lo, Lanes16 hi) {
 }
 
 // Lane l of a row's accumulators sums q[j] b[j] over j = l, l + 32, ... in that order.
-inline Lanes16 load16(const float* x) {
+OOD_ZOO_INLINE Lanes16 load16(const float* x) {
   Lanes16 v;
   std::memcpy(&v, x, sizeof v);
   return v;
 }
 
 // c + a * b lane by lane, always fused (one rounding), whichever ISA the clone targets.
-inline Lanes16 fma16(Lanes16 a, Lanes16 b, Lanes16 c) {
+OOD_ZOO_INLINE Lanes16 fma16(Lanes16 a, Lanes16 b, Lanes16 c) {
   for (int l = 0; l < 16; ++l) {
     c[l] = std::fma(a[l], b[l], c[l]);
   }
@@ -82,7 +84,7 @@ inline Lanes16 fma16(Lanes16 a, Lanes16 b, Lanes16 c) {
 }
 
 // The d % 32 tail, lane by lane, in the same order as the vector loop.
-inline void dot_tail(const float* q, const float* b, int64_t j, int64_t d, Lanes16& lo,
+OOD_ZOO_INLINE void dot_tail(const float* q, const float* b, int64_t j, int64_t d, Lanes16& lo,
                      Lanes16& hi) {
   for (int l = 0; j + l < d; ++l) {
     if (l < 16) {
@@ -141,13 +143,19 @@ inline float exact_value(float s, float q_sq, float b_term) {
   }
 }
 
-// Exact dot products of query q with rows[0..n) (pointers), four at a time.
+// Exact dot products of query q with rows[0..n) (pointers), four at a time; a remainder of two
+// or three rows also takes dot_x4 (padded with repeats), which hides the FMA latency better.
 inline void dot_rows(const float* q, const float* const* rows, int64_t n, int64_t d, float* out) {
   int64_t r = 0;
   for (; r + 4 <= n; r += 4) {
     dot_x4(q, rows + r, d, out + r);
   }
-  for (; r < n; ++r) {
+  if (n - r >= 2) {
+    const float* padded[4] = {rows[r], rows[r + 1], rows[n - 1], rows[n - 1]};
+    float dots[4];
+    dot_x4(q, padded, d, dots);
+    std::copy(dots, dots + (n - r), out + r);
+  } else if (n - r == 1) {
     out[r] = dot_x1(q, rows[r], d);
   }
 }
