@@ -590,6 +590,8 @@ INDEX_PROBE_QUERIES = 256
 #: Banks with fewer rows or features than this are searched densely (pruning cannot pay).
 INDEX_MIN_ROWS, INDEX_MIN_DIM = 2048, 256
 _UNIT_ROUNDOFF = 2.0**-24
+#: Bank rows per group of the pruned kernel's bound micro-kernel (kGroup in the C++).
+_GROUP = 16
 #: Relative slack on the float64 residual ``|x|² - |c|²`` (its rounding error is ~d 2^-53).
 _FP64_SLACK = 2.0**-40
 
@@ -689,14 +691,14 @@ class KNNIndex:
         #: per k: (queries, pairs, pairs scored exactly) over the pruned searches so far
         self._observed: dict[int, tuple[int, int, int]] = {}
         self.residual_energy: float | None = None
-        self.basis = self.bank_proj = self.bank_res = self.bank_term = None
+        self.basis = self.bank_res = self.bank_term = self._proj_groups = None
         reason = self._dense_reason(mode)
         if reason is None:
             self._build(sample_rows, seed)
             if mode == "auto" and self.residual_energy > INDEX_MAX_RESIDUAL_ENERGY:
                 reason = (f"residual energy {self.residual_energy:.3f} > "
                           f"{INDEX_MAX_RESIDUAL_ENERGY}")
-                self.basis = self.bank_proj = self.bank_res = self.bank_term = None
+                self.basis = self.bank_res = self.bank_term = self._proj_groups = None
         self.dense_reason = reason
         self.build_seconds = time.perf_counter() - start
 
@@ -738,7 +740,7 @@ class KNNIndex:
             proj.append(c)
             res.append(r)
             term.append(t)
-        self.bank_proj = torch.cat(proj).contiguous()
+        self._set_projections(torch.cat(proj))
         self.bank_res = torch.cat(res)
         self.bank_term = torch.cat(term)
         energy = (sample * sample).sum()
@@ -767,10 +769,35 @@ class KNNIndex:
             raise InputError(f"bank: row {offset + bad} is not finite (NaN or Inf) or overflows")
         return proj, res, term
 
+    def _set_projections(self, proj: torch.Tensor | None) -> None:
+        """Keep the ``[N, p]`` projections as the kernel reads them: per shard, rows in groups
+        of 16, each group transposed (``[ceil(n / 16), p, 16]``, zero-padded)."""
+        if proj is None:
+            self._proj_groups = None
+            return
+        groups, offset = [], 0
+        for shard in self.shards:
+            n = shard.shape[0]
+            block = torch.zeros(-(-n // _GROUP) * _GROUP, proj.shape[1])
+            block[:n] = proj[offset : offset + n]
+            groups.append(block.reshape(-1, _GROUP, proj.shape[1]).transpose(1, 2).contiguous())
+            offset += n
+        self._proj_groups = groups
+
+    @property
+    def bank_proj(self) -> torch.Tensor | None:
+        """The bank's projections ``c = Vᵀb̂``, ``[N, p]`` fp32 (None for a dense index)."""
+        if self._proj_groups is None:
+            return None
+        return torch.cat([
+            g.transpose(1, 2).reshape(-1, g.shape[1])[: shard.shape[0]]
+            for g, shard in zip(self._proj_groups, self.shards, strict=True)
+        ])
+
     @property
     def pruned(self) -> bool:
         """Whether searches take the pruned kernel (else the dense :func:`knn`)."""
-        return self.bank_proj is not None and self.dense_reason is None
+        return self._proj_groups is not None and self.dense_reason is None
 
     def margin(self) -> float:
         """The rounding margin ``M`` of the bound (see the class docstring)."""
@@ -867,11 +894,11 @@ class KNNIndex:
             values = torch.full((qf.shape[0], width), -math.inf if cosine else math.inf)
             indices = torch.full((qf.shape[0], width), torch.iinfo(torch.int64).max)
             offset = 0
-            for shard in self.shards:
+            for shard, groups in zip(self.shards, self._proj_groups, strict=True):
                 n = shard.shape[0]
                 if n:
                     torch.ops.ood_zoo.knn_pruned_update(
-                        qf, a, r_q, q_sq, shard, self.bank_proj[offset : offset + n],
+                        qf, a, r_q, q_sq, shard, groups,
                         self.bank_res[offset : offset + n], self.bank_term[offset : offset + n],
                         offset, values, indices, tau, self.metric, seed, self.margin(), tiles,
                         stats,
@@ -920,7 +947,7 @@ class KNNIndex:
     # ------------------------------------------------------------------ persistence
     def state_dict(self) -> dict[str, torch.Tensor]:
         """The index's own tensors (the bank is not included); empty ones for a dense index."""
-        if self.bank_proj is None:
+        if self._proj_groups is None:
             empty = torch.empty(0, dtype=torch.float32)
             return {"basis": torch.empty(self.dim, 0, dtype=torch.float64),
                     "proj": empty.reshape(0, 0), "res": empty, "term": empty,
@@ -963,11 +990,12 @@ class KNNIndex:
         if p and not all(bool(torch.isfinite(state[n]).all()) for n in expected):
             raise InputError("KNNIndex state holds non-finite values")
         index.rank = max(p, 1)
-        index.basis = index.bank_proj = index.bank_res = index.bank_term = None
+        index.basis = index.bank_res = index.bank_term = index._proj_groups = None
         index.residual_energy = None
         index.dense_reason = "saved as a dense index"
         if p:
-            index.basis, index.bank_proj = basis, state["proj"]
+            index.basis = basis
+            index._set_projections(state["proj"])
             index.bank_res, index.bank_term = state["res"], state["term"]
             index.residual_energy = float(state["residual_energy"][0])
             usable = _ext.available() and _resolve_backend(warn=False) == "ext"

@@ -26,6 +26,7 @@
 
 #include "../common.h"
 #include "gemm.h"
+#include "row_ops.h"
 #include "topk_heap.h"
 
 namespace ood_zoo {
@@ -45,17 +46,6 @@ OOD_ZOO_CLONES T block_max_scaled(const T* s, const T* scale, int64_t n) {
     m = std::max(m, s[j] * scale[j]);
   }
   return m;
-}
-
-// sum of squares in double (vectorised: the simd reduction may reassociate the sum).
-template <typename T>
-OOD_ZOO_CLONES double sum_sq(const T* x, int64_t n) {
-  double acc = 0.0;
-#pragma omp simd reduction(+ : acc)
-  for (int64_t j = 0; j < n; ++j) {
-    acc += static_cast<double>(x[j]) * static_cast<double>(x[j]);
-  }
-  return acc;
 }
 
 template <typename T>

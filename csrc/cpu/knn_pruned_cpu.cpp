@@ -41,6 +41,7 @@
 #include <vector>
 
 #include "../common.h"
+#include "row_ops.h"
 #include "topk_heap.h"
 
 // The 16-lane vector helpers below take and return vectors, so they must be inlined into each
@@ -165,7 +166,7 @@ struct Inputs {
   const float* q_proj;  // [Q, p]
   const float* q_res;   // [Q] residual norms, rounded up
   const float* q_sq;    // [Q] |q|^2 (l2 only)
-  const float* b_proj;  // [n, p]
+  const float* b_proj;  // [ceil(n / kGroup), p, kGroup]: rows grouped, transposed per group
   const float* b_res;   // [n]
   const float* b_term;  // [n] 1 / max(|b|, eps) (cosine) or |b|^2 (l2)
   const float* tau;     // [Q] seed thresholds
@@ -201,22 +202,7 @@ OOD_ZOO_CLONES void group_scores(const float* a, const float* ct, int64_t p, flo
 }
 #pragma GCC pop_options
 
-// One tile's projections, transposed group by group: ct[g][t][l] = b_proj[g * kGroup + l][t],
-// zero beyond the tile's last row.
-void transpose_tile(const float* b_proj, int64_t n, int64_t p, float* ct) {
-  const int64_t groups = (n + kGroup - 1) / kGroup;
-  for (int64_t g = 0; g < groups; ++g) {
-    float* dst = ct + g * p * kGroup;
-    for (int64_t l = 0; l < kGroup; ++l) {
-      const int64_t row = g * kGroup + l;
-      for (int64_t t = 0; t < p; ++t) {
-        dst[t * kGroup + l] = row < n ? b_proj[row * p + t] : 0.0f;
-      }
-    }
-  }
-}
-
-// Scans bank rows [start, start + n) (one tile; ct its transposed projections) for the query
+// Scans bank rows [start, start + n) (one tile; ct its grouped projections) for the query
 // blocks [block_begin, block_end), updating the heaps hv/hi ([Q, k]). Returns the pairs scored.
 template <bool Cosine, bool Seed>
 int64_t scan_tile(const Inputs& in, const float* rows, const float* ct, int64_t start, int64_t n,
@@ -335,39 +321,36 @@ void pruned_kernel(const Inputs& in, const at::Tensor& bank, int64_t offset, at:
                                             kGroup * kGroup);
   const int64_t n_tiles = (n_bank + tile - 1) / tile;
   const int64_t n_blocks = (in.nq + kQueries - 1) / kQueries;
-  const size_t ct_size = static_cast<size_t>((tile + kGroup - 1) / kGroup * kGroup * p);
   float* hv_all = values.data_ptr<float>();
   int64_t* hi_all = indices.data_ptr<int64_t>();
   auto tile_rows_f32 = [&](int64_t start, int64_t n) {
     return Seed ? at::Tensor() : bank.narrow(0, start, n).to(at::kFloat).contiguous();
   };
   auto data = [](const at::Tensor& t) { return t.defined() ? t.const_data_ptr<float>() : nullptr; };
+  // a tile starts on a group boundary (tile is a multiple of kGroup)
+  auto groups = [&](int64_t start) { return in.b_proj + start / kGroup * p * kGroup; };
   std::atomic<int64_t> scored{0};
 
   if (n_blocks >= 2 * at::get_num_threads() || n_tiles == 1) {
-    std::vector<float> ct(ct_size);
     for (int64_t t = 0; t < n_tiles; ++t) {
       const int64_t start = t * tile, n = std::min(tile, n_bank - start);
       const at::Tensor rows = tile_rows_f32(start, n);
-      transpose_tile(in.b_proj + start * p, n, p, ct.data());
       at::parallel_for(0, n_blocks, 1, [&](int64_t begin, int64_t end) {
-        scored.fetch_add(scan_tile<Cosine, Seed>(in, data(rows), ct.data(), start, n, offset,
+        scored.fetch_add(scan_tile<Cosine, Seed>(in, data(rows), groups(start), start, n, offset,
                                                  hv_all, hi_all, begin, end));
       });
     }
   } else {
     std::mutex merge;
     at::parallel_for(0, n_tiles, 1, [&](int64_t begin, int64_t end) {
-      std::vector<float> ct(ct_size);
       std::vector<float> hv(hv_all, hv_all + in.nq * k);
       std::vector<int64_t> hi(hi_all, hi_all + in.nq * k);
       int64_t local = 0;
       for (int64_t t = begin; t < end; ++t) {
         const int64_t start = t * tile, n = std::min(tile, n_bank - start);
         const at::Tensor rows = tile_rows_f32(start, n);
-        transpose_tile(in.b_proj + start * p, n, p, ct.data());
-        local += scan_tile<Cosine, Seed>(in, data(rows), ct.data(), start, n, offset, hv.data(),
-                                         hi.data(), 0, n_blocks);
+        local += scan_tile<Cosine, Seed>(in, data(rows), groups(start), start, n, offset,
+                                         hv.data(), hi.data(), 0, n_blocks);
       }
       const std::lock_guard<std::mutex> lock(merge);
       for (int64_t i = 0; i < in.nq * k; ++i) {
@@ -450,15 +433,6 @@ OOD_ZOO_CLONES void project_pair(const float* x0, const float* x1, const double*
   }
 }
 
-OOD_ZOO_CLONES double sum_sq_f64(const float* x, int64_t d) {
-  double acc = 0.0;
-#pragma omp simd reduction(+ : acc)
-  for (int64_t i = 0; i < d; ++i) {
-    acc += static_cast<double>(x[i]) * static_cast<double>(x[i]);
-  }
-  return acc;
-}
-
 inline float round_up(double x) {
   const float f = static_cast<float>(x);
   return static_cast<double>(f) < x ? std::nextafter(f, std::numeric_limits<float>::infinity()) : f;
@@ -517,7 +491,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, int64_t> knn_pruned_project_cpu(
       }
       for (int64_t r = r0; r <= r1; ++r) {
         const double* c = r == r0 ? c0.data() : c1.data();
-        double sq = sum_sq_f64(x.data() + (r - r0) * d, d);
+        double sq = sum_sq<float>(x.data() + (r - r0) * d, d);
         if (!std::isfinite(sq)) {
           int64_t seen = first_bad.load();
           while (r < seen && !first_bad.compare_exchange_weak(seen, r)) {
@@ -565,7 +539,7 @@ void knn_pruned_update_cpu(const at::Tensor& queries, const at::Tensor& q_proj,
   }
   TORCH_CHECK(bank.size(1) == d, "knn_pruned_update: queries have ", d,
               " features but the bank has ", bank.size(1));
-  check_float(b_proj, "b_proj", {n, p});
+  check_float(b_proj, "b_proj", {(n + kGroup - 1) / kGroup, p, kGroup});
   check_float(b_res, "b_res", {n});
   check_float(b_term, "b_term", {n});
   check_float(values, "values", {nq, k});
