@@ -50,6 +50,9 @@ except ImportError:  # run from a checkout without an install
 
 from ood_zoo import ops
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from compare_knn import timed  # best wall time of `repeat` calls, and the last result
+
 CHUNK = 25_000
 TOL = 1e-5
 Result = tuple[np.ndarray, np.ndarray]
@@ -359,16 +362,6 @@ def make_contenders(bank: np.ndarray, metric: str, args: argparse.Namespace
 
 
 # ------------------------------------------------------------------------------ running
-
-
-def timed(fn: Callable[[], Any], repeat: int) -> tuple[float, Any]:
-    """Best wall time of ``repeat`` calls, and the last result."""
-    best, res = float("inf"), None
-    for _ in range(repeat):
-        t = time.perf_counter()
-        res = fn()
-        best = min(best, time.perf_counter() - t)
-    return best, res
 
 
 def run_metric(bank: np.ndarray, queries: np.ndarray, online_q: np.ndarray, metric: str,
