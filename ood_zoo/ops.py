@@ -695,7 +695,7 @@ class KNNIndex:
         #: per k: (queries, pairs, pairs scored exactly) over the pruned searches so far
         self._observed: dict[int, tuple[int, int, int]] = {}
         self.residual_energy: float | None = None
-        self.basis = self.bank_res = self.bank_term = self._proj_groups = None
+        self.basis = self.bank_res = self.bank_term = self.bank_groups = None
         reason = self._dense_reason(mode)
         if reason is None:
             limit = INDEX_MAX_RESIDUAL_ENERGY if mode == "auto" else math.inf
@@ -703,7 +703,7 @@ class KNNIndex:
             if self.residual_energy > limit:
                 reason = (f"residual energy {self.residual_energy:.3f} > "
                           f"{INDEX_MAX_RESIDUAL_ENERGY}")
-                self.basis = self.bank_res = self.bank_term = self._proj_groups = None
+                self.basis = self.bank_res = self.bank_term = self.bank_groups = None
         self.dense_reason = reason
         self.build_seconds = time.perf_counter() - start
 
@@ -739,7 +739,8 @@ class KNNIndex:
         if not bool(torch.isfinite(sample).all()):
             for shard in self.shards:
                 check_finite(shard, name="bank")
-        sample = self._unit(sample)
+        if self.metric == "cosine":
+            sample = _normalise_rows(sample)
         self.basis = _principal_directions(sample, self.rank, generator)
         energy = (sample * sample).sum()
         outside = energy - ((sample @ self.basis) ** 2).sum()
@@ -752,14 +753,9 @@ class KNNIndex:
             proj.append(c)
             res.append(r)
             term.append(t)
-        self._set_projections(torch.cat(proj))
+        self.bank_groups = self._group_projections(torch.cat(proj))
         self.bank_res = torch.cat(res)
         self.bank_term = torch.cat(term)
-
-    def _unit(self, x64: torch.Tensor) -> torch.Tensor:
-        if self.metric != "cosine":
-            return x64
-        return x64 / x64.norm(dim=1, keepdim=True).clamp_min(_NORM_EPS)
 
     def _project(
         self, x: torch.Tensor, *, unit: bool, offset: int = 0
@@ -778,35 +774,42 @@ class KNNIndex:
             raise InputError(f"bank: row {offset + bad} is not finite (NaN or Inf) or overflows")
         return proj, res, term
 
-    def _set_projections(self, proj: torch.Tensor | None) -> None:
-        """Keep the ``[N, p]`` projections as the kernel reads them: per shard, rows in groups
-        of 16, each group transposed (``[ceil(n / 16), p, 16]``, zero-padded)."""
-        if proj is None:
-            self._proj_groups = None
-            return
-        groups, offset = [], 0
+    def _group_projections(self, proj: torch.Tensor) -> torch.Tensor:
+        """The ``[N, p]`` projections as the kernel reads them: per shard, rows in groups of 16,
+        each group transposed; shards padded with zero rows to whole groups, then stacked
+        (``[sum_s ceil(n_s / 16), p, 16]``). This is also the saved form."""
+        blocks, offset = [], 0
         for shard in self.shards:
             n = shard.shape[0]
             block = torch.zeros(-(-n // _GROUP) * _GROUP, proj.shape[1])
             block[:n] = proj[offset : offset + n]
-            groups.append(block.reshape(-1, _GROUP, proj.shape[1]).transpose(1, 2).contiguous())
+            blocks.append(block.reshape(-1, _GROUP, proj.shape[1]).transpose(1, 2))
             offset += n
-        self._proj_groups = groups
+        return torch.cat(blocks).contiguous()
+
+    def _shard_groups(self) -> Iterator[tuple[torch.Tensor, int, torch.Tensor]]:
+        """``(shard, its first row, its groups of projections)`` for every shard."""
+        offset = group = 0
+        for shard in self.shards:
+            n_groups = -(-shard.shape[0] // _GROUP)
+            yield shard, offset, self.bank_groups[group : group + n_groups]
+            offset += shard.shape[0]
+            group += n_groups
 
     @property
     def bank_proj(self) -> torch.Tensor | None:
         """The bank's projections ``c = Vᵀb̂``, ``[N, p]`` fp32 (None for a dense index)."""
-        if self._proj_groups is None:
+        if self.bank_groups is None:
             return None
         return torch.cat([
-            g.transpose(1, 2).reshape(-1, g.shape[1])[: shard.shape[0]]
-            for g, shard in zip(self._proj_groups, self.shards, strict=True)
+            groups.transpose(1, 2).reshape(-1, self.bank_groups.shape[1])[: shard.shape[0]]
+            for shard, _, groups in self._shard_groups()
         ])
 
     @property
     def pruned(self) -> bool:
         """Whether searches take the pruned kernel (else the dense :func:`knn`)."""
-        return self._proj_groups is not None and self.dense_reason is None
+        return self.bank_groups is not None and self.dense_reason is None
 
     def margin(self) -> float:
         """The rounding margin ``M`` of the bound (see the class docstring)."""
@@ -902,8 +905,7 @@ class KNNIndex:
         def run(seed: bool, tau: torch.Tensor, width: int) -> tuple[torch.Tensor, torch.Tensor]:
             values = torch.full((qf.shape[0], width), -math.inf if cosine else math.inf)
             indices = torch.full((qf.shape[0], width), torch.iinfo(torch.int64).max)
-            offset = 0
-            for shard, groups in zip(self.shards, self._proj_groups, strict=True):
+            for shard, offset, groups in self._shard_groups():
                 n = shard.shape[0]
                 if n:
                     torch.ops.ood_zoo.knn_pruned_update(
@@ -912,7 +914,6 @@ class KNNIndex:
                         offset, values, indices, tau, self.metric, seed, self.margin(), tiles,
                         stats,
                     )
-                offset += n
             return values, indices
 
         # Seed: the rows with the best approximate scores <a, c>, scored exactly; their k-th best
@@ -956,12 +957,12 @@ class KNNIndex:
     # ------------------------------------------------------------------ persistence
     def state_dict(self) -> dict[str, torch.Tensor]:
         """The index's own tensors (the bank is not included); empty ones for a dense index."""
-        if self._proj_groups is None:
+        if self.bank_groups is None:
             empty = torch.empty(0, dtype=torch.float32)
             return {"basis": torch.empty(self.dim, 0, dtype=torch.float64),
-                    "proj": empty.reshape(0, 0), "res": empty, "term": empty,
+                    "proj": empty.reshape(0, 0, _GROUP), "res": empty, "term": empty,
                     "residual_energy": torch.empty(0, dtype=torch.float64)}
-        return {"basis": self.basis, "proj": self.bank_proj, "res": self.bank_res,
+        return {"basis": self.basis, "proj": self.bank_groups, "res": self.bank_res,
                 "term": self.bank_term,
                 "residual_energy": torch.tensor([self.residual_energy], dtype=torch.float64)}
 
@@ -986,8 +987,9 @@ class KNNIndex:
         index.build_seconds = 0.0
         basis = state["basis"]
         p = basis.shape[1] if basis.dim() == 2 else -1
+        n_groups = sum(-(-s.shape[0] // _GROUP) for s in index.shards)
         expected = {"basis": ((index.dim, p), torch.float64),
-                    "proj": ((index.n_rows, p) if p else (0, 0), torch.float32),
+                    "proj": ((n_groups, p, _GROUP) if p else (0, 0, _GROUP), torch.float32),
                     "res": ((index.n_rows,) if p else (0,), torch.float32),
                     "term": ((index.n_rows,) if p else (0,), torch.float32),
                     "residual_energy": ((1,) if p else (0,), torch.float64)}
@@ -999,12 +1001,11 @@ class KNNIndex:
         if p and not all(bool(torch.isfinite(state[n]).all()) for n in expected):
             raise InputError("KNNIndex state holds non-finite values")
         index.rank = max(p, 1)
-        index.basis = index.bank_res = index.bank_term = index._proj_groups = None
+        index.basis = index.bank_res = index.bank_term = index.bank_groups = None
         index.residual_energy = None
         index.dense_reason = "saved as a dense index"
         if p:
-            index.basis = basis
-            index._set_projections(state["proj"])
+            index.basis, index.bank_groups = basis, state["proj"]
             index.bank_res, index.bank_term = state["res"], state["term"]
             index.residual_energy = float(state["residual_energy"][0])
             usable = _ext.available() and _resolve_backend(warn=False) == "ext"
@@ -1034,15 +1035,8 @@ def _principal_directions(x64: torch.Tensor, rank: int, generator: torch.Generat
 
 
 def _index_build_rows(dim: int) -> int:
-    """Bank rows projected at once while building (a float64 copy of ~64 MB)."""
+    """Bank rows projected per call while building (bounds the projections being assembled)."""
     return max(256, 2**23 // dim)
-
-
-def _round_up_f32(x64: torch.Tensor) -> torch.Tensor:
-    """float64 -> float32, rounded towards +inf (so that a stored bound stays a bound)."""
-    x32 = x64.to(torch.float32)
-    low = x32.to(torch.float64) < x64
-    return torch.where(low, torch.nextafter(x32, torch.tensor(math.inf)), x32)
 
 
 def _gather_rows(shards: list[torch.Tensor], rows: torch.Tensor) -> torch.Tensor:

@@ -4,7 +4,7 @@ The bank is kept as given to ``fit`` (same dtype, device and storage, a numpy me
 no normalised copy) and searched through an exact :class:`ood_zoo.ops.KNNIndex` built at fit:
 on anisotropic banks (LLM hidden states) it prunes most rows with a principal-subspace bound,
 elsewhere it runs the dense streaming :func:`ood_zoo.ops.knn`; the results are the same. The
-index's tensors (``N (p + 2)`` fp32 values) are saved with the detector. Because the bank is
+index's tensors (about ``N (p + 2)`` fp32 values) are saved with the detector. Because the bank is
 referenced, not copied, changing the array passed to ``fit`` changes the detector.
 """
 
@@ -37,8 +37,9 @@ class BankDetector(Detector):
     def _fit_bank(self, features: torch.Tensor) -> None:
         self.bank_ = features
         self._index = ops.KNNIndex(features, self._metric())
+        state = self._index.state_dict()  # the index's own tensors, not copies
         for key, name in INDEX_STATE.items():
-            setattr(self, name, self._index.state_dict()[key])
+            setattr(self, name, state[key])
 
     def index(self) -> ops.KNNIndex:
         """The fitted index over ``bank_`` (rebuilt from the saved tensors after a load)."""
