@@ -184,10 +184,9 @@ def doctor_report() -> dict[str, Any]:
     import torch
 
     from . import ops
-    from .bench.runner import package_versions
+    from .bench.session import package_versions
 
-    versions = package_versions(("torch", "numpy", "transformers", "faiss-cpu", "scikit-learn",
-                                 "pluggy", "safetensors"))
+    versions = package_versions()
     kernel = ops.describe_backend()
     cuda = {
         "available": torch.cuda.is_available(),

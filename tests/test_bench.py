@@ -15,7 +15,8 @@ from ood_zoo.bench import plots as plots_module
 from ood_zoo.bench import suites as suites_module
 from ood_zoo.bench import zero_grad
 from ood_zoo.bench.suites import ZERO_GRAD, Corpus, Setting, Suite, holdout_classes, split_pool
-from ood_zoo.bench.zero_grad import BenchConfig, Extracted, aggregate, run_bench, write_outputs
+from ood_zoo.bench.tables import aggregate
+from ood_zoo.bench.zero_grad import BenchConfig, Extracted, run_bench, write_outputs
 from ood_zoo.data import TextSet
 
 # ---------------------------------------------------------------------------- synthetic suite

@@ -14,7 +14,7 @@ import torch
 
 import ood_zoo
 from ood_zoo.bench import FeatureSet, fit_probe, probe_logits, run_detectors, usable_detectors
-from ood_zoo.bench.runner import DEFAULT_THREADS, bench_threads
+from ood_zoo.bench.session import DEFAULT_THREADS, bench_threads
 from ood_zoo.registry import BUILTIN_PLUGIN, Registry
 
 # ---------------------------------------------------------------------------- runner

