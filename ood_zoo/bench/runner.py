@@ -18,8 +18,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from .. import __version__, metrics
+from .. import metrics
 from ..registry import Registry, get_registry
+from ..version import __version__
 
 #: Threads a benchmark uses when neither the caller nor ``OMP_NUM_THREADS`` says.
 DEFAULT_THREADS = 2
