@@ -11,8 +11,6 @@ Score convention: higher = more in-distribution, everywhere.
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
-
 from .api import Detector, Param, Requirements
 from .errors import (
     BackendUnavailableError,
@@ -26,8 +24,8 @@ from .errors import (
     UnknownNameError,
 )
 from .hookspecs import hookimpl
-from .io import load
-from .registry import create, get_registry, list_detectors
+from .registry import create, get_registry, list_detectors, load
+from .version import __version__
 
 __all__ = [
     "BackendUnavailableError",

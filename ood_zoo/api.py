@@ -27,6 +27,7 @@ import torch
 
 from ._arrays import ArrayKind, ArrayLike, check_labels, check_matrix
 from .errors import InputError, NotFittedError
+from .io import load_detector, save_detector
 
 #: Default target true-positive rate of in-distribution samples for :meth:`Detector.predict`.
 DEFAULT_TARGET_TPR = 0.95
@@ -308,16 +309,28 @@ class Detector:
 
     def save(self, path: str | Path) -> Path:
         """Save to directory ``path``: safetensors for tensors, JSON for the rest (no pickle)."""
-        from .io import save_detector
-
         return save_detector(self, path)
 
     @classmethod
     def load(cls, path: str | Path) -> Self:
-        """Load a detector saved by :meth:`save`; it must be this class's detector."""
-        from .io import load_detector
+        """Load a detector saved by :meth:`save`; it must be this class's detector.
 
-        return load_detector(path, expected=cls)
+        Call it on the detector's class (``KNNDetector.load(path)``); to load a saved detector
+        of any class, by the name it was saved under, use :func:`ood_zoo.load`.
+
+        Raises
+        ------
+        TypeError
+            If called on a class without a ``name`` (such as ``Detector`` itself).
+        PersistenceError
+            If ``path`` is not a whole, valid save of this detector.
+        """
+        if not cls.name:
+            raise TypeError(
+                f"{cls.__qualname__}.load() needs a detector class with a name; to load a saved "
+                "detector of any class, use ood_zoo.load(path)"
+            )
+        return load_detector(path, cls)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         """The fitted tensors named in ``state_tensors``, as contiguous CPU tensors."""

@@ -1,16 +1,19 @@
 """ood_zoo's own plugin: the built-in detectors, models and datasets.
 
 It is registered first, through the same hooks as any third-party plugin
-(:mod:`ood_zoo.hookspecs`), so the core has no privileged path.
+(:mod:`ood_zoo.hookspecs`), so the core has no privileged path. The registry imports it by module
+path (:data:`ood_zoo.registry.BUILTIN_PLUGIN`), as it loads an entry point, so nothing in the
+core imports this module statically.
 """
 
 from __future__ import annotations
 
 from .api import Detector
-from .data import BUILTIN_DATASETS, DatasetSpec
+from .data import BUILTIN_DATASETS
 from .detectors import BUILTIN_DETECTORS
-from .features.models import BUILTIN_MODELS, ModelSpec
+from .features.models import BUILTIN_MODELS
 from .hookspecs import hookimpl
+from .specs import DatasetSpec, ModelSpec
 
 
 @hookimpl

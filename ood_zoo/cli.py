@@ -225,7 +225,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------------- fit / score / evaluate
 def cmd_fit(args: argparse.Namespace) -> int:
-    from . import create
+    from .registry import create
 
     detector = create(args.detector, **_parse_params(args.param))
     detector.fit(
@@ -252,7 +252,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
 
 
 def cmd_score(args: argparse.Namespace) -> int:
-    from .io import load
+    from .registry import load
 
     detector = load(args.model)
     scores = _to_numpy(detector.score(
@@ -278,7 +278,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.model is not None:
         if args.id_features is None and args.id_logits is None:
             raise CommandError("evaluate DIR needs --id-features/--ood-features (or logits)")
-        from .io import load
+        from .registry import load
 
         detector = load(args.model)
         id_scores = _to_numpy(detector.score(
@@ -470,7 +470,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG, description="Out-of-distribution detectors for LLM hidden states.",
     )
-    from . import __version__
+    from .version import __version__
 
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)

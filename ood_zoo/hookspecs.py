@@ -17,10 +17,10 @@ from typing import TYPE_CHECKING
 
 import pluggy
 
+from .specs import DatasetSpec, ModelSpec
+
 if TYPE_CHECKING:
     from .api import Detector
-    from .data.spec import DatasetSpec
-    from .features.models import ModelSpec
 
 PROJECT = "ood_zoo"
 
@@ -35,9 +35,9 @@ def ood_zoo_detectors() -> list[type[Detector]]:
 
 @hookspec
 def ood_zoo_models() -> list[ModelSpec]:
-    """Return :class:`ood_zoo.features.models.ModelSpec` records of models loadable by name."""
+    """Return :class:`ood_zoo.specs.ModelSpec` records of models loadable by name."""
 
 
 @hookspec
 def ood_zoo_datasets() -> list[DatasetSpec]:
-    """Return :class:`ood_zoo.data.spec.DatasetSpec` records of datasets loadable by name."""
+    """Return :class:`ood_zoo.specs.DatasetSpec` records of datasets loadable by name."""

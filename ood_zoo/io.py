@@ -10,6 +10,10 @@ content-addressed name; then ``detector.json`` is replaced in one rename. A read
 either the old save or the new one, never a mix. On load the tensor file's size and SHA-256 are
 checked against the manifest, so a truncated or modified file is an error, not a silent misload.
 Loading never runs code: JSON and safetensors are data only.
+
+This module sits below the detector API and knows no registry: :func:`load_detector` is given
+the class to load into. Finding the class from the saved name is :func:`ood_zoo.load`'s job
+(:meth:`ood_zoo.registry.Registry.load`).
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from .errors import PersistenceError
+from .version import __version__
 
 if TYPE_CHECKING:
     from .api import Detector
@@ -75,8 +80,6 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 
 def save_detector(detector: Detector, path: str | Path) -> Path:
     """Save ``detector`` into directory ``path`` (created if needed) and return the path."""
-    from . import __version__
-
     directory = Path(path)
     if directory.exists() and not directory.is_dir():
         raise PersistenceError(f"{directory} exists and is not a directory")
@@ -218,30 +221,22 @@ def _read_tensors(directory: Path, manifest: dict[str, Any]) -> dict[str, torch.
     return tensors
 
 
-def load_detector(path: str | Path, expected: type[D] | None = None) -> D:
-    """Load a detector saved by :func:`save_detector`.
+def load_detector(path: str | Path, cls: type[D]) -> D:
+    """Load a detector saved by :func:`save_detector` into detector class ``cls``.
 
     Parameters
     ----------
     path : str or Path
         The directory written by ``save``.
-    expected : Detector subclass, optional
-        If given, the saved detector must be this one (by name); its class is used directly, so
-        an unregistered class loads too. Otherwise the class is looked up in the registry.
+    cls : Detector subclass
+        The class to load into; the saved detector must be this one (by name). It need not be
+        registered. :func:`ood_zoo.load` finds the class by the saved name instead.
     """
     directory = Path(path)
     config = read_config(directory)
     name = config["detector"]
-    if expected is not None and expected.name:
-        if expected.name != name:
-            raise PersistenceError(
-                f"{directory} holds a {name!r} detector, not {expected.name!r}"
-            )
-        cls: type[Detector] = expected
-    else:
-        from .registry import get_registry
-
-        cls = get_registry().get(name).cls
+    if cls.name != name:
+        raise PersistenceError(f"{directory} holds a {name!r} detector, not {cls.name!r}")
     if str(config["detector_version"]) != str(cls.version):
         raise PersistenceError(
             f"{directory} was saved by {name!r} version {config['detector_version']}, "
@@ -261,9 +256,5 @@ def load_detector(path: str | Path, expected: type[D] | None = None) -> D:
     detector.threshold_ = config.get("threshold")
     detector.n_features_in_ = config.get("n_features_in")
     detector.n_logits_in_ = config.get("n_logits_in")
-    return detector  # type: ignore[return-value]
+    return detector
 
-
-def load(path: str | Path) -> Detector:
-    """Load any saved detector: ``ood_zoo.load("my_detector/")``."""
-    return load_detector(path)

@@ -1,10 +1,15 @@
 """Plugin discovery and the detector registry (pluggy + entry points).
 
-Detectors come from plugins: ood_zoo's own (``ood_zoo.builtin``, registered first, the
-same way as any other) and the entry points in group ``ood_zoo``. Entry points are loaded one at
-a time, each in its own ``try``: a plugin that fails to import, or whose hook raises or returns
-something that is not a list of :class:`~ood_zoo.api.Detector` subclasses, is recorded with its
-error and never stops the others.
+Detectors come from plugins: ood_zoo's own (``ood_zoo.builtin``, imported by module path and
+registered first, the same way as any other) and the entry points in group ``ood_zoo``. Entry
+points are loaded one at a time, each in its own ``try``: a plugin that fails to import, or whose
+hook raises or returns something that is not a list of :class:`~ood_zoo.api.Detector` subclasses,
+is recorded with its error and never stops the others.
+
+The registry imports only the API layer (:mod:`~ood_zoo.api`, :mod:`~ood_zoo.hookspecs`,
+:mod:`~ood_zoo.specs`, :mod:`~ood_zoo.io`), never the detectors, features or data it registers.
+It is also the one place where a saved detector's name is turned into its class
+(:meth:`Registry.load`, :func:`load`).
 
 Environment:
 
@@ -20,6 +25,7 @@ Environment:
 
 from __future__ import annotations
 
+import importlib
 import os
 import threading
 import traceback
@@ -27,6 +33,7 @@ import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from importlib import metadata
+from pathlib import Path
 from typing import Any, Literal
 
 import pluggy
@@ -34,6 +41,9 @@ import pluggy
 from . import hookspecs
 from .api import Detector
 from .errors import DuplicateDetectorError, PluginError, UnknownDetectorError, UnknownNameError
+from .io import load_detector, read_config
+from .specs import DatasetSpec, ModelSpec
+from .version import __version__
 
 ENTRY_POINT_GROUP = hookspecs.PROJECT
 BUILTIN_PLUGIN = "ood_zoo.builtin"
@@ -99,7 +109,7 @@ class SpecRecord:
     """A registered model or dataset spec and the plugin that provided it."""
 
     name: str
-    spec: Any
+    spec: ModelSpec | DatasetSpec
     plugin: str
     plugin_version: str | None
 
@@ -122,9 +132,8 @@ def _detector_name(value: object) -> str:
     return value.name
 
 
-def _spec_name(hook: str, spec_type: Callable[[], type]) -> Callable[[object], str]:
+def _spec_name(hook: str, expected: type) -> Callable[[object], str]:
     def name_of(value: object) -> str:
-        expected = spec_type()
         if not isinstance(value, expected):
             raise PluginError(f"{hook}() returned {value!r}, which is not a {expected.__name__}")
         if not isinstance(value.name, str) or not value.name.strip():
@@ -133,23 +142,11 @@ def _spec_name(hook: str, spec_type: Callable[[], type]) -> Callable[[object], s
     return name_of
 
 
-def _model_spec() -> type:
-    from .features.models import ModelSpec
-
-    return ModelSpec
-
-
-def _dataset_spec() -> type:
-    from .data.spec import DatasetSpec
-
-    return DatasetSpec
-
-
 #: What plugins register: kind -> (hook name, function returning a valid record's name).
 KINDS: dict[str, tuple[str, Callable[[object], str]]] = {
     "detectors": ("ood_zoo_detectors", _detector_name),
-    "models": ("ood_zoo_models", _spec_name("ood_zoo_models", _model_spec)),
-    "datasets": ("ood_zoo_datasets", _spec_name("ood_zoo_datasets", _dataset_spec)),
+    "models": ("ood_zoo_models", _spec_name("ood_zoo_models", ModelSpec)),
+    "datasets": ("ood_zoo_datasets", _spec_name("ood_zoo_datasets", DatasetSpec)),
 }
 _SINGULAR = {"detectors": "detector", "models": "model", "datasets": "dataset"}
 _ITEMS = {
@@ -209,24 +206,26 @@ class Registry:
         self._manager = pluggy.PluginManager(hookspecs.PROJECT)
         self._manager.add_hookspecs(hookspecs)
         if builtins:
-            from ood_zoo import __version__, builtin
-
-            if BUILTIN_PLUGIN in self.block:
-                self.plugins[BUILTIN_PLUGIN] = PluginRecord(
-                    BUILTIN_PLUGIN, builtin.__name__, "ood_zoo", __version__, builtin=True,
-                    status="blocked", error=f"blocked by {ENV_BLOCK}",
-                )
-            else:
-                self.register_plugin(
-                    builtin, BUILTIN_PLUGIN, module=builtin.__name__, distribution="ood_zoo",
-                    version=__version__, builtin=True,
-                )
+            self._load_builtin()
         if entry_points is None:
             entry_points = metadata.entry_points(group=ENTRY_POINT_GROUP)
         for entry_point in sorted(entry_points, key=lambda ep: ep.name):
             self._load_entry_point(entry_point)
 
     # ------------------------------------------------------------------ loading
+    def _load_builtin(self) -> None:
+        """Register ood_zoo's own plugin, imported by module path like an entry point's."""
+        if BUILTIN_PLUGIN in self.block:
+            self.plugins[BUILTIN_PLUGIN] = PluginRecord(
+                BUILTIN_PLUGIN, BUILTIN_PLUGIN, "ood_zoo", __version__, builtin=True,
+                status="blocked", error=f"blocked by {ENV_BLOCK}",
+            )
+            return
+        self.register_plugin(
+            importlib.import_module(BUILTIN_PLUGIN), BUILTIN_PLUGIN, module=BUILTIN_PLUGIN,
+            distribution="ood_zoo", version=__version__, builtin=True,
+        )
+
     def _load_entry_point(self, entry_point: metadata.EntryPoint) -> None:
         dist = getattr(entry_point, "dist", None)
         dist_name = dist.name if dist is not None else None
@@ -355,12 +354,12 @@ class Registry:
 
     @property
     def models(self) -> dict[str, SpecRecord]:
-        """The models known by name (see :class:`ood_zoo.features.models.ModelSpec`)."""
+        """The models known by name (see :class:`ood_zoo.specs.ModelSpec`)."""
         return dict(sorted(self._entries["models"].items()))
 
     @property
     def datasets(self) -> dict[str, SpecRecord]:
-        """The datasets known by name (see :class:`ood_zoo.data.spec.DatasetSpec`)."""
+        """The datasets known by name (see :class:`ood_zoo.specs.DatasetSpec`)."""
         return dict(sorted(self._entries["datasets"].items()))
 
     @property
@@ -400,6 +399,18 @@ class Registry:
         """Instantiate detector ``name`` with hyperparameters ``params``."""
         return self.get(name).cls(**params)
 
+    def load(self, path: str | Path) -> Detector:
+        """Load a saved detector of any registered class, looked up by the name it was saved under.
+
+        Raises
+        ------
+        PersistenceError
+            If ``path`` is not a whole, valid save (see :mod:`ood_zoo.io`).
+        UnknownDetectorError
+            If no registered detector has the saved name.
+        """
+        return load_detector(path, self.get(read_config(path)["detector"]).cls)
+
 
 _registry: Registry | None = None
 _registry_lock = threading.Lock()
@@ -424,6 +435,11 @@ def reset_registry() -> None:
 def create(name: str, **params: Any) -> Detector:
     """Create a registered detector: ``ood_zoo.create("knn", k=50)``."""
     return get_registry().create(name, **params)
+
+
+def load(path: str | Path) -> Detector:
+    """Load any saved detector: ``ood_zoo.load("my_detector/")``."""
+    return get_registry().load(path)
 
 
 def list_detectors() -> list[str]:

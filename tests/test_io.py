@@ -14,8 +14,15 @@ import torch
 import ood_zoo
 from ood_zoo import Detector, Requirements
 from ood_zoo.errors import NotFittedError, PersistenceError, UnknownDetectorError
-from ood_zoo.io import CONFIG_FILE
-from ood_zoo.registry import ENV_ALLOW, ENV_BLOCK, ENV_STRICT, get_registry, reset_registry
+from ood_zoo.io import CONFIG_FILE, load_detector
+from ood_zoo.registry import (
+    ENV_ALLOW,
+    ENV_BLOCK,
+    ENV_STRICT,
+    Registry,
+    get_registry,
+    reset_registry,
+)
 from ood_zoo.testing import default_make_inputs, make_synthetic_inputs
 
 REPO = Path(__file__).resolve().parents[1]
@@ -564,6 +571,25 @@ def test_other_detector_loaded_into_a_class(saved):
         cosine.load(saved)
     knn = get_registry().get("knn").cls
     assert type(knn.load(saved)) is knn
+
+
+def test_the_base_class_cannot_load_and_points_to_ood_zoo_load(saved):
+    with pytest.raises(TypeError, match=r"ood_zoo\.load\(path\)"):
+        Detector.load(saved)
+    assert type(ood_zoo.load(saved)) is get_registry().get("knn").cls
+
+
+def test_load_detector_takes_the_class_to_load_into(saved):
+    knn = get_registry().get("knn").cls
+    assert type(load_detector(saved, knn)) is knn
+    with pytest.raises(PersistenceError, match=r"holds a 'knn' detector, not 'cosine'"):
+        load_detector(saved, get_registry().get("cosine").cls)
+
+
+def test_a_registry_loads_by_the_saved_name_among_its_own_detectors(saved):
+    assert type(Registry(entry_points=[]).load(saved)) is get_registry().get("knn").cls
+    with pytest.raises(UnknownDetectorError, match="unknown detector 'knn'"):
+        Registry(entry_points=[], builtins=False).load(saved)
 
 
 # ------------------------------------------------------------------------ unknown plugins

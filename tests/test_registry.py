@@ -4,16 +4,21 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import subprocess
 import sys
 import textwrap
 import uuid
 from importlib import metadata
+from pathlib import Path
 
 import numpy as np
 import pluggy
 import pytest
 
 import ood_zoo
+import ood_zoo.data
+import ood_zoo.features
+import ood_zoo.specs
 from ood_zoo import hookspecs
 from ood_zoo.errors import (
     DuplicateDetectorError,
@@ -101,6 +106,9 @@ def _registry(*entry_points, **kwargs) -> Registry:
     return Registry(entry_points=list(entry_points), **kwargs)
 
 
+REPO = Path(__file__).resolve().parents[1]
+
+
 # ------------------------------------------------------------------------ built-ins
 
 
@@ -124,6 +132,32 @@ def test_builtins_can_be_left_out():
     registry = Registry(entry_points=[], builtins=False)
     assert registry.detectors == {}
     assert BUILTIN_PLUGIN not in registry.plugins
+
+
+def test_the_core_imports_the_builtins_only_by_module_path():
+    """``import ood_zoo`` loads the API layer only; the first registry imports ood_zoo.builtin."""
+    script = textwrap.dedent("""
+        import sys
+        import ood_zoo
+
+        def loaded():
+            return sorted({m for m in sys.modules
+                           if m.split(".")[:2] in (["ood_zoo", "builtin"], ["ood_zoo", "data"],
+                                                   ["ood_zoo", "features"],
+                                                   ["ood_zoo", "detectors"])})
+
+        print(loaded())
+        ood_zoo.registry.Registry(entry_points=[])
+        print("ood_zoo.builtin" in loaded())
+    """)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         check=True, cwd=REPO).stdout.splitlines()
+    assert out == ["[]", "True"]
+
+
+def test_plugin_records_live_next_to_the_hookspecs():
+    assert ood_zoo.features.ModelSpec is ood_zoo.specs.ModelSpec
+    assert ood_zoo.data.DatasetSpec is ood_zoo.specs.DatasetSpec
 
 
 def test_third_party_plugin_is_recorded_with_its_detectors(make_plugin):
@@ -242,11 +276,12 @@ def test_hook_that_raises_is_recorded(make_plugin):
     assert registry.plugins["raiser"].status == "failed"
     assert "ValueError: the hook exploded" in registry.plugins["raiser"].error
     assert "toy_good" in registry.detectors
-    # the failed plugin is unregistered from pluggy, so later hook calls do not hit it
-    assert all(
-        impl.plugin_name != "raiser"
-        for impl in registry._manager.hook.ood_zoo_detectors.get_hookimpls()
-    )
+    # the failed plugin is unregistered from pluggy: registering its module again runs its hook
+    # again (pluggy refuses a module it still holds, with another error)
+    with pytest.warns(RuntimeWarning, match="raiser_again"):
+        again = registry.register_plugin(importlib.import_module(bad.value), "raiser_again")
+    assert again.status == "failed"
+    assert "ValueError: the hook exploded" in again.error
 
 
 def test_hookimpl_with_unknown_argument_is_recorded(make_plugin):
@@ -548,8 +583,7 @@ def test_every_ood_zoo_function_in_hookspecs_is_a_hookspec():
 
 SPEC_SOURCE = '''
 from ood_zoo import hookimpl
-from ood_zoo.data.spec import DatasetSpec
-from ood_zoo.features.models import ModelSpec
+from ood_zoo.specs import DatasetSpec, ModelSpec
 
 
 def _load(**options):

@@ -9,6 +9,8 @@
 
 from __future__ import annotations
 
+from ..packages import MissingPackageError, package_dir, package_file, package_version
+from ..specs import DatasetSpec
 from .benchmarks import (
     CLINC_DOMAINS,
     CLINC_PARAPHRASES,
@@ -26,13 +28,12 @@ from .benchmarks import (
     trec,
     wmt16,
 )
-from .catalog import BUILTIN_DATASETS, list_datasets
+from .catalog import BUILTIN_DATASETS, dataset_spec, list_datasets, load_dataset
 from .corpora import (
     TWEET_DOMAINS,
     bbc_news,
     chitchat,
     gsm8k,
-    load_dataset,
     rotten_tomatoes,
     sentiment_tweets,
     split,
@@ -40,8 +41,6 @@ from .corpora import (
     subsample,
     tweet_domain,
 )
-from .packages import MissingPackageError, package_dir, package_file, package_version
-from .spec import DatasetSpec
 from .splits import (
     DEFAULT_FRACTIONS,
     VALIDATION_FRACTION,
@@ -73,6 +72,7 @@ __all__ = [
     "clinc150",
     "clinc150_domain",
     "clinc_heldout_intents",
+    "dataset_spec",
     "few_shot",
     "few_shot_indices",
     "gsm8k",

@@ -41,8 +41,8 @@ from typing import Literal
 
 import numpy as np
 
-from .packages import package_file
-from .spec import DatasetSpec
+from ..packages import package_file
+from ..specs import DatasetSpec
 from .textset import TextSet, dedupe
 
 __all__ = [
@@ -52,7 +52,6 @@ __all__ = [
     "bbc_news",
     "chitchat",
     "gsm8k",
-    "load_dataset",
     "rotten_tomatoes",
     "sentiment_tweets",
     "split",
@@ -337,18 +336,6 @@ OFFLINE_DATASETS: tuple[DatasetSpec, ...] = (
                 _TW_LICENSE),
     DatasetSpec("gsm8k", gsm8k, "GSM8K maths questions (far-OOD)", _GSM_SOURCE, _GSM_LICENSE),
 )
-
-
-def load_dataset(name: str, **options: object) -> TextSet | dict[str, TextSet]:
-    """Load dataset ``name`` registered by any plugin (``ood-zoo datasets`` lists them).
-
-    Offline corpora return a :class:`TextSet`; loaders of published benchmarks return a mapping
-    of split name (``"train"``, ``"validation"``, ``"test"``, ...) to TextSet and need
-    ``root=`` (see :mod:`ood_zoo.data.benchmarks`).
-    """
-    from ..registry import get_registry
-
-    return get_registry().lookup("datasets", name).spec.load(**options)
 
 
 # ------------------------------------------------------------------------------ splits

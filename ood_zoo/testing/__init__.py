@@ -1,0 +1,109 @@
+"""A conformance kit for detector authors: does a :class:`~ood_zoo.api.Detector` keep the contract?
+
+Every detector in ood_zoo, built in or shipped by a third party, is expected to pass these
+checks. They read the detector's ``requires`` to decide what to feed it (features, class labels,
+logits), fit it on small synthetic data and check
+
+``check_api_shape``
+    the class attributes (a non-empty ``name`` and ``version``, a :class:`~ood_zoo.api.Requirements`
+    instance, :class:`~ood_zoo.api.Param` records whose defaults validate, ``state_tensors`` that
+    exist as tensors after ``fit``); ``fit`` returns ``self``; ``score`` returns a finite 1-D
+    array with one score per input row; ``predict`` returns booleans.
+``check_numpy_torch_roundtrip``
+    numpy in gives numpy out, torch in gives torch out on the input's device; float32 in gives
+    float32 out and float64 in gives float64 out; numpy and torch inputs give the same scores.
+``check_half_precision``
+    float16 and bfloat16 inputs are accepted (at fit and score time), scored in float32, and agree
+    with the float32 scores of the same values.
+``check_score_direction``
+    higher = more in-distribution: on synthetic data the mean in-distribution (ID) score is above
+    the mean out-of-distribution (OOD) score and the AUROC is above 0.9.
+``check_save_load_roundtrip``
+    ``save`` then ``load`` reproduces identical scores, threshold and parameters, and loading the
+    directory into another detector class raises :class:`~ood_zoo.errors.PersistenceError`.
+``check_bad_input_errors``
+    NaN, Inf, a wrong rank, an empty array, a feature (or logit) width other than the fitted
+    one, and labels of the wrong length or missing when required all raise
+    :class:`~ood_zoo.errors.InputError`; scoring before ``fit`` raises
+    :class:`~ood_zoo.errors.NotFittedError` when ``requires.fit``.
+
+Each check raises ``AssertionError`` with a message naming the detector, the check and what went
+wrong; an unexpected exception from the detector is reported the same way, chained to its cause.
+
+The synthetic data (:func:`make_synthetic_inputs`): ID samples are ``n_classes`` Gaussian
+clusters (unit variance) whose means lie on orthogonal axes at distance 8 from the origin, with
+their class labels; OOD samples are one more cluster of the same shape on another orthogonal axis,
+so it is far from the ID data both in angle and in Euclidean distance. Logits, for detectors that
+need them, are confident for ID (8 on the true class plus noise) and flat for OOD (noise only).
+A detector that needs other data passes its own ``make_inputs``.
+
+Usage, for a plugin author (in the plugin's test suite)::
+
+    import pytest
+    from ood_zoo.testing import check_detector, detector_checks
+    from my_package import MyDetector
+
+    def test_conforms(tmp_path):
+        check_detector(MyDetector, tmp_path=tmp_path)  # all checks, stops at the first failure
+
+    # or one test per check, so that every failure shows up:
+    @pytest.mark.parametrize(("name", "check"), detector_checks(MyDetector))
+    def test_check(name, check):
+        check()
+
+    # with non-default hyperparameters:
+    def test_small_k(tmp_path):
+        check_detector(MyDetector, params={"k": 3}, tmp_path=tmp_path)
+
+Detectors that need the language model itself (``requires.language_model``) take per-text
+statistics of it as ``features`` (see :mod:`ood_zoo.detectors.likelihood`). Those that declare
+one of the built-in layouts in ``stats_columns`` get every check on synthetic statistics
+(:func:`make_likelihood_inputs`); for any other, pass ``make_inputs`` (its ``features`` are the
+statistics), or only the class attributes are checked.
+"""
+
+from __future__ import annotations
+
+from .checks import (
+    CHECKS,
+    MIN_AUROC,
+    auroc,
+    check_api_shape,
+    check_bad_input_errors,
+    check_class_attributes,
+    check_detector,
+    check_half_precision,
+    check_numpy_torch_roundtrip,
+    check_save_load_roundtrip,
+    check_score_direction,
+    detector_checks,
+)
+from .inputs import (
+    MakeInputs,
+    Split,
+    SyntheticInputs,
+    default_make_inputs,
+    make_likelihood_inputs,
+    make_synthetic_inputs,
+)
+
+__all__ = [
+    "CHECKS",
+    "MIN_AUROC",
+    "MakeInputs",
+    "Split",
+    "SyntheticInputs",
+    "auroc",
+    "check_api_shape",
+    "check_bad_input_errors",
+    "check_class_attributes",
+    "check_detector",
+    "check_half_precision",
+    "check_numpy_torch_roundtrip",
+    "check_save_load_roundtrip",
+    "check_score_direction",
+    "default_make_inputs",
+    "detector_checks",
+    "make_likelihood_inputs",
+    "make_synthetic_inputs",
+]

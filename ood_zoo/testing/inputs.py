@@ -1,0 +1,171 @@
+"""The conformance kit's synthetic data, chosen from a detector's ``requires``.
+
+Gaussian ID clusters with labels and logits and a far OOD cluster (:func:`make_synthetic_inputs`),
+or per-text language-model statistics (:func:`make_likelihood_inputs`).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import Any
+
+import numpy as np
+
+from ..api import Detector, Requirements
+from ..detectors.likelihood import RATIO_STATS, SEQUENCE_STATS
+
+__all__ = [
+    "MakeInputs",
+    "Split",
+    "SyntheticInputs",
+    "default_make_inputs",
+    "make_likelihood_inputs",
+    "make_synthetic_inputs",
+]
+
+MakeInputs = Callable[[], "SyntheticInputs"]
+
+
+@dataclass(frozen=True)
+class Split:
+    """One set of samples: features ``[n, d]``, class labels ``[n]`` and logits ``[n, C]``."""
+
+    features: np.ndarray
+    labels: np.ndarray
+    logits: np.ndarray
+
+    def __len__(self) -> int:
+        return int(self.features.shape[0])
+
+    def fit_kwargs(
+        self, requires: Requirements, convert: Callable[[Any], Any] | None = None
+    ) -> dict:
+        """Keyword arguments for ``fit``: only the inputs ``requires`` asks for."""
+        kwargs = self.score_kwargs(requires, convert)
+        if requires.labels:
+            kwargs["labels"] = self.labels
+        return kwargs
+
+    def score_kwargs(
+        self, requires: Requirements, convert: Callable[[Any], Any] | None = None
+    ) -> dict:
+        """Keyword arguments for ``score``/``calibrate``/``predict`` (``convert`` maps arrays)."""
+        convert = convert or (lambda a: a)
+        kwargs: dict[str, Any] = {}
+        if requires.features or requires.language_model:  # LM statistics come as features
+            kwargs["features"] = convert(self.features)
+        if requires.logits:
+            kwargs["logits"] = convert(self.logits)
+        return kwargs
+
+    def astype(self, dtype: Any) -> Split:
+        """This split with features and logits cast to numpy ``dtype``."""
+        return replace(self, features=self.features.astype(dtype), logits=self.logits.astype(dtype))
+
+
+@dataclass(frozen=True)
+class SyntheticInputs:
+    """Fit data, held-out in-distribution data and out-of-distribution data."""
+
+    fit: Split
+    id: Split
+    ood: Split
+
+
+def make_synthetic_inputs(
+    *,
+    n_classes: int = 3,
+    dim: int = 16,
+    n_fit_per_class: int = 100,
+    n_test_per_class: int = 50,
+    separation: float = 8.0,
+    seed: int = 0,
+) -> SyntheticInputs:
+    """Gaussian ID clusters with labels and a far OOD cluster, as float32 numpy arrays.
+
+    Class ``c``'s mean is ``separation * e_c`` (``e_c`` the ``c``-th axis of a random rotation);
+    the OOD mean is ``separation * e_{n_classes}``. Every cluster has identity covariance. ID
+    logits are ``separation`` on the true class plus N(0, 0.5²) noise; OOD logits are the noise
+    only. Labels are int64.
+    """
+    if dim < n_classes + 1:
+        raise ValueError(f"dim must be at least n_classes + 1 = {n_classes + 1}, got {dim}")
+    rng = np.random.default_rng(seed)
+    rotation, _ = np.linalg.qr(rng.normal(size=(dim, dim)))
+    axes = rotation.T[: n_classes + 1] * separation  # orthogonal means, ID classes then OOD
+
+    def cluster(mean: np.ndarray, n: int) -> np.ndarray:
+        return mean + rng.normal(size=(n, dim))
+
+    def split(n_per_class: int) -> Split:
+        labels = np.repeat(np.arange(n_classes), n_per_class)
+        features = np.concatenate([cluster(axes[c], n_per_class) for c in range(n_classes)])
+        logits = rng.normal(scale=0.5, size=(labels.size, n_classes))
+        logits[np.arange(labels.size), labels] += separation
+        order = rng.permutation(labels.size)
+        return Split(
+            features[order].astype(np.float32), labels[order].astype(np.int64),
+            logits[order].astype(np.float32),
+        )
+
+    fit, held_out = split(n_fit_per_class), split(n_test_per_class)
+    n_ood = n_classes * n_test_per_class
+    ood = Split(
+        cluster(axes[n_classes], n_ood).astype(np.float32),
+        rng.integers(0, n_classes, size=n_ood).astype(np.int64),
+        rng.normal(scale=0.5, size=(n_ood, n_classes)).astype(np.float32),
+    )
+    return SyntheticInputs(fit=fit, id=held_out, ood=ood)
+
+
+def make_likelihood_inputs(
+    *,
+    columns: tuple[str, ...] = SEQUENCE_STATS,
+    n_fit: int = 300,
+    n_test: int = 150,
+    seed: int = 0,
+) -> SyntheticInputs:
+    """Synthetic per-text language-model statistics, as float32 numpy ``features``.
+
+    Each text has ``m`` tokens (uniform in 4..64). Per token, a base model's log-likelihood is
+    about -3 for ID and -2 for OOD text (generic text is often the more likely), and a model fitted
+    to the ID data gains about 1.5 nats on ID and loses 0.3 on OOD text. ``SEQUENCE_STATS`` gives
+    ``(log_likelihood, n_tokens)`` of the fitted model; ``RATIO_STATS`` gives
+    ``(log_likelihood_finetuned, log_likelihood_base, n_tokens)``. Labels are zeros and logits
+    are zeros ``[n, 2]`` (such detectors use neither).
+    """
+    if columns not in (SEQUENCE_STATS, RATIO_STATS):
+        raise ValueError(f"columns must be SEQUENCE_STATS or RATIO_STATS, got {columns!r}")
+    rng = np.random.default_rng(seed)
+
+    def split(n: int, base: float, gain: float) -> Split:
+        tokens = rng.integers(4, 65, size=n).astype(np.float64)
+        base_ll = tokens * rng.normal(base, 0.3, size=n)
+        tuned_ll = base_ll + tokens * rng.normal(gain, 0.2, size=n)
+        stats = [tuned_ll, base_ll, tokens] if columns == RATIO_STATS else [tuned_ll, tokens]
+        return Split(np.stack(stats, axis=1).astype(np.float32), np.zeros(n, dtype=np.int64),
+                     np.zeros((n, 2), dtype=np.float32))
+
+    return SyntheticInputs(fit=split(n_fit, -3.0, 1.5), id=split(n_test, -3.0, 1.5),
+                           ood=split(n_test, -2.0, -0.3))
+
+
+def default_make_inputs(cls: type[Detector]) -> MakeInputs | None:
+    """The kit's synthetic data for ``cls``, or ``None`` if it cannot make any.
+
+    :func:`make_synthetic_inputs` for detectors on features and logits;
+    :func:`make_likelihood_inputs` for language-model detectors whose ``stats_columns`` is
+    ``SEQUENCE_STATS`` or ``RATIO_STATS``; ``None`` for other language-model detectors.
+    """
+    requires = getattr(cls, "requires", None)
+    if not isinstance(requires, Requirements):
+        return None
+    if not requires.language_model:
+        return make_synthetic_inputs
+    columns = getattr(cls, "stats_columns", None)
+    if columns in (SEQUENCE_STATS, RATIO_STATS):
+        return functools.partial(make_likelihood_inputs, columns=columns)
+    return None
+
