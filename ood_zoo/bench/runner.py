@@ -18,7 +18,6 @@ import torch
 
 from .. import metrics
 from ..registry import Registry, get_registry
-from ..version import __version__
 
 __all__ = [
     "PROBE_CS",

@@ -17,8 +17,8 @@ from typing import Any
 
 import torch
 
-from .. import __version__
-from ..data import package_version
+from ..packages import package_version
+from ..version import __version__
 
 __all__ = [
     "DEFAULT_THREADS",
