@@ -46,8 +46,10 @@ demo: $(VENV)/.installed $(VENV)/.demo-data
 	$(BIN)/ood-zoo doctor
 	$(BIN)/ood-zoo bench --suite zero-grad --model smollm2-135m --out results/zero-grad-smollm2-135m
 
+# ruff, and the import-linter contracts of pyproject.toml (the layer map of ARCHITECTURE.md)
 lint: $(VENV)/.installed
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports --no-cache
 
 $(CHROMIUM):
 	@command -v apt-get >/dev/null || { echo "make test needs Chromium at $@ and there is no apt-get: install it by hand" >&2; exit 1; }
