@@ -63,4 +63,4 @@ test: $(VENV)/.installed $(VENV)/.demo-data $(CHROMIUM) lint
 	bash tools/cuda_compile_check.sh
 
 clean:
-	rm -rf $(VENV) build *.egg-info ood_zoo/_C*.so results
+	rm -rf $(VENV) build *.egg-info ood_zoo/ops/_C*.so results

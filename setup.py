@@ -2,8 +2,8 @@
 
 Hybrid build:
 
-* torch importable (``pip install --no-build-isolation -e .``): build ``ood_zoo._C`` from the CPU
-  sources, and ``ood_zoo._C_cuda`` when torch has CUDA and ``CUDA_HOME`` is found, or
+* torch importable (``pip install --no-build-isolation -e .``): build ``ood_zoo.ops._C`` from the
+  CPU sources, and ``ood_zoo.ops._C_cuda`` when torch has CUDA and ``CUDA_HOME`` is found, or
   ``FORCE_CUDA=1``;
 * torch not importable (an isolated ``pip install .``, since torch is deliberately not a build
   requirement): a pure-Python package that uses the pure-torch reference kernels.
@@ -49,7 +49,7 @@ def _extensions() -> tuple[list, dict, list[str]]:
     opt = ["-O0", "-g"] if debug else ["-O3"]
     include_dirs = [str(ROOT / CSRC)]
     cpu = cpp_extension.CppExtension(
-        "ood_zoo._C",
+        "ood_zoo.ops._C",
         _sources(f"{CSRC}/*.cpp", f"{CSRC}/cpu/*.cpp"),
         include_dirs=include_dirs,
         extra_compile_args={"cxx": [*opt, "-std=c++20", "-fopenmp"]},
@@ -63,7 +63,7 @@ def _extensions() -> tuple[list, dict, list[str]]:
     if build_cuda:
         ext_modules.append(
             cpp_extension.CUDAExtension(
-                "ood_zoo._C_cuda",
+                "ood_zoo.ops._C_cuda",
                 _sources(f"{CSRC}/cuda/*.cu", f"{CSRC}/cuda/*.cpp"),
                 include_dirs=include_dirs,
                 extra_compile_args={
@@ -81,8 +81,8 @@ def _extensions() -> tuple[list, dict, list[str]]:
     )
     config = [
         f"torch {torch.__version__} ({torch.__file__})",
-        f"ood_zoo._C: {len(cpu.sources)} sources, flags {' '.join(opt)} -fopenmp",
-        f"ood_zoo._C_cuda: {'built' if build_cuda else 'not built'} ({cuda_reason})",
+        f"ood_zoo.ops._C: {len(cpu.sources)} sources, flags {' '.join(opt)} -fopenmp",
+        f"ood_zoo.ops._C_cuda: {'built' if build_cuda else 'not built'} ({cuda_reason})",
         f"arch list: {os.environ.get('TORCH_CUDA_ARCH_LIST', '(torch default)')}, "
         f"MAX_JOBS={os.environ.get('MAX_JOBS', '(ninja default)')}",
     ]

@@ -28,7 +28,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from ood_zoo import _ext, ops  # noqa: E402
+from ood_zoo import ops  # noqa: E402
+from ood_zoo.ops import extension  # noqa: E402
 
 KNN_GEMM_COLS = 2048  # the kernel's default column block (knn_gemm_cols in knn_cpu.cpp)
 
@@ -148,8 +149,8 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     faiss.omp_set_num_threads(args.threads)
-    if not _ext.available():
-        sys.exit(f"ood_zoo._C is not available: {_ext.load_error()}")
+    if not extension.available():
+        sys.exit(f"ood_zoo.ops._C is not available: {extension.load_error()}")
     info = json.loads(torch.ops.ood_zoo.gemm_info())
     report = {"machine": machine(), "threads": args.threads, "load_start": load(), "gemm": info}
     print(json.dumps(report, indent=1), flush=True)

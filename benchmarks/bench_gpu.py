@@ -38,7 +38,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from ood_zoo import _ext, ops  # noqa: E402
+from ood_zoo import ops  # noqa: E402
+from ood_zoo.ops import extension  # noqa: E402
 
 #: Largest |ext - fp32 recomputation| allowed on a cosine (fp32 accumulation of exact products).
 EXACT_TOL = 1e-4
@@ -212,10 +213,10 @@ def machine(device: torch.device) -> dict[str, Any]:
         "torch": torch.__version__,
         "torch_cuda": torch.version.cuda,
         "device": str(device),
-        "ext": _ext.available(),
-        "ext_error": _ext.load_error(),
-        "cuda_ext": _ext.cuda_available(),
-        "cuda_ext_error": _ext.cuda_load_error(),
+        "ext": extension.available(),
+        "ext_error": extension.load_error(),
+        "cuda_ext": extension.cuda_available(),
+        "cuda_ext_error": extension.cuda_load_error(),
     }
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)
@@ -244,7 +245,7 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
     bank = make_bank(n, d, device, seed=1)
     q = make_bank(q_n, d, device, seed=2)
     knn_flops = 2.0 * q_n * n * d
-    ext_ok = _ext.cuda_available() if device.type == "cuda" else _ext.available()
+    ext_ok = extension.cuda_available() if device.type == "cuda" else extension.available()
     ext = None
     if ext_ok:
         ext = run.case(
@@ -254,10 +255,12 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
             warmup=lambda: knn_ext(q, bank[: args.tile_rows], k, args.tile_rows),
         )
     elif args.dry_run:
-        run.skip("knn_ext", f"ood_zoo extension not built ({_ext.load_error()})")
+        run.skip("knn_ext", f"ood_zoo extension not built ({extension.load_error()})")
     else:
-        run.cases["knn_ext"] = {"status": "failed", "error": _ext.cuda_load_error()}
-        run.failures.append(f"knn_ext: ood_zoo._C_cuda unavailable ({_ext.cuda_load_error()})")
+        run.cases["knn_ext"] = {"status": "failed", "error": extension.cuda_load_error()}
+        run.failures.append(
+            f"knn_ext: ood_zoo.ops._C_cuda unavailable ({extension.cuda_load_error()})"
+        )
     base = run.case(
         "knn_torch",
         knn_flops,

@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 import torch
 
-from ood_zoo import _ext, ops
+from ood_zoo import ops
+from ood_zoo.ops import extension
 
 K = 10
 
@@ -41,7 +42,7 @@ def _ood_zoo(backend: str, precision: str):
     return search
 
 
-needs_ext = pytest.mark.skipif(not _ext.available(), reason="C++ extension not built")
+needs_ext = pytest.mark.skipif(not extension.available(), reason="C++ extension not built")
 CONTENDERS = {
     "ood_zoo-ext-exact": pytest.param(_ood_zoo("ext", "exact"), marks=needs_ext),
     "ood_zoo-ext-bf16": pytest.param(_ood_zoo("ext", "bf16"), marks=needs_ext),

@@ -35,7 +35,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from ood_zoo import _ext, ops  # noqa: E402
+from ood_zoo import ops  # noqa: E402
+from ood_zoo.ops import extension  # noqa: E402
 
 CHUNK = 25_000
 
@@ -67,7 +68,7 @@ def machine() -> dict:
         "sklearn": sklearn.__version__,
         "python": platform.python_version(),
         "bf16_gemm_native": ops.bf16_gemm_native(),
-        "extension": _ext.available(),
+        "extension": extension.available(),
     }
 
 
@@ -202,14 +203,14 @@ def run_shape(n: int, d: int, n_q: int, ks: list[int], peaks: dict, args) -> lis
     for k in [args.k_all]:
         if not ops.bf16_gemm_native() and args.force_bf16:
             sub = args.subset
-            native = ops.bf16_gemm_native
-            ops.bf16_gemm_native = lambda: True
+            native = ops.dense.bf16_gemm_native  # the name knn() looks up
+            ops.dense.bf16_gemm_native = lambda: True
             try:
                 secs, (v, i) = timed(
                     lambda k=k, sub=sub: ops.knn(q_t[:sub], bank_t, k, precision="bf16")
                 )
             finally:
-                ops.bf16_gemm_native = native
+                ops.dense.bf16_gemm_native = native
             record(
                 "ood_zoo ext bf16 FORCED (emulated)",
                 k,

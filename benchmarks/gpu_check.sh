@@ -6,9 +6,9 @@
 # Steps (each logs to OUTDIR, a failure is recorded and the next step still runs):
 #   nvidia-smi   nvidia-smi -q                  -> nvidia-smi.txt
 #   lscpu        lscpu                          -> lscpu.txt
-#   build        setup.py build_ext --inplace (ood_zoo._C and ood_zoo._C_cuda, TORCH_CUDA_ARCH_LIST
-#                9.0, MAX_JOBS = cores)  -> build.log
-#   import       which of ood_zoo._C / _C_cuda load (both must, except in a dry run) -> import.log
+#   build        setup.py build_ext --inplace (ood_zoo.ops._C and ood_zoo.ops._C_cuda,
+#                TORCH_CUDA_ARCH_LIST 9.0, MAX_JOBS = cores)  -> build.log
+#   import       which of ood_zoo.ops._C / _C_cuda load (both must, except in a dry run) -> import.log
 #   pytest       pytest -m cuda on the test files with cuda-marked tests -> pytest-cuda.{log,xml}
 #   bench        benchmarks/bench_gpu.py        -> bench_gpu.{json,md,log}
 #   sanitizer    compute-sanitizer memcheck on benchmarks/sanitize_case.py -> sanitizer.log
@@ -83,11 +83,11 @@ fi
 # Which kernels load (on the GPU machine both extensions must).
 run_step import import.log 60 "$python" -c "
 import torch
-from ood_zoo import _ext
+from ood_zoo.ops import extension
 print('torch', torch.__version__, 'CUDA', torch.version.cuda, 'GPU', torch.cuda.is_available())
-print('ood_zoo._C:', _ext.available(), _ext.load_error())
-print('ood_zoo._C_cuda:', _ext.cuda_available(), _ext.cuda_load_error())
-raise SystemExit(0 if $dry_run or _ext.cuda_available() else 1)"
+print('ood_zoo.ops._C:', extension.available(), extension.load_error())
+print('ood_zoo.ops._C_cuda:', extension.cuda_available(), extension.cuda_load_error())
+raise SystemExit(0 if $dry_run or extension.cuda_available() else 1)"
 
 mapfile -t cuda_tests < <(grep -l 'mark\.cuda' tests/*.py)
 run_step pytest pytest-cuda.log 180 "$python" -m pytest -m cuda -q --continue-on-collection-errors \

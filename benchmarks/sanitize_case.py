@@ -16,13 +16,14 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ["OOD_ZOO_BACKEND"] = "ext"
 
-from ood_zoo import _ext, ops
+from ood_zoo import ops
+from ood_zoo.ops import extension
 
 
 def main() -> int:
     """Run every case once; 0 when they all ran."""
-    if not _ext.cuda_available():
-        print(f"sanitize_case: ood_zoo._C_cuda unavailable ({_ext.cuda_load_error()})")
+    if not extension.cuda_available():
+        print(f"sanitize_case: ood_zoo.ops._C_cuda unavailable ({extension.cuda_load_error()})")
         return 1
     torch.manual_seed(0)
     cases = [(5, 300, 7, 3, 128), (17, 257, 40, 257, 100), (3, 1200, 24, 1100, 500)]

@@ -19,7 +19,8 @@
 
 namespace ood_zoo {
 
-//! Smallest norm treated as non-zero when normalising for cosine similarity (as in ops.py).
+//! Smallest norm treated as non-zero when normalising for cosine similarity (as in
+//! ood_zoo/ops/streaming.py).
 constexpr double kNormEps = 1e-12;
 
 //! Accumulation dtype: float64 stays float64, every other floating dtype computes in float32.

@@ -25,9 +25,9 @@ from typing import Any, ClassVar, Self
 
 import torch
 
-from ._arrays import ArrayKind, ArrayLike, check_labels, check_matrix
 from .errors import InputError, NotFittedError
 from .io import load_detector, save_detector
+from .ops.arrays import ArrayKind, ArrayLike, check_labels, check_matrix
 
 #: Default target true-positive rate of in-distribution samples for :meth:`Detector.predict`.
 DEFAULT_TARGET_TPR = 0.95

@@ -18,9 +18,12 @@ import numpy as np
 import pytest
 import torch
 
-from ood_zoo import _ext, ops
+from ood_zoo import ops
+from ood_zoo.ops import extension
 
-pytestmark = pytest.mark.skipif(not _ext.available(), reason=f"C++ extension: {_ext.load_error()}")
+pytestmark = pytest.mark.skipif(
+    not extension.available(), reason=f"C++ extension: {extension.load_error()}"
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 PROVIDERS = ("aten", "onednn", "openblas")
@@ -89,7 +92,8 @@ def test_info_is_consistent():
 def fresh_info(**env: str) -> dict:
     """gemm_info() and one kNN result from a new process with ``env`` set."""
     code = (
-        "import json, torch; from ood_zoo import _ext, ops; assert _ext.available();"
+        "import json, torch; from ood_zoo import ops; from ood_zoo.ops import extension;"
+        "assert extension.available();"
         "torch.manual_seed(0); q, b = torch.randn(9, 70), torch.randn(300, 70);"
         "v, i = ops.knn(q, b, 3); out = json.loads(torch.ops.ood_zoo.gemm_info());"
         "out['knn'] = i.tolist(); print(json.dumps(out))"
@@ -199,7 +203,8 @@ def test_provider_failing_at_run_time_is_dropped():
 def test_calibration_leaves_torch_rng_alone():
     """The first kNN call calibrates; it must not advance the user's seeded torch generator."""
     code = (
-        "import numpy as np, torch; from ood_zoo import _ext, ops; assert _ext.available();"
+        "import numpy as np, torch; from ood_zoo import ops; from ood_zoo.ops import extension;"
+        "assert extension.available();"
         "q = np.ones((2, 8), np.float32); b = np.eye(8, dtype=np.float32);"
         "torch.manual_seed(0); want = torch.rand(4);"
         "torch.manual_seed(0); ops.knn(q, b, 2); got = torch.rand(4);"

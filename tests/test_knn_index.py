@@ -18,10 +18,13 @@ from hypothesis import strategies as st
 from test_ops import HYPOTHESIS, assert_knn, gaussian
 from test_ops_fast import assert_exact_sets
 
-from ood_zoo import _ext, ops
+from ood_zoo import ops
 from ood_zoo.errors import BackendUnavailableError, InputError
+from ood_zoo.ops import extension
 
-needs_ext = pytest.mark.skipif(not _ext.available(), reason=f"C++ extension: {_ext.load_error()}")
+needs_ext = pytest.mark.skipif(
+    not extension.available(), reason=f"C++ extension: {extension.load_error()}"
+)
 
 
 @pytest.fixture(autouse=True)
@@ -197,7 +200,7 @@ def test_hypothesis_bound_never_excludes_a_pair(n, d, rank, noise, metric, seed)
     q = torch.from_numpy(queries)
     if metric == "cosine":
         q = q / q.norm(dim=1, keepdim=True).clamp_min(1e-12)
-    a, r_q, q_sq = index._project(q, unit=False)
+    a, r_q, q_sq = index.project(q, unit=False)
     bound = a @ index.bank_proj.T + r_q[:, None] * index.bank_res[None, :]
     every_row = torch.arange(n).expand(q.shape[0], n).contiguous()
     exact = torch.full((q.shape[0], n), math.nan)
@@ -245,8 +248,8 @@ def test_auto_mode_prunes_anisotropic_banks(rng):
 
 @needs_ext
 def test_high_survivor_rate_finishes_densely(rng, monkeypatch):
-    monkeypatch.setattr(ops, "INDEX_MAX_SURVIVOR_RATE", 0.0)
-    monkeypatch.setattr(ops, "INDEX_PROBE_QUERIES", 5)
+    monkeypatch.setattr(ops.index, "INDEX_MAX_SURVIVOR_RATE", 0.0)
+    monkeypatch.setattr(ops.index, "INDEX_PROBE_QUERIES", 5)
     bank, queries = cone(rng, 4096, 256), cone(rng, 20, 256)
     index = ops.KNNIndex(bank, "l2")
     values, indices = index.search(queries, 3)

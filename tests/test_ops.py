@@ -7,7 +7,11 @@ to carry the value reported for it.
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,8 +19,9 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ood_zoo import _ext, ops
-from ood_zoo.errors import BackendUnavailableError, InputError
+from ood_zoo import ops
+from ood_zoo.errors import InputError
+from ood_zoo.ops import extension
 
 try:
     import faiss  # noqa: F401
@@ -25,8 +30,8 @@ try:
 except ImportError:
     HAS_FAISS = False
 
-HAS_EXT = _ext.available()
-needs_ext = pytest.mark.skipif(not HAS_EXT, reason=f"C++ extension: {_ext.load_error()}")
+HAS_EXT = extension.available()
+needs_ext = pytest.mark.skipif(not HAS_EXT, reason=f"C++ extension: {extension.load_error()}")
 BACKENDS = [
     "torch",
     pytest.param("ext", marks=needs_ext),
@@ -39,6 +44,7 @@ HYPOTHESIS = settings(
     suppress_health_check=[HealthCheck.function_scoped_fixture],
 )
 EPS32 = float(np.finfo(np.float32).eps)
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(params=BACKENDS)
@@ -50,7 +56,7 @@ def backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> 
 # ---------------------------------------------------------------------------- references
 
 
-def _f64(x) -> np.ndarray:
+def as_f64(x) -> np.ndarray:
     if isinstance(x, torch.Tensor):
         return x.detach().cpu().to(torch.float64).numpy()
     return np.asarray(x, dtype=np.float64)
@@ -58,7 +64,7 @@ def _f64(x) -> np.ndarray:
 
 def ref_scores(queries, bank, metric: str) -> np.ndarray:
     """Full float64 ``[Q, N]`` matrix: cosine similarities, or Euclidean distances (direct form)."""
-    q, b = _f64(queries), _f64(bank)
+    q, b = as_f64(queries), as_f64(bank)
     if metric == "cosine":
         q = q / np.maximum(np.linalg.norm(q, axis=1, keepdims=True), 1e-12)
         b = b / np.maximum(np.linalg.norm(b, axis=1, keepdims=True), 1e-12)
@@ -92,7 +98,7 @@ def assert_knn(values, indices, queries, bank, k: int, metric: str, *, exact64: 
     else:
         # fp32 expanded form |q|^2 + |b|^2 - 2<q, b>: the error scales with the squared norms,
         # so compare squared distances against that scale.
-        scale = (_f64(queries) ** 2).sum(1).max() + (_f64(bank) ** 2).sum(1).max()
+        scale = (as_f64(queries) ** 2).sum(1).max() + (as_f64(bank) ** 2).sum(1).max()
         atol = 64 * EPS32 * scale + 1e-12
         np.testing.assert_allclose(values**2, expected**2, rtol=1e-5, atol=atol)
         np.testing.assert_allclose(at_indices**2, values**2, rtol=1e-5, atol=atol)
@@ -100,7 +106,7 @@ def assert_knn(values, indices, queries, bank, k: int, metric: str, *, exact64: 
 
 def ref_mahalanobis(queries, whitening, class_means) -> np.ndarray:
     """``[Q, C]`` matrix of ``(x - μ_c)ᵀ P (x - μ_c)`` with ``P = W Wᵀ``, explicitly per class."""
-    x, w, mu = _f64(queries), _f64(whitening), _f64(class_means)
+    x, w, mu = as_f64(queries), as_f64(whitening), as_f64(class_means)
     precision = w @ w.T
     d2 = np.empty((x.shape[0], mu.shape[0]))
     for c in range(mu.shape[0]):
@@ -241,7 +247,7 @@ def test_knn_shards(backend, rng):
         torch.from_numpy(gaussian(rng, 5, 10)).to(torch.bfloat16),
         gaussian(rng, 1, 10),
     ]
-    full = np.concatenate([_f64(p) for p in parts])
+    full = np.concatenate([as_f64(p) for p in parts])
     for metric in ("cosine", "l2"):
         for k in (1, 6, len(full)):
             values, indices = ops.knn(q, parts, k, metric, chunk_rows=4)
@@ -261,7 +267,7 @@ def test_knn_memmap_bank(backend, rng, tmp_path, monkeypatch, dtype):
     mm = np.load(path, mmap_mode="r")
     q = gaussian(rng, 6, 24)
     # A small scratch budget makes the ext/faiss backends stream several chunks as well.
-    monkeypatch.setattr(ops, "CHUNK_BYTES", 64 * 24 * 4)
+    monkeypatch.setattr(ops.streaming, "CHUNK_BYTES", 64 * 24 * 4)
     for metric in ("cosine", "l2"):
         values, indices = ops.knn(q, mm, 9, metric, chunk_rows=32)
         assert_knn(values, indices, q, bank, 9, metric)
@@ -371,7 +377,7 @@ def test_mahalanobis_rejects_bad_input(backend, rng):
 def test_backend_default_and_override(monkeypatch):
     monkeypatch.delenv("OOD_ZOO_BACKEND", raising=False)
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", _ext.ExtensionUnavailableWarning)
+        warnings.simplefilter("ignore", extension.ExtensionUnavailableWarning)
         assert ops.backend() == ("ext" if HAS_EXT else "torch")
     monkeypatch.setenv("OOD_ZOO_BACKEND", " Torch ")
     assert ops.backend() == "torch"
@@ -383,25 +389,38 @@ def test_backend_default_and_override(monkeypatch):
     assert "cublas" in info["backend_error"]
 
 
-def test_missing_extension_warns_once_and_ext_request_fails(monkeypatch, rng):
-    monkeypatch.setattr(_ext, "_loaded", True)
-    monkeypatch.setattr(_ext, "_cpu_ok", False)
-    monkeypatch.setattr(_ext, "_cuda_ok", False)
-    monkeypatch.setattr(_ext, "_error", "simulated: no _C")
-    monkeypatch.setattr(_ext, "_warned", False)
-    monkeypatch.delenv("OOD_ZOO_BACKEND", raising=False)
-    q = gaussian(rng, 2, 3)
-    with pytest.warns(_ext.ExtensionUnavailableWarning, match="no-build-isolation"):
-        values, _ = ops.knn(q, q, 1)
-    np.testing.assert_allclose(values, 1.0, rtol=1e-6)
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        assert ops.backend() == "torch"  # warned once per process only
-    monkeypatch.setenv("OOD_ZOO_BACKEND", "ext")
-    with pytest.raises(BackendUnavailableError, match="simulated: no _C"):
-        ops.knn(q, q, 1)
-    monkeypatch.setenv("OOD_ZOO_BACKEND", "torch")
-    assert ops.describe_backend()["extension"] is False
+MISSING_EXTENSION = """
+import os, sys, warnings
+sys.modules["ood_zoo.ops._C"] = None  # the extension as if it were not built
+import numpy as np, pytest
+from ood_zoo import ops
+from ood_zoo.errors import BackendUnavailableError
+from ood_zoo.ops import extension
+
+q = np.random.default_rng(0).standard_normal((2, 3)).astype(np.float32)
+with pytest.warns(extension.ExtensionUnavailableWarning, match="no-build-isolation"):
+    values, _ = ops.knn(q, q, 1)
+np.testing.assert_allclose(values, 1.0, rtol=1e-6)
+with warnings.catch_warnings():
+    warnings.simplefilter("error")
+    assert ops.backend() == "torch"  # warned once per process only
+os.environ["OOD_ZOO_BACKEND"] = "ext"
+with pytest.raises(BackendUnavailableError, match="ood_zoo.ops._C is not built"):
+    ops.knn(q, q, 1)
+os.environ["OOD_ZOO_BACKEND"] = "torch"
+assert ops.describe_backend()["extension"] is False
+print("ok")
+"""
+
+
+def test_missing_extension_warns_once_and_ext_request_fails():
+    """In a fresh process (the extension loads once per process) that cannot import ``_C``."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env.pop("OOD_ZOO_BACKEND", None)
+    proc = subprocess.run([sys.executable, "-c", MISSING_EXTENSION], env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "ok"
 
 
 def test_describe_backend(monkeypatch):
@@ -482,8 +501,8 @@ def test_opcheck():
 @pytest.mark.parametrize("name", ["torch", "ext"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
 def test_cuda_matches_cpu(monkeypatch, rng, name, dtype):
-    if name == "ext" and not _ext.cuda_available():
-        pytest.skip(f"ood_zoo._C_cuda: {_ext.cuda_load_error()}")
+    if name == "ext" and not extension.cuda_available():
+        pytest.skip(f"ood_zoo.ops._C_cuda: {extension.cuda_load_error()}")
     monkeypatch.setenv("OOD_ZOO_BACKEND", name)
     q = torch.from_numpy(gaussian(rng, 70, 40)).to(dtype)
     b = torch.from_numpy(gaussian(rng, 3000, 40)).to(dtype)

@@ -4,7 +4,7 @@ bf16/fp16 queries with a bank of the same dtype run the tensor-core tiles (gemm_
 fp64 and mixed inputs run the exact SIMT tiles. The reference is the full ``[Q, N]`` matrix in
 float64 from the same (already rounded) inputs. Values are compared with tolerances; an index
 is checked to carry the value reported for it, and exact ties must go to the lower index.
-Every test here carries the ``cuda`` mark and skips without a GPU and ``ood_zoo._C_cuda``.
+Every test here carries the ``cuda`` mark and skips without a GPU and ``ood_zoo.ops._C_cuda``.
 """
 
 from __future__ import annotations
@@ -12,7 +12,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ood_zoo import _ext, ops
+from ood_zoo import ops
+from ood_zoo.ops import extension
 
 pytestmark = pytest.mark.cuda
 
@@ -32,8 +33,8 @@ DTYPES = [torch.bfloat16, torch.float16, torch.float32, torch.float64]
 
 @pytest.fixture(autouse=True)
 def _needs_cuda_ext() -> None:
-    if not _ext.cuda_available():
-        pytest.skip(f"ood_zoo._C_cuda: {_ext.cuda_load_error()}")
+    if not extension.cuda_available():
+        pytest.skip(f"ood_zoo.ops._C_cuda: {extension.cuda_load_error()}")
 
 
 def reference_scores(q: torch.Tensor, b: torch.Tensor, metric: str) -> torch.Tensor:

@@ -10,19 +10,22 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from test_ops import _f64, assert_knn, gaussian, ref_scores
+from test_ops import as_f64, assert_knn, gaussian, ref_scores
 
-from ood_zoo import _ext, ops
+from ood_zoo import ops
 from ood_zoo.errors import InputError
+from ood_zoo.ops import extension
 
-pytestmark = pytest.mark.skipif(not _ext.available(), reason=f"C++ extension: {_ext.load_error()}")
+pytestmark = pytest.mark.skipif(
+    not extension.available(), reason=f"C++ extension: {extension.load_error()}"
+)
 
 
 @pytest.fixture(autouse=True)
 def _force_bf16(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("OOD_ZOO_BACKEND", "ext")
     monkeypatch.delenv("OOD_ZOO_KNN_PRECISION", raising=False)
-    monkeypatch.setattr(ops, "bf16_gemm_native", lambda: True)
+    monkeypatch.setattr(ops.dense, "bf16_gemm_native", lambda: True)
 
 
 def assert_exact_sets(indices, queries, bank, k: int, metric: str, *, gap: float = 1e-6):
@@ -112,7 +115,7 @@ def test_bf16_overflow_falls_back_to_fp32(rng, monkeypatch, metric):
     q = gaussian(rng, 3, 32)
     _, _, counts = raw_update(torch.from_numpy(q), torch.from_numpy(b), 2, metric, 128, 40)
     assert (counts == -1).all(), "near-ties should exceed a cap of 40 re-scores"
-    monkeypatch.setattr(ops, "BF16_MAX_RESCORE", 1)  # cap = 32 k
+    monkeypatch.setattr(ops.dense, "BF16_MAX_RESCORE", 1)  # cap = 32 k
     values, indices = ops.knn(q, b, 2, metric, chunk_rows=128, precision="bf16")
     assert_knn(values, indices, q, b, 2, metric)
 
@@ -150,12 +153,12 @@ def test_bf16_memmaps_and_shards(rng, tmp_path):
     bits_mm = np.load(path_bits, mmap_mode="r+")  # writable: torch warns on read-only arrays
     bf16 = torch.from_numpy(bits_mm).view(torch.bfloat16)
     for metric in ("cosine", "l2"):
-        for b, ref in ((fp16, _f64(fp16)), (bf16, _f64(bf16))):
+        for b, ref in ((fp16, as_f64(fp16)), (bf16, as_f64(bf16))):
             values, indices = ops.knn(q, b, 9, metric, chunk_rows=64, precision="bf16")
             assert_knn(values, indices, q, ref, 9, metric)
             assert_exact_sets(indices, q, ref, 9, metric)
         parts = [bank[:100], np.zeros((0, 40), np.float32), fp16[100:450], bf16[450:]]
-        full = np.concatenate([_f64(p) for p in parts])
+        full = np.concatenate([as_f64(p) for p in parts])
         for k in (1, 12, 700):
             values, indices = ops.knn(q, parts, k, metric, chunk_rows=90, precision="bf16")
             assert_knn(values, indices, q, full, k, metric)
@@ -173,13 +176,13 @@ def test_bf16_zero_vectors(rng):
 def test_precision_env_and_dispatch(rng, monkeypatch):
     q, b = gaussian(rng, 4, 8), gaussian(rng, 30, 8)
     calls = []
-    real = ops._knn_ext_bf16
+    real = torch.ops.ood_zoo.knn_bf16_update  # the bf16 path's op, called once per bank chunk
 
     def spy(*args):
-        calls.append(args[3])
+        calls.append(args[6])  # the metric
         return real(*args)
 
-    monkeypatch.setattr(ops, "_knn_ext_bf16", spy)
+    monkeypatch.setattr(torch.ops.ood_zoo, "knn_bf16_update", spy)
     ops.knn(q, b, 3)
     assert calls == []  # exact is the default
     monkeypatch.setenv("OOD_ZOO_KNN_PRECISION", " BF16 ")
@@ -189,7 +192,7 @@ def test_precision_env_and_dispatch(rng, monkeypatch):
     assert_knn(values, indices, q, b, 3, "l2")
     ops.knn(q, b, 3, precision="exact")  # the argument overrides the environment
     assert calls == ["l2"]
-    monkeypatch.setattr(ops, "bf16_gemm_native", lambda: False)
+    monkeypatch.setattr(ops.dense, "bf16_gemm_native", lambda: False)
     ops.knn(q, b, 3)  # no native bf16 GEMM: computed as exact
     assert calls == ["l2"]
     monkeypatch.setenv("OOD_ZOO_KNN_PRECISION", "fp8")

@@ -6,7 +6,7 @@
 #      the generated c10/cuda/impl/cuda_cmake_macros.h that CPU wheels lack (feasibility.md §3).
 #
 # Neither links nor runs anything: that needs a GPU machine (pip install --no-build-isolation -e .
-# there builds ood_zoo._C_cuda). Exits non-zero if any file fails, 0 with a message if nvcc is
+# there builds ood_zoo.ops._C_cuda). Exits non-zero if any file fails, 0 with a message if nvcc is
 # absent. Environment: NVCC, CXX, PYTHON, GENCODE (default arch=compute_90,code=sm_90),
 # OOD_ZOO_SKIP_GLUE_CHECK=1 to skip step 2.
 set -euo pipefail

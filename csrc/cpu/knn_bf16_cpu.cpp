@@ -18,7 +18,8 @@
 // few ulps (slack). |q^ - q~|, |q~| per query and |b|, |b - b~|, |b~| per bank row are computed
 // exactly (in double) here, so the bound is per row, not a worst case. l2 uses
 // |q-b|^2 = |q|^2 + |b|^2 - 2 q.b with the same bound on q.b, doubled, plus the fp32 rounding of
-// the sum. Assumption (documented in ops.py): the bf16 matmul accumulates each dot product in fp32.
+// the sum. Assumption (documented in ops/dense.py): the bf16 matmul accumulates each dot product
+// in fp32.
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>

@@ -91,7 +91,8 @@ inline void offer_tile(const Score& score, const BlockBest& block_best, int64_t 
 
 // out[i] = |row i|^2 (accumulated in double), or 1 / max(|row i|, eps) when `inverse`. Returns the
 // first row whose squared norm is not finite (the row holds NaN or Inf), or -1: the bank's
-// finiteness check comes for free here instead of costing ops.py a separate pass over the bank.
+// finiteness check comes for free here instead of costing ops/dense.py a separate pass over the
+// bank.
 template <typename T>
 int64_t row_norms(const T* a, int64_t rows, int64_t cols, bool inverse, T* out) {
   std::atomic<int64_t> first_bad{std::numeric_limits<int64_t>::max()};

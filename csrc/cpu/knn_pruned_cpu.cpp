@@ -1,4 +1,5 @@
-// CPU kernels of ood_zoo::KNNIndex (ops.py): exact kNN pruned by a principal-subspace bound.
+// CPU kernels of ood_zoo.ops.KNNIndex (ood_zoo/ops/index.py): exact kNN pruned by a
+// principal-subspace bound.
 //
 // With V an orthonormal [d, p] basis, a = Vᵀq, c = Vᵀb and the residual norms r_q = |q - Va|,
 // r_b = |b - Vc|, Cauchy–Schwarz gives  <q, b> = <a, c> + <q⊥, b⊥> <= <a, c> + r_q r_b.

@@ -1,7 +1,7 @@
 // Torch glue of the ood_zoo CUDA kernels: argument checks, dtype handling, the current stream,
-// TORCH_LIBRARY_IMPL(ood_zoo, CUDA) and the (empty) Python module ood_zoo._C_cuda. The kernels
+// TORCH_LIBRARY_IMPL(ood_zoo, CUDA) and the (empty) Python module ood_zoo.ops._C_cuda. The kernels
 // themselves live in knn_cuda.cu (SIMT fp32/fp64 GEMM, norms, fused top-k), gemm_tc.cu (tensor-
-// core GEMM for bf16/fp16) and mahalanobis_cuda.cu behind the raw-pointer launchers of kernels.h. The op schemas are defined by ood_zoo._C, which must be imported first.
+// core GEMM for bf16/fp16) and mahalanobis_cuda.cu behind the raw-pointer launchers of kernels.h. The op schemas are defined by ood_zoo.ops._C, which must be imported first.
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/cat.h>
 #include <ATen/ops/empty.h>

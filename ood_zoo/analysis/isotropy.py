@@ -27,8 +27,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from .._arrays import check_matrix
 from ..errors import InputError
+from ..ops.arrays import check_matrix
 
 __all__ = [
     "MEASURES",

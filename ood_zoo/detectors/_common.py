@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator
 import numpy as np
 import torch
 
-from .._arrays import compute_dtype
+from ..ops.arrays import compute_dtype
 
 #: Bytes one upcast chunk of rows may take.
 SCRATCH_BYTES = 128 * 2**20

@@ -19,9 +19,9 @@ from typing import ClassVar
 
 import torch
 
-from .._arrays import ArrayKind, ArrayLike, check_matrix, compute_dtype
 from ..api import Detector, Param, Requirements
 from ..errors import InputError
+from ..ops.arrays import ArrayKind, ArrayLike, check_matrix, compute_dtype
 
 #: Columns of :func:`ood_zoo.features.sequence_log_likelihood`, the ``perplexity`` input.
 SEQUENCE_STATS = ("log_likelihood", "n_tokens")

@@ -8,9 +8,9 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from .._arrays import compute_dtype
 from ..api import Detector, Param, Requirements
 from ..errors import InputError
+from ..ops.arrays import compute_dtype
 from ._common import check_state_shapes, row_chunks, rows_per_chunk, to_numpy64
 
 

@@ -14,8 +14,8 @@ from typing import ClassVar
 import torch
 
 from .. import ops
-from .._arrays import compute_dtype
 from ..api import Detector, Param, Requirements
+from ..ops.arrays import compute_dtype
 from ._common import check_state_shapes
 from ._covariance import (
     COVARIANCES,

@@ -7,9 +7,9 @@ from typing import ClassVar
 
 import torch
 
-from .._arrays import compute_dtype
 from ..api import Detector, Param, Requirements
 from ..errors import InputError
+from ..ops.arrays import compute_dtype
 from ._common import check_state_shapes, map_rows
 from ._covariance import class_means, estimate_covariance, residual_moments
 

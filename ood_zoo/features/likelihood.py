@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 from tqdm.auto import tqdm
 
-from .._arrays import as_tensor
 from ..errors import InputError
+from ..ops.arrays import as_tensor
 from .cache import entry_path, features_dir, read_entry, texts_sha256, write_entry
 from .encode import Template
 from .extract import (

@@ -1,4 +1,4 @@
-"""Array handling shared by every detector: validation, numpy/torch conversion, compute dtypes.
+"""The input contract of the ops and the detectors: validation, numpy/torch conversion, dtypes.
 
 Inputs may be numpy arrays (a ``np.memmap`` included) or torch tensors on any device, in
 fp16/bf16/fp32/fp64. Computation happens in float32, or float64 when the input is float64, so
@@ -9,15 +9,18 @@ went in: a numpy array for numpy input, a tensor on the input's device for torch
 from __future__ import annotations
 
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
-from .errors import InputError
+from ..errors import InputError
 
 ArrayLike = np.ndarray | torch.Tensor
+#: A bank of rows: one ``[N, d]`` array, or a list of arrays (shards) that together form it.
+Bank = ArrayLike | Sequence[ArrayLike]
 
 #: Rows checked at a time for NaN/Inf, so that a memmap bank is never loaded whole.
 _FINITE_CHECK_ROWS = 65_536
@@ -114,6 +117,24 @@ def check_finite(tensor: torch.Tensor, *, name: str) -> None:
             row = start + int(bad.any(dim=-1).nonzero()[0, 0]) if block.dim() > 1 else start
             kind = "NaN" if torch.isnan(block).any() else "Inf"
             raise InputError(f"{name}: contains {kind} (first bad row {row})")
+
+
+def check_bank(bank: Bank, *, finite: bool = True) -> list[torch.Tensor]:
+    """Validate a bank (one matrix or a list of shards) and return its shards as tensors.
+
+    Shards may be empty, but not all of them; they must share their feature dimension.
+    ``finite=False`` leaves the NaN/Inf check to the caller (a kernel that reads every row).
+    """
+    shards = list(bank) if isinstance(bank, list | tuple) else [bank]
+    if not shards:
+        raise InputError("bank: no shards given")
+    tensors = [check_matrix(s, name="bank", allow_empty=True, finite=finite) for s in shards]
+    widths = {t.shape[1] for t in tensors}
+    if len(widths) != 1:
+        raise InputError(f"bank: shards have different feature dimensions {sorted(widths)}")
+    if sum(t.shape[0] for t in tensors) == 0:
+        raise InputError("bank: empty input")
+    return tensors
 
 
 def check_labels(labels: Any, *, n_samples: int, name: str = "labels") -> torch.Tensor:

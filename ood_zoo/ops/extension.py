@@ -1,4 +1,4 @@
-"""Loader of the optional compiled kernels, ``ood_zoo._C`` (CPU) and ``ood_zoo._C_cuda`` (CUDA).
+"""Loader of the compiled kernels ``ood_zoo.ops._C`` (CPU) and ``ood_zoo.ops._C_cuda`` (CUDA).
 
 Importing an extension registers the ops ``torch.ops.ood_zoo.knn`` and
 ``torch.ops.ood_zoo.mahalanobis`` with torch's dispatcher. Loading is lazy (the first call to
@@ -31,7 +31,7 @@ class ExtensionUnavailableWarning(RuntimeWarning):
 
 
 def _import(name: str) -> str | None:
-    """Import ``ood_zoo.<name>``; return None on success, else why it failed."""
+    """Import ``ood_zoo.ops.<name>``; return None on success, else why it failed."""
     module = f"{__package__}.{name}"
     try:
         importlib.import_module(module)
@@ -88,25 +88,25 @@ def _register_fake_kernels() -> None:
 
 
 def available() -> bool:
-    """Whether the CPU extension ``ood_zoo._C`` is loaded (loading it on first call)."""
+    """Whether the CPU extension ``ood_zoo.ops._C`` is loaded (loading it on first call)."""
     _load()
     return _cpu_ok
 
 
 def cuda_available() -> bool:
-    """Whether the CUDA extension ``ood_zoo._C_cuda`` is loaded as well."""
+    """Whether the CUDA extension ``ood_zoo.ops._C_cuda`` is loaded as well."""
     _load()
     return _cuda_ok
 
 
 def load_error() -> str | None:
-    """Why ``ood_zoo._C`` could not be loaded, or None if it was."""
+    """Why ``ood_zoo.ops._C`` could not be loaded, or None if it was."""
     _load()
     return _error
 
 
 def cuda_load_error() -> str | None:
-    """Why ``ood_zoo._C_cuda`` could not be loaded (None if loaded; usually a CPU-only build)."""
+    """Why ``ood_zoo.ops._C_cuda`` could not be loaded (None if loaded; a CPU build lacks it)."""
     _load()
     return _cuda_error
 

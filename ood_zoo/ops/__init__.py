@@ -1,0 +1,81 @@
+"""Batched exact kNN and Mahalanobis ops, with interchangeable kernel backends.
+
+Both ops stream over their large operand in bounded-memory chunks, so the ``[Q, N]`` similarity
+matrix is never materialised and a bank may be a numpy memmap or a list of shards. Inputs are
+numpy arrays or torch tensors (CPU or CUDA, fp16/bf16/fp32/fp64); outputs are of the queries'
+kind. Half-precision inputs are accumulated in fp32; fp64 inputs are computed in fp64.
+
+Backends (``OOD_ZOO_BACKEND``, see :func:`backend`):
+
+``ext``
+    The compiled ``ood_zoo.ops._C`` (and ``_C_cuda``) kernels: per bank tile a GEMM fused with a
+    running per-query top-k. The default when the extension is built.
+``torch``
+    The pure-torch reference: chunked matmul + ``topk``. The default otherwise.
+``faiss``
+    kNN through ``faiss.IndexFlatIP`` / ``IndexFlatL2`` per chunk, always in fp32;
+    :func:`mahalanobis` uses ``torch``.
+
+The modules, one concern each: :mod:`~ood_zoo.ops.arrays` (input validation, shared with the
+detectors), :mod:`~ood_zoo.ops.extension` (loading the compiled kernels),
+:mod:`~ood_zoo.ops.streaming` (chunking a bank), :mod:`~ood_zoo.ops.dense` (:func:`knn` and its
+precisions), :mod:`~ood_zoo.ops.index` (:class:`KNNIndex`), :mod:`~ood_zoo.ops.class_distance`
+(:func:`mahalanobis`). This package imports nothing from the rest of ood_zoo but its errors.
+"""
+
+from __future__ import annotations
+
+from ._dispatch import (
+    BACKENDS,
+    PRECISIONS,
+    backend,
+    bf16_gemm_native,
+    cpu_gemm_info,
+    describe_backend,
+    knn_precision,
+)
+from .arrays import Bank
+from .class_distance import mahalanobis
+from .dense import BF16_MAX_RESCORE, Metric, knn
+from .index import (
+    INDEX_MAX_RESIDUAL_ENERGY,
+    INDEX_MAX_SURVIVOR_RATE,
+    INDEX_MIN_DIM,
+    INDEX_MIN_ROWS,
+    INDEX_PROBE_QUERIES,
+    INDEX_RANK,
+    INDEX_RANK_WIDE,
+    INDEX_SAMPLE_ROWS,
+    INDEX_SEED_FACTOR,
+    INDEX_WIDE_DIM,
+    KNNIndex,
+)
+from .streaming import CHUNK_BYTES, default_chunk_rows
+
+__all__ = [
+    "BACKENDS",
+    "BF16_MAX_RESCORE",
+    "CHUNK_BYTES",
+    "INDEX_MAX_RESIDUAL_ENERGY",
+    "INDEX_MAX_SURVIVOR_RATE",
+    "INDEX_MIN_DIM",
+    "INDEX_MIN_ROWS",
+    "INDEX_PROBE_QUERIES",
+    "INDEX_RANK",
+    "INDEX_RANK_WIDE",
+    "INDEX_SAMPLE_ROWS",
+    "INDEX_SEED_FACTOR",
+    "INDEX_WIDE_DIM",
+    "PRECISIONS",
+    "Bank",
+    "KNNIndex",
+    "Metric",
+    "backend",
+    "bf16_gemm_native",
+    "cpu_gemm_info",
+    "default_chunk_rows",
+    "describe_backend",
+    "knn",
+    "knn_precision",
+    "mahalanobis",
+]

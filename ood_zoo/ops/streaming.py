@@ -1,0 +1,71 @@
+"""Bounded-memory streaming over a bank: chunk sizes, chunks, and merging per-chunk top-k.
+
+The streaming ops never materialise their ``[Q, N]`` score matrix: the bank (a tensor, a numpy
+memmap or a list of shards) is read a chunk at a time, each chunk's top-k merged into a running
+one. :data:`CHUNK_BYTES` bounds the scratch memory of one chunk.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import torch
+
+#: Bytes of scratch one chunk of a streaming op may use (its similarity block plus its upcast).
+CHUNK_BYTES = 256 * 2**20
+#: Smallest norm treated as non-zero when normalising for cosine similarity.
+NORM_EPS = 1e-12
+#: ``search(chunk, k) -> (values, chunk-local indices)``: one chunk's top-k, best first.
+ChunkSearch = Callable[[torch.Tensor, int], tuple[torch.Tensor, torch.Tensor]]
+
+
+def chunks(shards: list[torch.Tensor], rows: int) -> Iterator[tuple[int, torch.Tensor]]:
+    """Yield ``(global_offset, chunk)`` over the shards, ``rows`` rows at a time."""
+    offset = 0
+    for shard in shards:
+        for start in range(0, shard.shape[0], rows):
+            yield offset + start, shard[start : start + rows]
+        offset += shard.shape[0]
+
+
+def default_chunk_rows(n_queries: int, dim: int) -> int:
+    """Bank rows per chunk: a chunk's ``[Q, rows]`` block plus its upcast fit CHUNK_BYTES."""
+    return max(256, CHUNK_BYTES // (4 * (n_queries + dim)))
+
+
+def stream_rows(tile_rows: int, dim: int, itemsize: int) -> int:
+    """Bank rows converted at once by the ext/faiss backends: whole tiles, about CHUNK_BYTES."""
+    tiles = CHUNK_BYTES // max(1, dim * itemsize * tile_rows)
+    return tile_rows * max(1, tiles)
+
+
+def stream_topk(
+    shards: list[torch.Tensor], k: int, largest: bool, rows: int, search: ChunkSearch
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Merge the per-chunk top-k of ``search`` over the bank into a global top-k, best first."""
+    best_values = best_indices = None
+    for offset, chunk in chunks(shards, rows):
+        values, indices = search(chunk, min(k, chunk.shape[0]))
+        indices = indices + offset
+        if best_values is not None:
+            values = torch.cat([best_values, values], dim=1)
+            indices = torch.cat([best_indices, indices], dim=1)
+            picked = values.topk(min(k, values.shape[1]), dim=1, largest=largest, sorted=False)
+            values, indices = picked.values, indices.gather(1, picked.indices)
+        best_values, best_indices = values, indices
+    return sort_heaps(best_values, best_indices, largest=largest)
+
+
+def normalise_rows(x: torch.Tensor) -> torch.Tensor:
+    """``x`` with each row scaled to unit norm (zero rows stay zero)."""
+    return x / x.norm(dim=1, keepdim=True).clamp_min(NORM_EPS)
+
+
+def sort_heaps(
+    values: torch.Tensor, indices: torch.Tensor, *, largest: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Order top-k heaps best first, equal values by the lower index."""
+    by_index = indices.argsort(dim=1)
+    values, indices = values.gather(1, by_index), indices.gather(1, by_index)
+    order = values.argsort(dim=1, descending=largest, stable=True)
+    return values.gather(1, order), indices.gather(1, order)
