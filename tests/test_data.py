@@ -134,14 +134,14 @@ def test_missing_package_names_the_pip_command(monkeypatch):
     def hide_chitchat(name, *args, **kwargs):
         return None if name == "chitchat_dataset" else real_find_spec(name, *args, **kwargs)
 
-    corpora._chitchat_messages.cache_clear()
+    corpora.chitchat_messages.cache_clear()
     monkeypatch.setattr(importlib.util, "find_spec", hide_chitchat)
     try:
         with pytest.raises(MissingPackageError, match="pip install --no-deps chitchat-dataset"):
             chitchat()
     finally:
         monkeypatch.undo()
-        corpora._chitchat_messages.cache_clear()
+        corpora.chitchat_messages.cache_clear()
     assert issubclass(MissingPackageError, ImportError)
 
 

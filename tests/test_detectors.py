@@ -28,7 +28,7 @@ from ood_zoo.detectors import (
     MSPDetector,
     RelativeMahalanobisDetector,
     ResidualDetector,
-    _common,
+    chunks,
 )
 from ood_zoo.errors import InputError, NotFittedError
 
@@ -452,8 +452,8 @@ def test_memmap_bank_matches_in_memory(name, tmp_path):
 def test_streaming_in_small_chunks_gives_the_same_scores(name, monkeypatch):
     x, y, q, z, zq = _dataset(n=70)
     _, whole = _fit_score(name, x, y, q, z, zq)
-    monkeypatch.setattr(_common, "SCRATCH_BYTES", 3 * 8 * 6)  # a few rows per chunk
-    assert _common.rows_per_chunk(6) < 10
+    monkeypatch.setattr(chunks, "SCRATCH_BYTES", 3 * 8 * 6)  # a few rows per chunk
+    assert chunks.rows_per_chunk(6) < 10
     _, chunked = _fit_score(name, x, y, q, z, zq)
     np.testing.assert_allclose(chunked, whole, rtol=1e-10, atol=1e-10)
 

@@ -51,6 +51,7 @@ __all__ = [
     "TextSet",
     "bbc_news",
     "chitchat",
+    "chitchat_messages",
     "gsm8k",
     "rotten_tomatoes",
     "sentiment_tweets",
@@ -126,7 +127,8 @@ _CC_LICENSE = "package MIT; texts: BYU PCC Chit-Chat Challenge, as distributed i
 
 
 @functools.cache
-def _chitchat_messages() -> tuple[str, ...]:
+def chitchat_messages() -> tuple[str, ...]:
+    """Every message of the chitchat-dataset wheel, in file order (read once, then cached)."""
     path = package_file("chitchat_dataset", "chitchat-dataset", "dataset.json")
     with path.open(encoding="utf-8") as handle:
         conversations = json.load(handle)
@@ -153,7 +155,7 @@ def chitchat(*, min_words: int = 3, max_words: int | None = 40) -> TextSet:
         If ``chitchat-dataset`` is not installed (``pip install --no-deps chitchat-dataset``).
     """
     upper = max_words if max_words is not None else float("inf")
-    kept = [m for m in _chitchat_messages() if min_words <= len(m.split()) <= upper]
+    kept = [m for m in chitchat_messages() if min_words <= len(m.split()) <= upper]
     texts, _ = _dedupe(kept)
     return TextSet("chitchat", texts, None, (), _CC_SOURCE, _CC_LICENSE)
 

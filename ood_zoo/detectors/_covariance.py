@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from ..errors import InputError
-from ._common import row_chunks, rows_per_chunk
+from .chunks import row_chunks, rows_per_chunk
 
 COVARIANCES = ("empirical", "ledoit_wolf")
 

@@ -16,7 +16,7 @@ import torch
 from ..api import Detector, Param, Requirements
 from ..errors import InputError
 from ..ops.arrays import compute_dtype
-from ._common import check_state_shapes, map_rows, to_numpy64
+from .chunks import check_state_shapes, map_rows, to_numpy64
 
 COVARIANCE_TYPES = ("full", "diag", "tied", "spherical")
 

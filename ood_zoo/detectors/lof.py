@@ -11,7 +11,7 @@ import torch
 from ..api import Detector, Param, Requirements
 from ..errors import InputError
 from ..ops.arrays import compute_dtype
-from ._common import check_state_shapes, row_chunks, rows_per_chunk, to_numpy64
+from .chunks import check_state_shapes, row_chunks, rows_per_chunk, to_numpy64
 
 
 class LOFDetector(Detector):

@@ -19,7 +19,7 @@ from typing import ClassVar
 import torch
 
 from ..api import Detector, Param, Requirements
-from ._common import map_rows
+from .chunks import map_rows
 
 _TEMPERATURE = Param(
     "temperature", 1.0, "softmax temperature T > 0", type=float, minimum=0.0,

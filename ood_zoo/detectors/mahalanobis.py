@@ -16,7 +16,6 @@ import torch
 from .. import ops
 from ..api import Detector, Param, Requirements
 from ..ops.arrays import compute_dtype
-from ._common import check_state_shapes
 from ._covariance import (
     COVARIANCES,
     class_means,
@@ -25,6 +24,7 @@ from ._covariance import (
     pinv_factor,
     residual_moments,
 )
+from .chunks import check_state_shapes
 
 _COVARIANCE_PARAM = Param(
     "covariance", "empirical",

@@ -10,8 +10,8 @@ import torch
 from ..api import Detector, Param, Requirements
 from ..errors import InputError
 from ..ops.arrays import compute_dtype
-from ._common import check_state_shapes, map_rows
 from ._covariance import class_means, estimate_covariance, residual_moments
+from .chunks import check_state_shapes, map_rows
 
 
 def auto_dim(n_samples: int, n_features: int) -> int:
