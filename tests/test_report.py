@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import base64
 import json
 import os
@@ -17,7 +16,8 @@ import numpy as np
 import pytest
 
 from ood_zoo.bench.plots import slug
-from ood_zoo.bench.report import ReportPaths, add_arguments, build_report, run_cli
+from ood_zoo.bench.report import ReportPaths, build_report
+from ood_zoo.cli import main
 from ood_zoo.errors import InputError
 
 matplotlib_image = pytest.importorskip("matplotlib.image")
@@ -263,10 +263,8 @@ def test_sparse_results_do_not_crash(tmp_path):
 
 def test_out_dir_and_cli(tmp_path, capsys):
     _bench(tmp_path / "suite")
-    parser = argparse.ArgumentParser()
-    add_arguments(parser)
-    assert run_cli(parser.parse_args([str(tmp_path / "suite"), "--out",
-                                      str(tmp_path / "site"), "--json"])) == 0
+    assert main(["report", str(tmp_path / "suite"), "--out", str(tmp_path / "site"),
+                 "--json"]) == 0
     printed = json.loads(capsys.readouterr().out)
     assert printed == {"html": str(tmp_path / "site" / "report.html"),
                        "md": str(tmp_path / "site" / "report.md")}

@@ -1,9 +1,9 @@
-"""Analyses of embedding spaces: isotropy measures and the isotropy-vs-detection study.
+"""Isotropy of embedding spaces, as pure measures of an ``[n, d]`` matrix (:mod:`.isotropy`):
+average cosine (Ethayarajh 2019), partition isotropy (Mu & Viswanath 2018), IsoScore (Rudman et
+al. 2022) and top-principal-component variance.
 
-- :mod:`.isotropy`: average cosine (Ethayarajh 2019), partition isotropy (Mu & Viswanath 2018),
-  IsoScore (Rudman et al. 2022) and top-principal-component variance of an ``[n, d]`` matrix.
-- :mod:`.study`: ``ood-zoo isotropy``, which measures them on every layer of several models and
-  relates them to the AUROC gap between cosine and Euclidean / Mahalanobis detectors.
+The study that relates them to detection, ``ood-zoo isotropy``, is a benchmark suite:
+:mod:`ood_zoo.bench.isotropy`.
 """
 
 from __future__ import annotations
