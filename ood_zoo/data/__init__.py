@@ -35,9 +35,6 @@ from .corpora import (
     load_dataset,
     rotten_tomatoes,
     sentiment_tweets,
-    split,
-    split_indices,
-    subsample,
     tweet_domain,
 )
 from .packages import MissingPackageError, package_dir, package_file, package_version
@@ -50,7 +47,11 @@ from .splits import (
     few_shot_indices,
     holdout_classes,
     near_ood_splits,
+    split,
+    split_indices,
+    split_pool,
     standard_splits,
+    subsample,
     train_val_test,
 )
 from .textset import TextSet
@@ -92,6 +93,7 @@ __all__ = [
     "sentiment_tweets",
     "split",
     "split_indices",
+    "split_pool",
     "sst2",
     "standard_splits",
     "subsample",
