@@ -13,11 +13,12 @@ import torch
 from ood_zoo import metrics
 from ood_zoo.bench import plots as plots_module
 from ood_zoo.bench import suites as suites_module
-from ood_zoo.bench import zero_grad
-from ood_zoo.bench.suites import ZERO_GRAD, Corpus, Setting, Suite, holdout_classes, split_pool
+from ood_zoo.bench.pools import draw_pools, tasks
+from ood_zoo.bench.suites import ZERO_GRAD, Corpus, Setting, Suite
 from ood_zoo.bench.tables import aggregate
-from ood_zoo.bench.zero_grad import BenchConfig, Extracted, run_bench, write_outputs
-from ood_zoo.data import TextSet
+from ood_zoo.bench.zero_grad import BenchConfig, run_bench, write_outputs
+from ood_zoo.data import TextSet, choose_id_classes, split_pool
+from ood_zoo.features import Extraction
 
 # ---------------------------------------------------------------------------- synthetic suite
 N_LAYERS, DIM = 3, 12
@@ -69,8 +70,9 @@ def synthetic_extractor(calls: list[str] | None = None):
             x[i, 2, slot] += 6.0
             x[i, 1, slot] += 1.0
         label = np.random.default_rng(1).normal(size=(n, len(WORDS)))
-        return Extracted(torch.tensor(x, dtype=torch.float32), tuple(range(N_LAYERS)),
-                         torch.tensor(label, dtype=torch.float32), torch.full((n,), 7.0), WORDS)
+        return Extraction(torch.tensor(x, dtype=torch.float32), tuple(range(N_LAYERS)), N_LAYERS,
+                          torch.tensor(label, dtype=torch.float32), torch.full((n,), 7.0),
+                          tuple(range(len(WORDS))), WORDS)
 
     return extract
 
@@ -99,7 +101,9 @@ def test_zero_grad_suite_has_the_papers_shape():
     far = [s for s in ZERO_GRAD.settings if s.kind == "far"]
     assert {s.id_corpus for s in far} == {"rt", "bbc"}
     assert ZERO_GRAD.template == "### Input:\n{text}\n\n### Output:\n"
-    assert ZERO_GRAD.corpora["rt"].label_words == suites_module._SENTIMENT
+    assert ZERO_GRAD.corpora["rt"].label_words == {
+        "rotten": "negative", "fresh": "positive",
+        "negative": "negative", "neutral": "neutral", "positive": "positive"}
 
 
 def test_get_suite_and_select_errors():
@@ -119,17 +123,23 @@ def test_setting_validation():
     assert Setting("near", "bbc", "bbc", holdout=2).name == "near:bbc>bbc-holdout2"
 
 
+def held_out(names: tuple[str, ...], n_ood: int, seed: int):
+    """The suites' draw of ID and held-out classes for one seed."""
+    known = tuple(choose_id_classes(names, n_ood=n_ood, seed=seed))
+    return known, tuple(n for n in names if n not in known)
+
+
 def test_holdout_classes_uses_the_papers_rng_call():
     names = tuple(f"intent{i}" for i in range(15))
-    known, held = holdout_classes(names, 7, seed=1)
+    known, held = held_out(names, 7, seed=1)
     expected = np.random.RandomState(1).choice(list(names), 8, replace=False)
     assert set(known) == set(expected.tolist())
     assert len(held) == 7
     assert not set(known) & set(held)
     assert set(known) | set(held) == set(names)
-    assert holdout_classes(names, 7, seed=2) != (known, held)
-    with pytest.raises(ValueError, match="cannot hold out"):
-        holdout_classes(("a", "b"), 2, seed=0)
+    assert held_out(names, 7, seed=2) != (known, held)
+    with pytest.raises(ValueError, match="need 1 <= n_id"):
+        held_out(("a", "b"), 2, seed=0)
 
 
 def test_split_pool_is_disjoint_stratified_and_seeded():
@@ -220,18 +230,18 @@ def test_far_ood_is_separated_at_the_informative_layer(result):
 
 def test_bank_is_the_validation_split_by_default():
     suite = tiny_suite().select(["sent", "far"])
-    pools, _ = zero_grad._build_pools(suite, config())
+    pools, _ = draw_pools(suite, config().pool_sizes)
     assert pools["sent"].sizes == {"validation": 20, "test": 20}
     for seed in (1, 2):
-        (task,) = zero_grad._tasks(suite, pools, seed, "validation")
+        (task,) = tasks(suite, pools, seed, "validation")
         parts = split_pool(len(pools["sent"].texts), pools["sent"].sizes, seed,
                            pools["sent"].labels)
         assert np.array_equal(task.bank_idx, parts["validation"])
         assert np.array_equal(task.test_idx, parts["test"])
         assert not set(task.bank_idx) & set(task.test_idx)
-    train_pools, _ = zero_grad._build_pools(suite, config(bank="train"))
+    train_pools, _ = draw_pools(suite, config(bank="train").pool_sizes)
     assert train_pools["sent"].sizes == {"train": 40, "test": 20}
-    (task,) = zero_grad._tasks(suite, train_pools, 1, "train")
+    (task,) = tasks(suite, train_pools, 1, "train")
     assert len(task.bank_idx) == 40
 
 
@@ -257,7 +267,7 @@ def test_held_out_classes_change_with_seed_and_are_disjoint(result):
         assert len(id_classes) == 2
         assert len(ood_classes) == 1
         assert set(id_classes) | set(ood_classes) == {"a", "b", "c"}
-        expected = holdout_classes(("a", "b", "c"), 1, row["seed"])
+        expected = held_out(("a", "b", "c"), 1, row["seed"])
         assert (tuple(id_classes), tuple(ood_classes)) == expected
         seen.add(row["ood_classes"])
         assert row["n_ood"] < row["n_id"]  # one held-out class vs two ID classes
@@ -270,20 +280,17 @@ def test_msp_vocab_is_the_papers_msp(result):
     # recompute seed 1 of far:sent>far by hand from the synthetic label logits
     extract = synthetic_extractor()
     suite = tiny_suite()
-    pools, _ = zero_grad._build_pools(suite, config())
-    for pool in pools.values():
-        pool.extracted = extract(pool.key, pool.texts)
-    task = next(t for t in zero_grad._tasks(suite, pools, 1, "validation")
-                if t.id_corpus == "sent")
-    _, _, ood_idx, _ = next(o for o in task.oods if o[0].name == "far:sent>far")
+    pools, _ = draw_pools(suite, config().pool_sizes)
+    extracted = {key: extract(key, pool.texts) for key, pool in pools.items()}
+    task = next(t for t in tasks(suite, pools, 1, "validation") if t.id_corpus == "sent")
+    ood = next(o for o in task.oods if o.setting.name == "far:sent>far")
 
-    def paper_msp(pool, idx):
-        ext = pool.extracted
+    def paper_msp(ext, idx):
         z = ext.label_logits[torch.as_tensor(idx)][:, :2]  # neg, pos
         return torch.exp(z - ext.vocab_logsumexp[torch.as_tensor(idx), None]).max(dim=1).values
 
-    expected = metrics.auroc(paper_msp(pools["sent"], task.test_idx),
-                             paper_msp(pools["far"], ood_idx))
+    expected = metrics.auroc(paper_msp(extracted["sent"], task.test_idx),
+                             paper_msp(extracted["far"], ood.idx))
     row = next(r for r in result.rows if r["setting"] == "far:sent>far"
                and r["detector"] == "msp_vocab" and r["seed"] == 1)
     assert row["auroc"] == pytest.approx(expected)
@@ -344,7 +351,7 @@ def test_outputs_without_matplotlib(result, tmp_path, monkeypatch, capsys):
     def missing():
         raise ImportError("No module named 'matplotlib'")
 
-    monkeypatch.setattr(plots_module, "_figure_module", missing)
+    monkeypatch.setattr(plots_module, "figure_class", missing)
     status = write_outputs(result, tmp_path)
     assert "matplotlib is not installed" in capsys.readouterr().err
     assert "skipped" in status["plots"]

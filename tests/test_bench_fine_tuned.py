@@ -148,14 +148,12 @@ def test_fine_tuned_rows_carry_test_accuracy_and_adapters_reload(result, model_d
 def test_zero_grad_cosine_matches_an_independent_computation(result, model_dir):
     """Recompute the zero-grad cosine AUROC of the far setting (seed 1, full) from scratch:
     features of the base model, float64 max cosine to the bank."""
-    from ood_zoo.bench.suites import split_pool
-    from ood_zoo.bench.zero_grad import _tasks
+    from ood_zoo.bench.pools import draw_pools, tasks
+    from ood_zoo.data import split_pool
 
     res, config = result
-    from ood_zoo.bench.fine_tuned import _pools
-
-    pools, _ = _pools(SUITE, config)
-    task = next(t for t in _tasks(SUITE, pools, 1, "validation") if t.holdout == 0)
+    pools, _ = draw_pools(SUITE, config.pool_sizes)
+    task = next(t for t in tasks(SUITE, pools, 1, "validation") if t.holdout == 0)
     assert split_pool  # the suite's splits come from split_pool (same seed, same parts)
     from ood_zoo.features import load_model
 
@@ -164,7 +162,7 @@ def test_zero_grad_cosine_matches_an_independent_computation(result, model_dir):
     def feats(key, idx):
         texts = [pools[key].texts[i] for i in idx]
         return extract(texts, lm, tokenizer, layers=-1, pooling="last", template=TEMPLATE,
-                       max_length=32, progress=False).double().numpy()
+                       max_length=32, progress=False).features.double().numpy()
 
     def cosine(x, bank):
         x = x / np.linalg.norm(x, axis=1, keepdims=True)
@@ -172,9 +170,9 @@ def test_zero_grad_cosine_matches_an_independent_computation(result, model_dir):
         return (x @ bank.T).max(axis=1)
 
     bank = feats("toy", task.bank_idx)
-    _, pool_key, ood_idx, _ = task.oods[0]
+    ood = task.oods[0]
     want = metrics.auroc(cosine(feats("toy", task.test_idx), bank),
-                         cosine(feats(pool_key, ood_idx), bank))
+                         cosine(feats(ood.pool, ood.idx), bank))
     got = next(r for r in res.rows if r["variant"] == "zero-grad" and r["seed"] == 1
                and r["shots"] == "full" and r["detector"] == "cosine"
                and r["setting"] == "far:toy>other")

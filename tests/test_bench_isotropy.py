@@ -130,8 +130,8 @@ def test_rows_match_an_independent_recomputation(result, model_dirs, which):
     spec = isotropy.resolve_model(isotropy.ModelChoice(model))
     kwargs = {"layers": "all", "pooling": spec.pooling, "template": spec.template,
               "max_length": 128, "progress": False}
-    ids = extract(texts.id_texts, model, **kwargs).double().numpy()
-    ood = extract(texts.ood_texts, model, **kwargs).double().numpy()
+    ids = extract(texts.id_texts, model, **kwargs).features.double().numpy()
+    ood = extract(texts.ood_texts, model, **kwargs).features.double().numpy()
     layer = ids.shape[1] - 1
     bank, test, out = ids[:N_PART, layer], ids[N_PART:, layer], ood[:, layer]
     row = next(r for r in result.rows if r["model"] == model and r["layer"] == layer)

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import ood_zoo
-from ood_zoo.bench import FeatureSet, fit_probe, probe_logits, run_detectors, usable_detectors
+from ood_zoo.bench import DetectorInputs, fit_probe, probe_logits, run_detectors, usable_detectors
 from ood_zoo.bench.session import DEFAULT_THREADS, bench_threads
 from ood_zoo.registry import BUILTIN_PLUGIN, Registry
 
@@ -73,10 +73,10 @@ def test_run_detectors_reports_errors_as_rows_and_skips_lm_detectors():
     registry.register_plugin(Plugin(), "test-plugin")
     (bank_x, test_x, far_x), y = gaussian_sets()
     probe = fit_probe(bank_x, y)
-    bank = FeatureSet("bank", bank_x, probe_logits(probe, bank_x), y)
-    test = FeatureSet("test", test_x, probe_logits(probe, test_x))
-    far = FeatureSet("far", far_x, probe_logits(probe, far_x))
-    near = FeatureSet("near", test_x + 0.1, probe_logits(probe, test_x + 0.1))
+    bank = DetectorInputs(bank_x, probe_logits(probe, bank_x), y)
+    test = DetectorInputs(test_x, probe_logits(probe, test_x))
+    far = DetectorInputs(far_x, probe_logits(probe, far_x))
+    near = DetectorInputs(test_x + 0.1, probe_logits(probe, test_x + 0.1))
 
     usable, skipped = usable_detectors(registry)
     assert "broken" in usable
@@ -85,7 +85,7 @@ def test_run_detectors_reports_errors_as_rows_and_skips_lm_detectors():
     assert not lm & set(usable)
     assert skipped == dict.fromkeys(lm, "needs the language model itself")  # no lm_stats here
 
-    rows = run_detectors(bank, test, [far, near], registry=registry)
+    rows = run_detectors(bank, test, {"far": far, "near": near}, registry=registry)
     assert {(r["ood_set"], r["detector"]) for r in rows} == {
         (s, d) for s in ("far", "near") for d in usable
     }

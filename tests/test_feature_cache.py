@@ -7,12 +7,12 @@ written to the user's cache.
 from __future__ import annotations
 
 import os
-import sys
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import pytest
 import torch
+import transformers
 from test_features import LABELS, TEMPLATE, TEXTS, make_model, make_tokenizer
 
 from ood_zoo.features import cache as fcache
@@ -59,10 +59,15 @@ def test_hit_returns_the_same_tensors_without_a_forward(lm, tmp_cache):
         assert torch.equal(getattr(first, name), getattr(second, name))
     assert second.label_token_ids == first.label_token_ids
     assert second.label_words == tuple(LABELS)
+    assert (second.layers, second.n_states) == (first.layers, first.n_states)  # stored too
     plain = extract(TEXTS, net, tokenizer, cache=True, pooling="last", template=TEMPLATE,
                     progress=False)
-    assert isinstance(plain, torch.Tensor)  # a different key: no label words
+    assert plain.label_logits is None  # a different key: no label words
     assert len(entries(tmp_cache)) == 2
+    every = extract(TEXTS, net, tokenizer, cache=True, layers="all", progress=False)
+    again = extract(TEXTS, net, tokenizer, cache=True, layers="all", progress=False)
+    assert counter.calls == 2  # the two misses ran once each, the hit not at all
+    assert again.layers == every.layers == tuple(range(again.n_states))
 
 
 def test_every_key_part_matters(lm, tmp_cache):
@@ -189,9 +194,14 @@ def test_named_model_directory_hits_without_loading(lm, tmp_cache, tmp_path, mon
     net.save_pretrained(tmp_path / "m")
     tokenizer.save_pretrained(tmp_path / "m")
     first = extract(TEXTS, str(tmp_path / "m"), device="cpu", cache=True, progress=False)
+
     def no_load(*_a, **_k):
         raise AssertionError("a cache hit must not load the model")
 
-    monkeypatch.setattr(sys.modules["ood_zoo.features.extract"], "load_model", no_load)
+    for auto in (transformers.AutoModel, transformers.AutoModelForCausalLM):
+        monkeypatch.setattr(auto, "from_pretrained", no_load)
     second = extract(TEXTS, str(tmp_path / "m"), device="cpu", cache=True, progress=False)
-    torch.testing.assert_close(first, second)
+    torch.testing.assert_close(first.features, second.features)
+    assert (second.layers, second.n_states) == (first.layers, first.n_states)
+    with pytest.raises(AssertionError, match="must not load"):  # a miss does load it
+        extract(TEXTS[:2], str(tmp_path / "m"), device="cpu", cache=True, progress=False)

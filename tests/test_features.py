@@ -20,16 +20,24 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
+import ood_zoo
 from ood_zoo.features import (
     PAPER_TEMPLATE,
     Extraction,
     Template,
+    backbone,
+    default_pooling,
+    default_template,
     extract,
+    is_causal_lm,
     label_token_ids,
+    lm_head,
     load_model,
+    n_hidden_states,
     pool,
     resolve_dtype,
     resolve_layers,
+    sequence_log_likelihood,
 )
 
 WORDS = [
@@ -99,7 +107,8 @@ def model(request):
 
 def alone(texts, net, tokenizer, **kwargs) -> torch.Tensor:
     """Each text extracted on its own (no padding at all), stacked."""
-    return torch.cat([extract([t], net, tokenizer, progress=False, **kwargs) for t in texts])
+    return torch.cat([extract([t], net, tokenizer, progress=False, **kwargs).features
+                      for t in texts])
 
 
 # ---------------------------------------------------------------------------- pool()
@@ -178,7 +187,8 @@ def test_pool_on_a_padded_llama_batch(side):
 def test_padded_batch_equals_text_alone(model, side, pooling):
     kind, net = model
     tokenizer = make_tokenizer(kind, side)
-    batched = extract(TEXTS, net, tokenizer, pooling=pooling, batch_size=4, progress=False)
+    batched = extract(TEXTS, net, tokenizer, pooling=pooling, batch_size=4,
+                      progress=False).features
     single = alone(TEXTS, net, tokenizer, pooling=pooling)
     assert batched.shape == (len(TEXTS), 32)
     torch.testing.assert_close(batched, single, atol=1e-5, rtol=1e-5)
@@ -190,7 +200,7 @@ def test_mean_pooling_excludes_padding(model):
     short, long = "boring", TEXTS[4]
     with torch.inference_mode():
         states = net(**tokenizer([short], return_tensors="pt")).last_hidden_state[0]
-    got = extract([long, short], net, tokenizer, pooling="mean", progress=False)[1]
+    got = extract([long, short], net, tokenizer, pooling="mean", progress=False).features[1]
     torch.testing.assert_close(got, states.mean(0), atol=1e-5, rtol=1e-5)
     assert not torch.allclose(got, states[:1].mean(0), atol=1e-3)  # really a multi-token mean
 
@@ -200,16 +210,18 @@ def test_layer_selection_shapes(model):
     tokenizer = make_tokenizer(kind, "right")
     n, d = len(TEXTS), 32
     kw = {"pooling": "mean", "progress": False}
-    last = extract(TEXTS, net, tokenizer, layers=-1, **kw)
+    last = extract(TEXTS, net, tokenizer, layers=-1, **kw).features
     assert last.shape == (n, d)
-    torch.testing.assert_close(extract(TEXTS, net, tokenizer, layers=N_LAYERS, **kw), last)
-    pair = extract(TEXTS, net, tokenizer, layers=[0, -1], **kw)
+    torch.testing.assert_close(extract(TEXTS, net, tokenizer, layers=N_LAYERS, **kw).features,
+                               last)
+    pair = extract(TEXTS, net, tokenizer, layers=[0, -1], **kw).features
     assert pair.shape == (n, 2, d)
     torch.testing.assert_close(pair[:, 1], last)
-    everything = extract(TEXTS, net, tokenizer, layers="all", **kw)
+    everything = extract(TEXTS, net, tokenizer, layers="all", **kw).features
     assert everything.shape == (n, N_LAYERS + 1, d)
     torch.testing.assert_close(everything[:, 0], pair[:, 0])
-    torch.testing.assert_close(everything[:, 2], extract(TEXTS, net, tokenizer, layers=2, **kw))
+    torch.testing.assert_close(everything[:, 2],
+                               extract(TEXTS, net, tokenizer, layers=2, **kw).features)
     assert not torch.allclose(everything[:, 0], everything[:, -1])
     with pytest.raises(ValueError, match="out of range"):
         extract(TEXTS, net, tokenizer, layers=N_LAYERS + 1, **kw)
@@ -233,28 +245,30 @@ def test_length_sorted_batches_keep_input_order(model):
     kind, net = model
     tokenizer = make_tokenizer(kind, "right")
     texts = TEXTS * 2
-    feats = extract(texts, net, tokenizer, pooling="last", batch_size=3, progress=False)
+    feats = extract(texts, net, tokenizer, pooling="last", batch_size=3, progress=False).features
     torch.testing.assert_close(feats, alone(texts, net, tokenizer, pooling="last"),
                                atol=1e-5, rtol=1e-5)
     perm = torch.randperm(len(texts), generator=torch.Generator().manual_seed(1)).tolist()
     shuffled = extract([texts[i] for i in perm], net, tokenizer, pooling="last", batch_size=3,
-                       progress=False)
+                       progress=False).features
     torch.testing.assert_close(shuffled, feats[perm], atol=1e-5, rtol=1e-5)
 
 
 def test_deterministic_and_restores_training_mode():
     net, tokenizer = make_model("bert"), make_tokenizer("bert", "right")
     net.train()  # dropout 0.3 would make two runs differ if extract did not switch to eval
-    first = extract(TEXTS, net, tokenizer, progress=False)
-    second = extract(TEXTS, net, tokenizer, batch_size=1, progress=False)
+    first = extract(TEXTS, net, tokenizer, progress=False).features
+    second = extract(TEXTS, net, tokenizer, batch_size=1, progress=False).features
     torch.testing.assert_close(first, second, atol=1e-5, rtol=1e-5)
     assert net.training
 
 
 def test_empty_input_and_errors():
     net, tokenizer = make_model("bert"), make_tokenizer("bert", "right")
-    assert extract([], net, tokenizer, progress=False).shape == (0, 32)
-    assert extract([], net, tokenizer, layers="all", progress=False).shape == (0, N_LAYERS + 1, 32)
+    assert extract([], net, tokenizer, progress=False).features.shape == (0, 32)
+    everything = extract([], net, tokenizer, layers="all", progress=False)
+    assert everything.features.shape == (0, N_LAYERS + 1, 32)
+    assert everything.n_states == N_LAYERS + 1
     with pytest.raises(TypeError, match="not one string"):
         extract("i love this film", net, tokenizer)
     with pytest.raises(TypeError, match="tokenizer"):
@@ -272,15 +286,16 @@ def test_truncation_to_max_length():
     long = " ".join(["great"] * 40)
     cut = extract([long], net, tokenizer, pooling="mean", max_length=5, progress=False)
     prefix = extract([" ".join(["great"] * 4)], net, tokenizer, pooling="mean", progress=False)
-    torch.testing.assert_close(cut, prefix, atol=1e-5, rtol=1e-5)  # BOS + 4 words
+    torch.testing.assert_close(cut.features, prefix.features, atol=1e-5,
+                               rtol=1e-5)  # BOS + 4 words
 
 
 def test_local_directory_loads_offline(tmp_path):
     net, tokenizer = make_model("bert"), make_tokenizer("bert", "right")
     net.save_pretrained(tmp_path)
     tokenizer.save_pretrained(tmp_path)
-    from_dir = extract(TEXTS, str(tmp_path), device="cpu", progress=False)
-    torch.testing.assert_close(from_dir, extract(TEXTS, net, tokenizer, progress=False),
+    from_dir = extract(TEXTS, str(tmp_path), device="cpu", progress=False).features
+    torch.testing.assert_close(from_dir, extract(TEXTS, net, tokenizer, progress=False).features,
                                atol=1e-5, rtol=1e-5)
 
 
@@ -297,11 +312,12 @@ def test_minilm_loads_offline_and_embeds_meaning():
     net, tokenizer = load_model("minilm", device="cpu")
     assert type(net).__name__ == "BertModel"
     texts = ["I love this film", "This movie is great", "The central bank raised interest rates."]
-    feats = F.normalize(extract(texts, net, tokenizer, pooling="mean", progress=False), dim=-1)
+    feats = F.normalize(extract(texts, net, tokenizer, pooling="mean", progress=False).features,
+                        dim=-1)
     assert feats.shape == (3, 384)
     similar, unrelated = float(feats[0] @ feats[1]), float(feats[0] @ feats[2])
     assert similar > 0.5 > unrelated + 0.2, (similar, unrelated)
-    by_name = extract(texts[:1], "minilm", device="cpu", progress=False)
+    by_name = extract(texts[:1], "minilm", device="cpu", progress=False).features
     torch.testing.assert_close(F.normalize(by_name, dim=-1), feats[:1], atol=1e-5, rtol=1e-5)
 
 
@@ -323,7 +339,7 @@ def test_padded_batch_equals_text_alone_with_template(model, side, pooling):
     kind, net = model
     tokenizer = make_tokenizer(kind, side)
     kw = {"pooling": pooling, "template": TEMPLATE}
-    batched = extract(TEXTS, net, tokenizer, batch_size=4, progress=False, **kw)
+    batched = extract(TEXTS, net, tokenizer, batch_size=4, progress=False, **kw).features
     torch.testing.assert_close(batched, alone(TEXTS, net, tokenizer, **kw), atol=1e-5, rtol=1e-5)
 
 
@@ -331,10 +347,11 @@ def test_template_equals_formatted_text(model):
     """Without truncation, template ids are those of the formatted prompt."""
     kind, net = model
     tokenizer = make_tokenizer(kind, "right")
-    got = extract(TEXTS, net, tokenizer, pooling="last", template=TEMPLATE, progress=False)
+    got = extract(TEXTS, net, tokenizer, pooling="last", template=TEMPLATE,
+                  progress=False).features
     formatted = [TEMPLATE.format(text=t) for t in TEXTS]
     torch.testing.assert_close(got, extract(formatted, net, tokenizer, pooling="last",
-                                            progress=False), atol=1e-5, rtol=1e-5)
+                                            progress=False).features, atol=1e-5, rtol=1e-5)
 
 
 def test_long_text_is_truncated_inside_the_template(model):
@@ -357,8 +374,9 @@ def test_long_text_is_truncated_inside_the_template(model):
     n_text = 12 - len(lead) - len(trail) - len(prefix) - len(suffix)
     cut = " ".join(["great"] * n_text)
     kw = {"pooling": "last", "template": TEMPLATE, "progress": False}
-    torch.testing.assert_close(extract([long], net, tokenizer, max_length=12, **kw),
-                               extract([cut], net, tokenizer, **kw), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(extract([long], net, tokenizer, max_length=12, **kw).features,
+                               extract([cut], net, tokenizer, **kw).features, atol=1e-5,
+                               rtol=1e-5)
     with pytest.raises(ValueError, match="no room for text"):
         extract([long], net, tokenizer, max_length=4, **kw)
 
@@ -397,13 +415,16 @@ def test_label_logits_padded_batch_equals_alone_and_full_forward(lm, side, templ
             torch.testing.assert_close(out.vocab_logsumexp[i], torch.logsumexp(logits, -1),
                                        atol=1e-5, rtol=1e-5)
             probs = logits.softmax(-1)[ids]
-            torch.testing.assert_close(out.msp()[i], probs.max(), atol=1e-6, rtol=1e-5)
-    torch.testing.assert_close(out.energy(), torch.logsumexp(out.label_logits, 1))
+            paper_msp = out.label_log_probs().exp().amax(dim=1)  # full-vocabulary softmax
+            torch.testing.assert_close(paper_msp[i], probs.max(), atol=1e-6, rtol=1e-5)
+    energy = ood_zoo.create("energy").score(logits=out.label_logits)  # the paper's energy
+    torch.testing.assert_close(energy, torch.logsumexp(out.label_logits, 1))
     assert out.label_logits.dtype == out.vocab_logsumexp.dtype == torch.float32
-    # features are those of extract without label words (backward compatible return type)
+    # features are those of extract without label words (same bundle, no label logits)
     plain = extract(TEXTS, lm, tokenizer, pooling="last", template=template, progress=False)
-    assert isinstance(plain, torch.Tensor)
-    torch.testing.assert_close(out.features, plain)
+    assert plain.label_logits is None
+    assert plain.vocab_logsumexp is None
+    torch.testing.assert_close(out.features, plain.features)
 
 
 def test_label_head_runs_on_the_last_position_only(lm):
@@ -467,7 +488,7 @@ def test_resolve_dtype():
 
 def test_bfloat16_run_returns_float32_cpu_features():
     net, tokenizer = make_model("llama-lm"), make_tokenizer("llama-lm", "right")
-    ref = extract(TEXTS, net, tokenizer, pooling="last", progress=False)
+    ref = extract(TEXTS, net, tokenizer, pooling="last", progress=False).features
     out = extract(TEXTS, net, tokenizer, pooling="last", dtype="bfloat16", label_words=LABELS,
                   progress=False)
     assert next(net.parameters()).dtype == torch.bfloat16
@@ -480,11 +501,91 @@ def test_sort_by_length_switch_gives_the_same_features(model):
     kind, net = model
     tokenizer = make_tokenizer(kind, "right")
     kw = {"pooling": "mean", "batch_size": 2, "progress": False}
-    torch.testing.assert_close(extract(TEXTS, net, tokenizer, sort_by_length=False, **kw),
-                               extract(TEXTS, net, tokenizer, **kw), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(extract(TEXTS, net, tokenizer, sort_by_length=False, **kw).features,
+                               extract(TEXTS, net, tokenizer, **kw).features, atol=1e-5,
+                               rtol=1e-5)
 
 
 def test_device_map_is_only_for_loading(model):
     kind, net = model
     with pytest.raises(ValueError, match="device_map"):
         extract(TEXTS, net, make_tokenizer(kind, "right"), device_map="auto", progress=False)
+
+
+# ---------------------------------------------------------------------------- the bundle
+
+
+def test_extraction_layers_rows_and_label_columns(lm):
+    tokenizer = make_tokenizer("llama-lm", "right")
+    out = extract(TEXTS, lm, tokenizer, layers=[0, -1], pooling="last", label_words=LABELS,
+                  progress=False)
+    assert isinstance(out, Extraction)
+    assert out.layers == (0, N_LAYERS)
+    assert out.n_states == N_LAYERS + 1
+    assert out.lm_stats is None  # only with lm_stats=True
+    assert len(out) == len(TEXTS)
+    torch.testing.assert_close(out.layer(-1), out.features[:, 1])
+    torch.testing.assert_close(out.layer(N_LAYERS), out.layer(-1))
+    torch.testing.assert_close(out.layer(0), out.features[:, 0])
+    with pytest.raises(ValueError, match="was not extracted"):
+        out.layer(1)
+    single = extract(TEXTS, lm, tokenizer, layers=-1, pooling="last", progress=False)
+    assert single.layers == (N_LAYERS,)
+    torch.testing.assert_close(single.layer(-1), single.features)
+    torch.testing.assert_close(single.features, out.layer(-1))
+
+    part = out.rows([4, 1])
+    torch.testing.assert_close(part.features, out.features[[4, 1]])
+    torch.testing.assert_close(part.label_log_probs(), out.label_log_probs()[[4, 1]])
+    assert part.layers == out.layers
+    assert part.label_words == out.label_words
+    flipped = out.for_labels(LABELS[::-1])
+    torch.testing.assert_close(flipped.label_logits, out.label_logits.flip(1))
+    assert flipped.label_token_ids == out.label_token_ids[::-1]
+    assert flipped.label_words == tuple(LABELS[::-1])
+    with pytest.raises(ValueError, match="were not extracted"):
+        out.for_labels(["fun"])
+    with pytest.raises(ValueError, match="label_words"):
+        single.label_log_probs()
+
+
+def test_lm_stats_are_the_sequence_log_likelihood(lm):
+    tokenizer = make_tokenizer("llama-lm", "right")
+    kw = {"template": TEMPLATE, "max_length": 12, "batch_size": 4, "progress": False}
+    out = extract(TEXTS, lm, tokenizer, pooling="last", label_words=LABELS, lm_stats=True, **kw)
+    assert out.lm_stats.dtype == torch.float64
+    torch.testing.assert_close(out.lm_stats, sequence_log_likelihood(TEXTS, lm, tokenizer, **kw))
+    with pytest.raises(ValueError, match="LM head"):
+        extract(TEXTS, make_model("llama"), tokenizer, lm_stats=True, progress=False)
+
+
+# ---------------------------------------------------------------------------- introspection
+
+
+def test_introspection_of_models_and_directories(lm, tmp_path):
+    from peft import LoraConfig, get_peft_model
+
+    encoder, base = make_model("bert"), make_model("llama")
+    assert is_causal_lm(lm)
+    assert not is_causal_lm(base)
+    assert not is_causal_lm(encoder)
+    tuned = get_peft_model(make_model("llama-lm"), LoraConfig(r=2, target_modules=["q_proj"],
+                                                               task_type="CAUSAL_LM"))
+    assert is_causal_lm(tuned)
+    assert lm_head(tuned) is tuned.get_base_model().lm_head
+    assert lm_head(lm) is lm.lm_head
+    assert backbone(lm) is lm.model
+    assert backbone(tuned) is tuned.get_base_model().model
+    assert backbone(encoder) is encoder
+    with pytest.raises(ValueError, match="label_words needs a causal language model"):
+        lm_head(base, purpose="label_words")
+    assert n_hidden_states(lm) == N_LAYERS + 1
+    for net, causal in ((lm, True), (encoder, False)):
+        directory = tmp_path / type(net).__name__
+        net.save_pretrained(directory)
+        assert is_causal_lm(directory) is causal
+        assert is_causal_lm(str(directory)) is causal
+        assert default_pooling(directory) == default_pooling(net) == (
+            "last" if causal else "mean")
+        assert default_template(directory) == (PAPER_TEMPLATE if causal else None)
+    assert not is_causal_lm(tmp_path / "missing")

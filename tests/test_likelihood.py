@@ -8,6 +8,7 @@ mask is trusted.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import importlib.util
 import os
 import zlib
@@ -23,8 +24,8 @@ from transformers import PreTrainedTokenizerFast
 import ood_zoo
 from ood_zoo import InputError, Requirements, metrics
 from ood_zoo import testing as kit
-from ood_zoo.bench.runner import FeatureSet, run_detectors, usable_detectors
-from ood_zoo.bench.zero_grad import BenchConfig, Extracted, ModelExtractor, run_bench
+from ood_zoo.bench.runner import DetectorInputs, run_detectors, usable_detectors
+from ood_zoo.bench.zero_grad import BenchConfig, ModelExtractor, run_bench
 from ood_zoo.detectors import LikelihoodRatioDetector, PerplexityDetector
 from ood_zoo.detectors.likelihood import RATIO_STATS
 from ood_zoo.features import likelihood_ratio_inputs, sequence_log_likelihood
@@ -386,20 +387,20 @@ def test_kit_on_language_model_detectors_is_not_vacuous():
 # ---------------------------------------------------------------------------- the runners
 
 
-def _sets(columns: int) -> tuple[FeatureSet, FeatureSet, list[FeatureSet]]:
+def _sets(columns: int) -> tuple[DetectorInputs, DetectorInputs, dict[str, DetectorInputs]]:
     """Features that cosine can use, and LM statistics where ID text is the more likely."""
     rng = np.random.default_rng(3)
 
-    def one(name: str, per_token: float, n: int, labels=None) -> FeatureSet:
+    def one(per_token: float, n: int, labels=None) -> DetectorInputs:
         counts = rng.integers(5, 30, size=n).astype(np.float64)
         base = counts * rng.normal(-3.0, 0.3, size=n)
         tuned = base + counts * rng.normal(per_token, 0.3, size=n)
         stats = np.stack([tuned, base, counts] if columns == 3 else [tuned, counts], axis=1)
         x = torch.from_numpy(rng.normal(size=(n, 4))).float()
-        return FeatureSet(name, x, None, labels, torch.from_numpy(stats))
+        return DetectorInputs(x, None, labels, torch.from_numpy(stats))
 
-    bank = one("bank", 1.0, 60, np.zeros(60, dtype=np.int64))
-    return bank, one("id", 1.0, 40), [one("ood", -1.0, 40)]
+    bank = one(1.0, 60, np.zeros(60, dtype=np.int64))
+    return bank, one(1.0, 40), {"ood": one(-1.0, 40)}
 
 
 @pytest.mark.parametrize("columns", [2, 3])
@@ -414,15 +415,16 @@ def test_run_detectors_feeds_lm_statistics(columns):
     assert set(rows) == {"cosine", runs}
     assert rows[runs]["error"] is None
     reduce = (lambda s: s[:, 0] / s[:, 1]) if columns == 2 else (lambda s: s[:, 0] - s[:, 1])
-    expected = metrics.evaluate(reduce(id_test.lm_stats).numpy(), reduce(oods[0].lm_stats).numpy())
+    expected = metrics.evaluate(reduce(id_test.lm_stats).numpy(),
+                                reduce(oods["ood"].lm_stats).numpy())
     assert rows[runs]["auroc"] == pytest.approx(expected["auroc"], abs=1e-12)
     assert rows[runs]["auroc"] > 0.95
     _, reasons = usable_detectors(registry, names, columns)
     assert reasons == {skipped: f"takes [n, {5 - columns}] language-model statistics ("
                                 f"{', '.join(registry.get(skipped).cls.stats_columns)}); "
                                 f"this run has [n, {columns}]"}
-    without = FeatureSet("ood", oods[0].features)  # one set lacks statistics: skip, not error
-    rows = run_detectors(bank, id_test, [without], registry=registry, detectors=names)
+    without = DetectorInputs(oods["ood"].features)  # one set lacks statistics: skip, not error
+    rows = run_detectors(bank, id_test, {"ood": without}, registry=registry, detectors=names)
     assert {r["detector"] for r in rows} == {"cosine"}
 
 
@@ -437,8 +439,7 @@ def _with_lm_stats(extract):
         noise = torch.tensor([zlib.crc32(t.encode()) % 7 / 70 for t in texts],
                              dtype=torch.float64)
         stats = torch.stack([counts * (per_token + noise), counts], 1)
-        return Extracted(out.features, out.layers, out.label_logits, out.vocab_logsumexp,
-                         out.label_words, stats)
+        return dataclasses.replace(out, lm_stats=stats)
 
     return wrapped
 
@@ -478,41 +479,37 @@ def test_model_extractor_computes_and_caches_lm_statistics(lm, tmp_path, monkeyp
     want = sequence_log_likelihood(TEXTS, lm, tokenizer, template=TEMPLATE, max_length=12,
                                    progress=False)
     torch.testing.assert_close(first, want, rtol=1e-6, atol=1e-6)
+    assert extractor.describe()["label_token_ids"] == word_ids(tokenizer, ["bad", "great"])
 
     def refuse(*args, **kwargs):
         raise AssertionError("the cached statistics were recomputed")
 
-    monkeypatch.setattr("ood_zoo.features.likelihood._encode", refuse)
+    monkeypatch.setattr(extractor.model.model, "forward", refuse)  # the model never runs
     assert torch.equal(extractor("texts", TEXTS).lm_stats, first)
 
 
-def test_sequence_log_likelihood_cache(lm, tmp_path, monkeypatch):
+def test_sequence_log_likelihood_cache(lm, tmp_path):
     """Cached statistics come back unchanged; other texts, templates or weights miss; a
     corrupt entry is recomputed."""
-    import ood_zoo.features.likelihood as likelihood_module
-
     tokenizer = make_tokenizer("llama-lm", "right")
     kw = {"template": TEMPLATE, "max_length": 12, "progress": False, "cache": tmp_path}
     first = sequence_log_likelihood(TEXTS, lm, tokenizer, **kw)
     entries = list(tmp_path.glob("*.safetensors"))
     assert len(entries) == 1
-    encode = likelihood_module._encode
-    calls = []
-
-    def counting(*args, **kwargs):
-        calls.append(1)
-        return encode(*args, **kwargs)
-
-    monkeypatch.setattr(likelihood_module, "_encode", counting)
-    assert torch.equal(sequence_log_likelihood(TEXTS, lm, tokenizer, **kw), first)
-    assert not calls
-    sequence_log_likelihood(TEXTS[:2], lm, tokenizer, **kw)
-    sequence_log_likelihood(TEXTS, lm, tokenizer, **{**kw, "template": None})
-    assert len(calls) == 2
-    entries[0].write_bytes(entries[0].read_bytes()[:-8])  # truncated: recomputed, not used
-    with pytest.warns(RuntimeWarning, match="corrupt"):
-        again = sequence_log_likelihood(TEXTS, lm, tokenizer, **kw)
-    assert len(calls) == 3
+    calls = []  # forward passes of the model's body: one batch per computation here
+    hook = lm.model.register_forward_hook(lambda *_: calls.append(1))
+    try:
+        assert torch.equal(sequence_log_likelihood(TEXTS, lm, tokenizer, **kw), first)
+        assert not calls
+        sequence_log_likelihood(TEXTS[:2], lm, tokenizer, **kw)
+        sequence_log_likelihood(TEXTS, lm, tokenizer, **{**kw, "template": None})
+        assert len(calls) == 2
+        entries[0].write_bytes(entries[0].read_bytes()[:-8])  # truncated: recomputed, not used
+        with pytest.warns(RuntimeWarning, match="corrupt"):
+            again = sequence_log_likelihood(TEXTS, lm, tokenizer, **kw)
+        assert len(calls) == 3
+    finally:
+        hook.remove()
     torch.testing.assert_close(again, first)
 
 

@@ -86,7 +86,8 @@ def test_smollm2_hidden_states_and_greedy_sanity(smol):
     model, tokenizer, _ = smol
     feats = extract(["The capital of France is"], model, tokenizer, layers="all",
                     pooling="last", progress=False)
-    assert feats.shape == (1, 31, 576)
+    assert feats.features.shape == (1, 31, 576)
+    assert feats.n_states == 31
     with torch.inference_mode():
         logits = model(**tokenizer(["The capital of France is"], return_tensors="pt")).logits
     assert tokenizer.decode(logits[0, -1].argmax()).strip() == "Paris"
@@ -105,7 +106,8 @@ def test_smollm2_label_token_logits(smol):
     )
     assert out.label_logits[0, 1] > out.label_logits[0, 0]  # positive review
     assert out.label_logits[1, 0] > out.label_logits[1, 1]  # negative review
-    assert bool(((out.msp() > 0) & (out.msp() < 1)).all())
+    paper_msp = out.label_log_probs().exp().amax(dim=1)
+    assert bool(((paper_msp > 0) & (paper_msp < 1)).all())
     with torch.inference_mode():
         prompt = PAPER_TEMPLATE.format(text=texts[0])
         full = model(**tokenizer([prompt], return_tensors="pt")).logits[0, -1]
@@ -148,7 +150,7 @@ def test_smollm2_long_text_keeps_the_template_suffix(smol):
     ids = encoded["input_ids"][0]
     assert len(ids) == 64
     assert tokenizer.decode(ids[-6:]) == "\n\n### Output:\n"
-    assert out.shape == (1, 576)
+    assert out.features.shape == (1, 576)
 
 
 needs_minilm = pytest.mark.skipif(

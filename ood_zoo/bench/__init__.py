@@ -1,43 +1,58 @@
 """Benchmarks: a detector runner over precomputed features, the offline demo and the suites.
 
 - :mod:`.runner`: fit every registered detector on a bank, score ID and OOD sets.
+- :mod:`.pools`: the texts a suite draws once per corpus and the tasks each seed makes of them.
+- :mod:`.session` and :mod:`.tables`: what every run sets up and records, and how its tables
+  are written.
 - :mod:`.demo`: ``ood-zoo demo``, a one-minute end-to-end check on MiniLM features.
-- :mod:`.suites` and :mod:`.zero_grad`: ``ood-zoo bench --suite zero-grad``, the paper's first
-  experiment (every detector on frozen LM features, far- and near-OOD, over seeds, with a layer
-  sweep); :mod:`.plots` draws its figures.
+- :mod:`.suites`, :mod:`.zero_grad` and :mod:`.fine_tuned`: ``ood-zoo bench``, the paper's
+  experiments (every detector on frozen LM features, far- and near-OOD, over seeds, with a layer
+  sweep; then before and after LoRA fine-tuning); :mod:`.plots` draws their figures.
 """
 
 from __future__ import annotations
 
 from .demo import run_demo
+from .pools import OodSet, Pool, Task, draw_pools, tasks
 from .runner import (
+    MSP_VOCAB,
     ROW_COLUMNS,
-    FeatureSet,
+    DetectorInputs,
     fit_probe,
     probe_logits,
     run_detectors,
+    run_msp_vocab,
     usable_detectors,
 )
+from .session import RunSession
 from .suites import SUITES, Corpus, Setting, Suite, get_suite
 from .tables import aggregate
 from .zero_grad import BenchConfig, BenchResult, run_bench, write_outputs
 
 __all__ = [
+    "MSP_VOCAB",
     "ROW_COLUMNS",
     "SUITES",
     "BenchConfig",
     "BenchResult",
     "Corpus",
-    "FeatureSet",
+    "DetectorInputs",
+    "OodSet",
+    "Pool",
+    "RunSession",
     "Setting",
     "Suite",
+    "Task",
     "aggregate",
+    "draw_pools",
     "fit_probe",
     "get_suite",
     "probe_logits",
     "run_bench",
     "run_demo",
     "run_detectors",
+    "run_msp_vocab",
+    "tasks",
     "usable_detectors",
     "write_outputs",
 ]

@@ -16,38 +16,25 @@ This is a smoke-scale check of the whole pipeline, not a benchmark of the paper'
 
 from __future__ import annotations
 
-import json
 import os
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from .. import metrics
 from ..data import chitchat, rotten_tomatoes, split, subsample
 from ..features import extract, load_model, model_spec
-from ..io import atomic_write_bytes
 from ..registry import get_registry
-from .runner import (
-    FeatureSet,
-    fit_probe,
-    probe_logits,
-    run_detectors,
-    usable_detectors,
-)
-from .session import bench_threads, package_versions
+from .runner import DetectorInputs, fit_probe, probe_logits, run_detectors, usable_detectors
+from .session import RunSession
+from .tables import json_bytes, write_files
 
 __all__ = ["run_demo"]
 
-#: Torch threads when ``OMP_NUM_THREADS`` is unset.
-
 TABLE_COLUMNS = ("ood_set", "detector", "auroc", "fpr95", "aupr_in", "aupr_out", "fit_s", "score_s")
 RESULT_FILE = "demo.json"
-
-
 
 
 def _sort_rows(rows: list[dict[str, Any]], order: list[str]) -> list[dict[str, Any]]:
@@ -104,87 +91,60 @@ def run_demo(
     Notes
     -----
     Torch runs with ``OMP_NUM_THREADS`` threads (2 if unset) and the previous setting is
-    restored afterwards. On a busy 2-core machine also set ``OMP_WAIT_POLICY=PASSIVE``: OpenMP
-    spin-waiting can make 2-thread runs several times slower.
+    restored afterwards (:class:`~ood_zoo.bench.session.RunSession`). On a busy 2-core machine
+    also set ``OMP_WAIT_POLICY=PASSIVE``: OpenMP spin-waiting can make 2-thread runs several
+    times slower.
     """
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # belt and braces: loading is local-only anyway
-    start = time.perf_counter()
-    threads = bench_threads()
-    previous_threads = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        return _run(
-            n_bank=n_bank, n_test=n_test, seed=seed, model=model, out_dir=out_dir,
-            progress=progress, pooling=pooling, batch_size=batch_size, threads=threads,
-            start=start,
-        )
-    finally:
-        torch.set_num_threads(previous_threads)
-
-
-def _run(
-    *, n_bank: int, n_test: int, seed: int, model: str, out_dir: Any, progress: bool,
-    pooling: str | None, batch_size: int, threads: int, start: float,
-) -> list[dict[str, Any]]:
     if n_bank < 2 or n_test < 1:
         raise ValueError(f"need n_bank >= 2 and n_test >= 1, got {n_bank} and {n_test}")
-    timing: dict[str, float] = {}
+    with RunSession() as session:
+        # Data: seeded, disjoint ID bank/test; OOD subsamples.
+        with session.stage("data"):
+            reviews = rotten_tomatoes()
+            bank_set, test_set = split(reviews, [n_bank, n_test], seed=seed, stratify=True,
+                                       names=["rt_bank", "rt_test"])
+            ood_texts = {
+                "chitchat": subsample(chitchat(), n_test, seed=seed),
+                "rt_plots": subsample(rotten_tomatoes("plots"), n_test, seed=seed),
+            }
 
-    # Data: seeded, disjoint ID bank/test; OOD subsamples.
-    tick = time.perf_counter()
-    reviews = rotten_tomatoes()
-    bank_set, test_set = split(
-        reviews, [n_bank, n_test], seed=seed, stratify=True, names=["rt_bank", "rt_test"]
-    )
-    ood_texts = {
-        "chitchat": subsample(chitchat(), n_test, seed=seed),
-        "rt_plots": subsample(rotten_tomatoes("plots"), n_test, seed=seed),
-    }
-    timing["data_s"] = time.perf_counter() - tick
+        # Features: one model load, one pass per set.
+        spec = model_spec(model)
+        pooling = pooling or (spec.pooling if spec else "mean")
+        max_length = spec.max_length if spec else 512
+        with session.stage("load"):
+            lm, tokenizer = load_model(model)
+        with session.stage("extract"):
+            bank_x, test_x, *ood_xs = (
+                extract(texts, lm, tokenizer, layers=-1, pooling=pooling, batch_size=batch_size,
+                        max_length=max_length, progress=progress).features
+                for texts in (bank_set.texts, test_set.texts,
+                              *(ts.texts for ts in ood_texts.values()))
+            )
 
-    # Features: one model load, one pass per set.
-    tick = time.perf_counter()
-    spec = model_spec(model)
-    pooling = pooling or (spec.pooling if spec else "mean")
-    max_length = spec.max_length if spec else 512
-    lm, tokenizer = load_model(model)
-    timing["load_s"] = time.perf_counter() - tick
-    tick = time.perf_counter()
+        # Probe logits for the logit detectors.
+        with session.stage("probe"):
+            probe = fit_probe(bank_x, bank_set.labels, seed=seed)
+            probe_c = float(probe[-1].C)
+            probe_accuracy = float(np.mean(probe.predict(test_x.double().numpy())
+                                           == test_set.labels))
+            bank = DetectorInputs(bank_x, probe_logits(probe, bank_x), bank_set.labels)
+            id_test = DetectorInputs(test_x, probe_logits(probe, test_x))
+            oods = {name: DetectorInputs(x, probe_logits(probe, x))
+                    for name, x in zip(ood_texts, ood_xs, strict=True)}
 
-    def features(texts: list[str]) -> torch.Tensor:
-        return extract(
-            texts, lm, tokenizer, layers=-1, pooling=pooling, batch_size=batch_size,
-            max_length=max_length, progress=progress,
-        )
-
-    bank_x, test_x = features(bank_set.texts), features(test_set.texts)
-    ood_x = {name: features(ts.texts) for name, ts in ood_texts.items()}
-    timing["extract_s"] = time.perf_counter() - tick
-    n_texts = len(bank_set) + len(test_set) + sum(len(ts) for ts in ood_texts.values())
-
-    # Probe logits for the logit detectors.
-    tick = time.perf_counter()
-    probe = fit_probe(bank_x, bank_set.labels, seed=seed)
-    probe_c = float(probe[-1].C)
-    probe_accuracy = float(np.mean(probe.predict(test_x.double().numpy()) == test_set.labels))
-    bank = FeatureSet("rt_bank", bank_x, probe_logits(probe, bank_x), bank_set.labels)
-    id_test = FeatureSet("rt_test", test_x, probe_logits(probe, test_x))
-    oods = [FeatureSet(name, x, probe_logits(probe, x)) for name, x in ood_x.items()]
-    timing["probe_s"] = time.perf_counter() - tick
-
-    # Detectors.
-    tick = time.perf_counter()
-    registry = get_registry()
-    _, skipped = usable_detectors(registry)
-    rows = _sort_rows(run_detectors(bank, id_test, oods, registry=registry), list(ood_x))
-    timing["detectors_s"] = time.perf_counter() - tick
-    timing["total_s"] = time.perf_counter() - start
+        # Detectors.
+        with session.stage("detectors"):
+            registry = get_registry()
+            _, skipped = usable_detectors(registry)
+            rows = _sort_rows(run_detectors(bank, id_test, oods, registry=registry),
+                              list(ood_texts))
 
     settings = {
         "n_bank": len(bank_set), "n_test": len(test_set),
         "n_ood": {name: len(ts) for name, ts in ood_texts.items()},
         "seed": seed, "model": str(model), "pooling": pooling, "layer": -1,
-        "max_length": max_length, "batch_size": batch_size, "threads": threads,
+        "max_length": max_length, "batch_size": batch_size, "threads": session.threads,
         "id": "rotten_tomatoes fresh/rotten (stratified split)",
         "ood": {"chitchat": "far-OOD", "rt_plots": "near-OOD"},
         "probe": f"StandardScaler + LogisticRegression, C={probe_c:g} by 5-fold CV on the bank",
@@ -194,17 +154,17 @@ def _run(
         "sources": {ts.name: ts.source for ts in [reviews, *ood_texts.values()]},
         "licenses": {ts.name: ts.license for ts in [reviews, *ood_texts.values()]},
     }
-    _report(rows, settings, timing, n_texts)
+    n_texts = len(bank_set) + len(test_set) + sum(len(ts) for ts in ood_texts.values())
+    metadata = session.metadata()
+    _report(rows, settings, metadata["timing_s"], n_texts)
     if out_dir is not None:
-        directory = Path(out_dir)
-        directory.mkdir(parents=True, exist_ok=True)
         payload = {
             "format": "ood_zoo.demo", "format_version": 1, "rows": rows,
-            "settings": settings, "timing_s": timing, "versions": package_versions(),
+            "settings": settings, "timing_s": metadata["timing_s"],
+            "versions": metadata["versions"],
         }
-        text = json.dumps(payload, indent=2, sort_keys=False) + "\n"
-        atomic_write_bytes(directory / RESULT_FILE, text.encode("utf-8"))
-        print(f"wrote {directory / RESULT_FILE}")
+        (written,) = write_files(Path(out_dir), {RESULT_FILE: json_bytes(payload)})
+        print(f"wrote {written}")
     return rows
 
 

@@ -17,9 +17,10 @@ Every registered detector runs on each variant's final-layer last-token features
 reads each variant's own model likelihood of the text; ``likelihood_ratio`` (fine-tuned
 variants) reads ``log p_ft(x) - log p_base(x)``.
 
-Splits follow :mod:`ood_zoo.bench.zero_grad`: one pool per corpus, split per seed into train /
-validation / test parts, held-out classes drawn with the paper's RNG. K-shot runs keep K examples
-per class of *both* train and validation (the paper's ``select_few_shot``).
+Pools and tasks are the zero-grad suite's (:mod:`ood_zoo.bench.pools`): one pool per corpus,
+split per seed into train / validation / test parts, held-out classes drawn with the paper's RNG.
+K-shot runs keep K examples per class of *both* train and validation (the paper's
+``select_few_shot``, :meth:`~ood_zoo.bench.pools.Task.few_shot`).
 
 The CPU budget
 --------------
@@ -33,7 +34,6 @@ early stop. ``--paper-recipe`` restores the paper's values.
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
@@ -46,26 +46,16 @@ import numpy as np
 import torch
 
 from .. import metrics
+from ..features import Extraction, extract, is_causal_lm, likelihood_ratio_inputs, load_model
 from ..finetune import FineTuned, TrainConfig, fine_tune
 from ..finetune.train import OBJECTIVES
-from ..io import atomic_write_bytes
 from ..registry import Registry, get_registry
-from .runner import FeatureSet, run_detectors
-from .session import bench_threads, machine_info, package_versions
-from .suites import FINE_TUNED, Suite, split_pool
-from .tables import aggregate, jsonable, markdown_table
-from .zero_grad import (
-    MSP_VOCAB,
-    PLOT_DETECTORS,
-    TABLE_HEADERS,
-    Pool,
-    _label_words,
-    _np,
-    _tag,
-    _Task,
-    _tasks,
-    draw_pools,
-)
+from .plots import PLOT_DETECTORS, slug, write_plots
+from .pools import MakeInputs, Pool, Task, draw_pools, label_words, tasks
+from .runner import MSP_VOCAB, DetectorInputs, run_detectors, run_msp_vocab
+from .session import RunSession
+from .suites import FINE_TUNED, Suite
+from .tables import TABLE_HEADERS, aggregate, json_bytes, jsonable, markdown_table, write_files
 
 __all__ = [
     "CPU_RECIPE",
@@ -157,7 +147,14 @@ class FineTunedBenchConfig:
             raise ValueError(f"part_sizes needs train, validation and test >= 2, got {sizes}")
 
     def sizes(self) -> dict[str, int]:
+        """Texts per part of an ID corpus's pool (:data:`DEFAULT_PART_SIZES` by default)."""
         return dict(self.part_sizes or DEFAULT_PART_SIZES)
+
+    def pool_sizes(self, is_id: bool, n: int) -> dict[str, int]:
+        """Texts per part of a corpus's pool (:func:`~.pools.draw_pools`): train, validation
+        and test for an ID corpus, test only for an OOD corpus."""
+        sizes = self.sizes()
+        return sizes if is_id else {"test": sizes["test"]}
 
 
 @dataclass
@@ -174,53 +171,24 @@ class FineTunedResult:
 
 
 # ------------------------------------------------------------------------------ model outputs
-@dataclass
-class _Outputs:
-    """One model's outputs over a pool's texts, rows in pool order (NaN rows: not computed).
-
-    ``features`` are final-layer last-token states, ``label_logits`` the next-token logits of
-    the first token of each of ``words``, ``vocab_logsumexp`` the log-sum-exp over the whole
-    vocabulary, ``likelihood`` the ``[n, 2]`` (sum log p(text tokens), token count).
-    """
-
-    features: torch.Tensor
-    label_logits: torch.Tensor
-    vocab_logsumexp: torch.Tensor
-    likelihood: torch.Tensor
-    words: tuple[str, ...]
-
-    def logits_of(self, idx: torch.Tensor, words: Sequence[str]) -> torch.Tensor:
-        return self.label_logits[idx][:, [self.words.index(w) for w in words]]
-
-
-def _run_model(model: Any, tokenizer: Any, texts: Sequence[str], idx: np.ndarray,
-               label_words: Sequence[str], template: str, config: FineTunedBenchConfig,
-               cache: bool) -> _Outputs:
-    """Run ``model`` over ``texts[idx]``; rows outside ``idx`` stay NaN."""
-    from ..features import extract, sequence_log_likelihood
-
-    chosen = [texts[i] for i in idx]
-    common = {"template": template, "max_length": config.train.max_length,
-              "batch_size": config.batch_size, "progress": config.progress}
-    got = extract(chosen, model, tokenizer, layers=-1, pooling="last",
-                  label_words=list(label_words), cache=cache, **common)
-    likelihood = sequence_log_likelihood(chosen, model, tokenizer, cache=cache, **common)
+def _extract_rows(model: Any, tokenizer: Any, texts: Sequence[str], idx: np.ndarray,
+                  label_words: Sequence[str], template: str, config: FineTunedBenchConfig,
+                  cache: bool) -> Extraction:
+    """Final-layer last-token features, label-token logits and LM statistics of ``texts[idx]``,
+    as a bundle over all of ``texts`` (the rows outside ``idx`` are NaN)."""
+    got = extract([texts[i] for i in idx], model, tokenizer, layers=-1, pooling="last",
+                  template=template, max_length=config.train.max_length,
+                  batch_size=config.batch_size, label_words=list(label_words), lm_stats=True,
+                  cache=cache, progress=config.progress)
     rows = torch.as_tensor(idx, dtype=torch.long)
 
-    def full(values: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-        out = torch.full((len(texts), *values.shape[1:]), float("nan"), dtype=dtype)
-        out[rows] = values.to(dtype)
+    def full(values: torch.Tensor) -> torch.Tensor:
+        out = torch.full((len(texts), *values.shape[1:]), float("nan"), dtype=values.dtype)
+        out[rows] = values
         return out
 
-    return _Outputs(full(got.features, torch.float32), full(got.label_logits, torch.float32),
-                    full(got.vocab_logsumexp, torch.float32),
-                    full(likelihood, torch.float64), tuple(label_words))
-
-
-def _pools(suite: Suite, config: FineTunedBenchConfig) -> tuple[dict[str, Pool], dict[str, str]]:
-    """One pool per corpus: ID corpora with train/validation/test parts, OOD corpora test only."""
-    sizes = config.sizes()
-    return draw_pools(suite, lambda is_id, n: dict(sizes) if is_id else {"test": sizes["test"]})
+    return replace(got, features=full(got.features), label_logits=full(got.label_logits),
+                   vocab_logsumexp=full(got.vocab_logsumexp), lm_stats=full(got.lm_stats))
 
 
 # ------------------------------------------------------------------------------ the run
@@ -245,12 +213,8 @@ def run_fine_tuned(
     Raises
     ------
     ValueError
-        If no setting can run, or on an unknown detector or a model without an LM head.
+        If no setting can run, or on an unknown detector or a model that is not a causal LM.
     """
-    from ..features import load_model
-
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    start = time.perf_counter()
     suite = (suite or FINE_TUNED).select(config.datasets)
     if not suite.settings:
         raise ValueError(f"no setting of suite {suite.name!r} uses only {config.datasets}")
@@ -261,61 +225,47 @@ def run_fine_tuned(
         if unknown:
             raise ValueError(f"unknown detector(s) {unknown}; registered: "
                              f"{', '.join(registry.detectors)}")
-    previous_threads = torch.get_num_threads()
-    threads = bench_threads(config.threads)
-    torch.set_num_threads(threads)
-    timing: dict[str, float] = {"train_s": 0.0, "extract_s": 0.0, "detectors_s": 0.0}
     rows: list[dict[str, Any]] = []
     training: list[dict[str, Any]] = []
     scores: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]] = {}
-    try:
-        pools, skipped = _pools(suite, config)
+    with RunSession(config.threads, stages=("train", "extract", "detectors")) as session:
+        pools, skipped = draw_pools(suite, config.pool_sizes)
         base_model, tokenizer = load_model(config.model)
-        if base_model.get_output_embeddings() is None:
-            raise ValueError(f"{config.model} has no LM head; the fine-tuned suite needs a "
-                             "causal LM")
-        words = {key: _label_words(suite, pool) for key, pool in pools.items()
+        if not is_causal_lm(base_model):
+            raise ValueError(f"{config.model} is not a causal LM with an LM head; the "
+                             "fine-tuned suite needs one")
+        words = {key: label_words(suite, pool) for key, pool in pools.items()
                  if key in suite.id_corpora()}
         all_words = list(dict.fromkeys(w for ws in words.values() for w in ws))
-        tick = time.perf_counter()
-        base = {key: _run_model(base_model, tokenizer, pool.texts, np.arange(len(pool.texts)),
-                                all_words, suite.template, config, config.cache)
-                for key, pool in pools.items()}
-        timing["extract_s"] += time.perf_counter() - tick
+        with session.stage("extract"):
+            base = {key: _extract_rows(base_model, tokenizer, pool.texts,
+                                       np.arange(len(pool.texts)), all_words, suite.template,
+                                       config, config.cache)
+                    for key, pool in pools.items()}
         del base_model
 
         for seed in config.seeds:
-            for task in _tasks(suite, pools, seed, "validation"):
-                id_pool = pools[task.id_corpus]
-                names = id_pool.label_names
+            for task in tasks(suite, pools, seed, "validation"):
+                names = pools[task.id_corpus].label_names
                 class_words = [words[task.id_corpus][names.index(c)] for c in task.id_classes]
-                codes = [names.index(c) for c in task.id_classes]
-                parts = split_pool(len(id_pool.texts), id_pool.sizes, seed, id_pool.labels)
-                train_all = parts["train"][np.isin(id_pool.labels[parts["train"]], codes)]
-                remap = {code: i for i, code in enumerate(codes)}
                 for shots in config.shots:
-                    train_idx = _few_shot(train_all, id_pool.labels, shots, seed)
-                    keep = _few_shot(np.arange(len(task.bank_idx)), task.bank_labels, shots, seed)
-                    shot_task = replace(task, bank_idx=task.bank_idx[keep],
-                                        bank_labels=task.bank_labels[keep])
-                    common = {"seed": seed, "shots": str(shots), "n_train": len(train_idx)}
-                    tick = time.perf_counter()
-                    rows += _detect(shot_task, pools, base, None, class_words, "zero-grad",
-                                    common, registry, config, scores)
-                    timing["detectors_s"] += time.perf_counter() - tick
+                    shot_task = task.few_shot(shots)
+                    tags = {"shots": str(shots), "n_train": len(shot_task.train_idx),
+                            "id_accuracy": None}
+                    first = seed == config.seeds[0] and shots == config.shots[0]
+                    with session.stage("detectors"):
+                        rows += _detect(shot_task, base, None, class_words, "zero-grad", tags,
+                                        registry, config, scores if first else None)
                     for objective in config.objectives:
                         record, outputs, run = _train_one(
-                            config, suite, tokenizer, pools, train_idx, shot_task, remap,
-                            class_words, objective, seed, shots, timing, adapters_dir)
+                            config, suite, tokenizer, pools, shot_task, class_words, objective,
+                            shots, session, adapters_dir)
                         training.append(record)
-                        tick = time.perf_counter()
-                        rows += _detect(shot_task, pools, outputs, run, class_words, objective,
-                                        {**common, "id_accuracy": record["test_accuracy"]},
-                                        registry, config, scores, base=base)
-                        timing["detectors_s"] += time.perf_counter() - tick
-    finally:
-        torch.set_num_threads(previous_threads)
-    timing["total_s"] = time.perf_counter() - start
+                        with session.stage("detectors"):
+                            rows += _detect(shot_task, outputs, run, class_words, objective,
+                                            {**tags, "id_accuracy": record["test_accuracy"]},
+                                            registry, config, scores if first else None,
+                                            base=base)
     order = [s.name for s in suite.settings]
     table = aggregate(rows, keys=("setting", "variant", "shots", "detector"),
                       metric_names=("auroc", "fpr95", "aupr_in", "id_accuracy"), order=order)
@@ -331,7 +281,7 @@ def run_fine_tuned(
                       for k, p in pools.items()},
             "skipped_corpora": skipped,
             "bank": "validation",
-            "threads": threads,
+            "threads": session.threads,
             "reporting_epoch": "the first epoch with the best dev accuracy (greedy exact match "
                                "for generative, argmax for discriminative)",
             "variants": {
@@ -343,143 +293,111 @@ def run_fine_tuned(
             },
             "std": "sample standard deviation over seeds (ddof=1; 0 for one seed)",
         },
-        "versions": package_versions(),
-        "machine": machine_info(),
-        "timing_s": timing,
+        **session.metadata(),
     }
     return FineTunedResult(rows, table, training, scores, meta)
 
 
-def _few_shot(idx: np.ndarray, labels: np.ndarray, shots: Shot, seed: int) -> np.ndarray:
-    """``idx`` restricted to K per class of ``labels[idx]`` (all of them for ``"full"``)."""
-    from ..data import few_shot_indices
-
-    return idx[few_shot_indices(labels[idx], shots, seed=seed)]
-
-
 def _train_one(
     config: FineTunedBenchConfig, suite: Suite, tokenizer: Any, pools: Mapping[str, Pool],
-    train_idx: np.ndarray, task: _Task, remap: Mapping[int, int], class_words: Sequence[str],
-    objective: str, seed: int, shots: Shot, timing: dict[str, float],
+    task: Task, class_words: Sequence[str], objective: str, shots: Shot, session: RunSession,
     adapters_dir: str | os.PathLike[str] | None,
-) -> tuple[dict[str, Any], dict[str, _Outputs], FineTuned]:
-    """Fine-tune a fresh copy of the base model, measure its ID test accuracy, save its
-    adapters, and run the merged model over every text the task scores."""
-    from ..features import load_model
-    from .plots import slug
-
-    id_pool = pools[task.id_corpus]
-    texts = id_pool.texts
-    assert id_pool.labels is not None
+) -> tuple[dict[str, Any], dict[str, Extraction], FineTuned]:
+    """Fine-tune a fresh copy of the base model on the task's train part (early stopping on its
+    bank), measure its ID test accuracy, save its adapters, and run the merged model over every
+    text the task scores."""
+    texts = pools[task.id_corpus].texts
     model, _ = load_model(config.model)
-    tick = time.perf_counter()
-    run = fine_tune(model, tokenizer, [texts[i] for i in train_idx],
-                    [remap[int(id_pool.labels[i])] for i in train_idx],
-                    [texts[i] for i in task.bank_idx], task.bank_labels,
-                    label_words=class_words, objective=objective,  # type: ignore[arg-type]
-                    template=suite.template, config=config.train)
-    train_s = time.perf_counter() - tick
-    timing["train_s"] += train_s
-    test_codes = np.array([remap[int(id_pool.labels[i])] for i in task.test_idx])
-    accuracy = run.accuracy([texts[i] for i in task.test_idx], test_codes,
+    with session.stage("train"):
+        tick = time.perf_counter()
+        run = fine_tune(model, tokenizer, [texts[i] for i in task.train_idx], task.train_labels,
+                        [texts[i] for i in task.bank_idx], task.bank_labels,
+                        label_words=class_words, objective=objective,  # type: ignore[arg-type]
+                        template=suite.template, config=config.train)
+        train_s = time.perf_counter() - tick
+    accuracy = run.accuracy([texts[i] for i in task.test_idx], task.test_labels,
                             progress=config.progress)
-    setting = task.oods[0][0].name
-    name = f"{setting}-seed{seed}-{objective}-k{shots}"
+    setting = task.oods[0].setting.name
+    name = f"{setting}-seed{task.seed}-{objective}-k{shots}"
     adapter = None
     if config.save_adapters and adapters_dir is not None:
         adapter = str(run.save(Path(adapters_dir) / slug(name)))
     record = {
-        "setting": setting, "seed": seed, "variant": objective, "shots": str(shots),
-        "n_train": len(train_idx), "n_dev": len(task.bank_idx), "best_epoch": run.best_epoch,
-        "best_dev_accuracy": run.best_dev_accuracy, "test_accuracy": accuracy,
-        "history": run.history, "train_s": train_s, "adapter": adapter,
+        "setting": setting, "seed": task.seed, "variant": objective, "shots": str(shots),
+        "n_train": len(task.train_idx), "n_dev": len(task.bank_idx),
+        "best_epoch": run.best_epoch, "best_dev_accuracy": run.best_dev_accuracy,
+        "test_accuracy": accuracy, "history": run.history, "train_s": train_s,
+        "adapter": adapter,
     }
     if config.progress:
         print(f"{name}: best epoch {run.best_epoch}, dev accuracy {run.best_dev_accuracy:.3f}, "
               f"test accuracy {accuracy:.3f}, {train_s:.0f} s", file=sys.stderr)
-    tick = time.perf_counter()
-    needed = {task.id_corpus: np.union1d(task.bank_idx, task.test_idx)}
-    for _, pool_key, idx, _ in task.oods:
-        needed[pool_key] = np.union1d(needed.get(pool_key, np.empty(0, np.int64)), idx)
-    merged = run.merged()
-    outputs = {key: _run_model(merged, tokenizer, pools[key].texts, idx, class_words,
-                               suite.template, config, cache=False)
-               for key, idx in needed.items()}
-    timing["extract_s"] += time.perf_counter() - tick
+    with session.stage("extract"):
+        needed = {task.id_corpus: np.union1d(task.bank_idx, task.test_idx)}
+        for ood in task.oods:
+            needed[ood.pool] = np.union1d(needed.get(ood.pool, np.empty(0, np.int64)), ood.idx)
+        merged = run.merged()
+        outputs = {key: _extract_rows(merged, tokenizer, pools[key].texts, idx, class_words,
+                                      suite.template, config, cache=False)
+                   for key, idx in needed.items()}
     return record, outputs, run
 
 
 def _detect(
-    task: _Task, pools: Mapping[str, Pool], outputs: Mapping[str, _Outputs],
-    run: FineTuned | None, class_words: Sequence[str], variant: str,
-    common: Mapping[str, Any], registry: Registry, config: FineTunedBenchConfig,
-    scores: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]],
-    base: Mapping[str, _Outputs] | None = None,
+    task: Task, outputs: Mapping[str, Extraction], run: FineTuned | None,
+    class_words: Sequence[str], variant: str, tags: Mapping[str, Any], registry: Registry,
+    config: FineTunedBenchConfig,
+    scores: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]] | None,
+    base: Mapping[str, Extraction] | None = None,
 ) -> list[dict[str, Any]]:
-    """Every detector on one variant's outputs for one task; rows tagged with the variant."""
-    from ..features import likelihood_ratio_inputs
-
+    """Every detector on one variant's outputs for one task; rows tagged with the variant and
+    ``tags`` (``shots``, ``n_train``, ``id_accuracy``). Scores are kept in ``scores`` if given."""
     wanted = config.detectors
     discriminative = run is not None and run.objective == "discriminative"
 
-    def sets(kind: str) -> tuple[FeatureSet, FeatureSet, list[FeatureSet]]:
-        def make(pool_key: str, idx: np.ndarray, name: str, labels: Any = None) -> FeatureSet:
-            out = outputs[pool_key]
-            rows = torch.as_tensor(idx, dtype=torch.long)
-            x = out.features[rows]
-            if discriminative:
-                assert run is not None
-                z = run.head_logits(x)
+    def inputs(kind: str) -> MakeInputs:
+        def make(pool_key: str, idx: np.ndarray) -> DetectorInputs:
+            part = outputs[pool_key].rows(idx)
+            x = part.layer(-1)
+            if run is not None and discriminative:
+                logits = run.head_logits(x)
+            elif kind == "vocab":
+                logits = part.for_labels(class_words).label_log_probs()
             else:
-                z = out.logits_of(rows, class_words)
-                if kind == "vocab":
-                    z = z - out.vocab_logsumexp[rows, None]
-            stats = out.likelihood[rows]
+                logits = part.for_labels(class_words).label_logits
+            stats = part.lm_stats
             if kind == "ratio":
                 assert base is not None
-                stats = likelihood_ratio_inputs(stats, base[pool_key].likelihood[rows])
-            return FeatureSet(name, x, z, labels, lm_stats=stats)
+                stats = likelihood_ratio_inputs(stats, base[pool_key].rows(idx).lm_stats)
+            return DetectorInputs(x, logits, lm_stats=stats)
 
-        bank = make(task.id_corpus, task.bank_idx, "bank", task.bank_labels)
-        id_test = make(task.id_corpus, task.test_idx, "id_test")
-        oods = [make(pool_key, idx, s.name) for s, pool_key, idx, _ in task.oods]
-        return bank, id_test, oods
+        return make
 
-    first = common["seed"] == config.seeds[0] and common["shots"] == str(config.shots[0])
-
-    def keep(det: str, ood: str, a: Any, b: Any) -> None:
-        if first:
-            scores.setdefault(f"{ood} [{variant}]", {})[det] = (_np(a), _np(b))
+    def keep(det: str, ood: str, a: np.ndarray, b: np.ndarray) -> None:
+        if scores is not None:
+            scores.setdefault(f"{ood} [{variant}]", {})[det] = (a, b)
 
     plain = [d for d in (wanted or registry.detectors)
              if d in registry.detectors and d != "likelihood_ratio"]
-    found = run_detectors(*sets("label"), registry=registry, detectors=plain, on_scores=keep)
-    if not discriminative and "maxlogit" in registry.detectors and (
-            wanted is None or MSP_VOCAB in wanted):
-        extra = run_detectors(*sets("vocab"), registry=registry, detectors=["maxlogit"],
-                              on_scores=lambda d, o, a, b: keep(MSP_VOCAB, o, a, b))
-        for row in extra:
-            row["detector"] = MSP_VOCAB
-        found += extra
+    found = run_detectors(*task.inputs(inputs("label")), registry=registry, detectors=plain,
+                          on_scores=keep)
+    if not discriminative and (wanted is None or MSP_VOCAB in wanted):
+        found += run_msp_vocab(*task.inputs(inputs("vocab")), registry=registry, on_scores=keep)
     if base is not None and "likelihood_ratio" in registry.detectors and (
             wanted is None or "likelihood_ratio" in wanted):
-        found += run_detectors(*sets("ratio"), registry=registry,
+        found += run_detectors(*task.inputs(inputs("ratio")), registry=registry,
                                detectors=["likelihood_ratio"], on_scores=keep)
-    info = {"seed": common["seed"], "n_bank": len(task.bank_idx), "n_id": len(task.test_idx),
-            "id_classes": ",".join(task.id_classes)}
-    tagged = []
-    for row in found:
-        entry = _tag(row, task, info, -1)
-        entry.update(variant=variant, shots=common["shots"], n_train=common["n_train"],
-                     id_accuracy=common.get("id_accuracy"))
-        tagged.append(entry)
-    return tagged
+    return [{**task.row(row, -1), "variant": variant, "shots": tags["shots"],
+             "n_train": tags["n_train"], "id_accuracy": tags["id_accuracy"]}
+            for row in found]
 
 
 # ------------------------------------------------------------------------------ outputs
 TABLE_COLUMNS = ("setting", "variant", "shots", "detector", "auroc_pm", "fpr95_pm",
                  "aupr_in_pm", "id_accuracy_pm", "n_seeds")
 _HEADERS = {**TABLE_HEADERS, "id_accuracy_pm": "ID acc."}
+#: Detectors in the per-setting plots: the default ones and the language-model detectors.
+_PLOTTED = (*PLOT_DETECTORS, "perplexity", "likelihood_ratio")
 TRAINING_COLUMNS = ("setting", "seed", "variant", "shots", "n_train", "n_dev", "best_epoch",
                     "best_dev_accuracy", "test_accuracy", "train_s")
 
@@ -529,43 +447,19 @@ def write_fine_tuned_outputs(result: FineTunedResult, out_dir: str | os.PathLike
                              ) -> dict[str, Any]:
     """Write ``results.json`` (format ``ood_zoo.bench``, rows carry ``variant`` and
     ``shots``), ``table.md``, ``table.txt`` and ``plots/`` into ``out_dir``, atomically."""
-    from .plots import plot_setting, plot_training, slug
-
     directory = Path(out_dir)
-    directory.mkdir(parents=True, exist_ok=True)
-    plot_status: dict[str, Any] = {"skipped": "disabled"}
-    if result.meta["settings"]["config"].get("plots", True):
-        try:
-            files = []
-            for name, per_detector in result.scores.items():
-                picked = {d: per_detector[d] for d in
-                          (*PLOT_DETECTORS, "perplexity", "likelihood_ratio")
-                          if d in per_detector}
-                if picked:
-                    files.append(plot_setting(name, picked, directory / "plots" /
-                                              f"{slug(name)}.png"))
-            if result.training:
-                files.append(plot_training(result.training,
-                                           directory / "plots" / "training.png"))
-            plot_status = {"files": files}
-        except ImportError:
-            from .plots import MISSING_MATPLOTLIB
-
-            print(MISSING_MATPLOTLIB, file=sys.stderr)
-            plot_status = {"skipped": MISSING_MATPLOTLIB}
+    plot_status = (write_plots(result.scores, directory / "plots", detectors=_PLOTTED,
+                               training=result.training)
+                   if result.meta["settings"]["config"]["plots"] else {"skipped": "disabled"})
     md, txt = render_fine_tuned(result)
     payload = {
         "format": "ood_zoo.bench", "format_version": 1, "table": result.table,
         "rows": result.rows, "summary": comparison(result.table), "training": result.training,
         **result.meta, "plots": plot_status,
     }
-    outputs = {
-        "results.json": json.dumps(jsonable(payload), indent=2, allow_nan=False) + "\n",
-        "table.md": md + "\n",
-        "table.txt": txt + "\n",
-    }
-    written = []
-    for name, text in outputs.items():
-        atomic_write_bytes(directory / name, text.encode("utf-8"))
-        written.append(str(directory / name))
-    return {"files": written + list(plot_status.get("files", [])), "plots": plot_status}
+    files = write_files(directory, {
+        "results.json": json_bytes(payload),
+        "table.md": (md + "\n").encode("utf-8"),
+        "table.txt": (txt + "\n").encode("utf-8"),
+    })
+    return {"files": files + list(plot_status.get("files", [])), "plots": plot_status}

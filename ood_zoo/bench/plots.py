@@ -14,26 +14,31 @@ import sys
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from .. import metrics
 from ..io import atomic_write_bytes
 
-if TYPE_CHECKING:
-    from .zero_grad import BenchResult
-
-__all__ = ["MISSING_MATPLOTLIB", "plot_layer_sweep", "plot_setting", "write_plots"]
+__all__ = [
+    "MISSING_MATPLOTLIB", "PLOT_DETECTORS", "figure_class", "plot_layer_sweep", "plot_setting",
+    "plot_training", "save_png", "slug", "write_plots",
+]
 
 MISSING_MATPLOTLIB = (
     "matplotlib is not installed: plots skipped (results and tables are written). "
     "Install it with: pip install 'ood_zoo[plots]'"
 )
+#: Detectors shown in the per-setting ROC/histogram plots by default (those present).
+PLOT_DETECTORS = ("cosine", "mahalanobis", "msp_vocab", "msp", "energy")
 _HIST_BINS = 40
+#: ``{setting: {detector: (id_scores, ood_scores)}}``, as the suites keep them for plots.
+Scores = Mapping[str, Mapping[str, tuple[np.ndarray, np.ndarray]]]
 
 
-def _figure_module() -> Any:
+def figure_class() -> Any:
+    """:class:`matplotlib.figure.Figure` (no pyplot); ImportError without matplotlib."""
     from matplotlib.figure import Figure
 
     return Figure
@@ -44,7 +49,8 @@ def slug(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", name.replace(">", "-").replace(":", "_")).strip("_")
 
 
-def _save(fig: Any, path: Path) -> str:
+def save_png(fig: Any, path: Path) -> str:
+    """Write ``fig`` as a PNG at ``path`` atomically; return the path."""
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -66,7 +72,7 @@ def plot_setting(
     path : Path
         Where the PNG goes.
     """
-    figure_cls = _figure_module()
+    figure_cls = figure_class()
     names = list(scores)
     fig = figure_cls(figsize=(4.2 * (1 + len(names)), 3.6))
     axes = fig.subplots(1, 1 + len(names), squeeze=False)[0]
@@ -87,14 +93,14 @@ def plot_setting(
         axis.hist(ood_scores, bins=bins, alpha=0.55, density=True, label="OOD")
         axis.set(xlabel="score (higher = more ID)", title=name)
         axis.legend(fontsize=8)
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 def plot_layer_sweep(
     sweep_table: Sequence[Mapping[str, Any]], path: Path, *, n_states: int | None = None
 ) -> str:
     """AUROC against layer, one panel per detector, one line per setting (mean ± std band)."""
-    figure_cls = _figure_module()
+    figure_cls = figure_class()
     by_detector: dict[str, dict[str, list[tuple[int, float, float]]]] = defaultdict(
         lambda: defaultdict(list)
     )
@@ -127,13 +133,13 @@ def plot_layer_sweep(
     if detectors:
         axes[-1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.suptitle("Layer sweep: AUROC per layer (solid far-OOD, dashed near-OOD)")
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 def plot_training(training: Sequence[Mapping[str, Any]], path: Path) -> str:
     """Fine-tuning curves: train loss (left) and dev accuracy (right) per epoch, one line per
     run, with the reporting epoch marked."""
-    figure_cls = _figure_module()
+    figure_cls = figure_class()
     fig = figure_cls(figsize=(11, 3.8))
     loss_axis, acc_axis = fig.subplots(1, 2)
     for run in training:
@@ -153,34 +159,39 @@ def plot_training(training: Sequence[Mapping[str, Any]], path: Path) -> str:
     for axis in (loss_axis, acc_axis):
         axis.grid(alpha=0.3)
     loss_axis.legend(fontsize=7)
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 def write_plots(
-    result: BenchResult, directory: Path, *, detectors: Sequence[str] | None = None
+    scores: Scores,
+    directory: Path,
+    *,
+    detectors: Sequence[str] = PLOT_DETECTORS,
+    sweep_table: Sequence[Mapping[str, Any]] = (),
+    n_states: int | None = None,
+    training: Sequence[Mapping[str, Any]] = (),
 ) -> dict[str, Any]:
-    """Every plot of ``result`` into ``directory``.
+    """Every plot of a run into ``directory``: one per setting (the ``detectors`` it has
+    scores of), then the layer sweep and the fine-tuning curves when there are any.
 
     Returns
     -------
     dict
         ``{"files": [paths]}``, or ``{"skipped": reason}`` when matplotlib is missing.
     """
-    from .zero_grad import PLOT_DETECTORS
-
     try:
-        _figure_module()
+        figure_class()
     except ImportError:
         print(MISSING_MATPLOTLIB, file=sys.stderr)
         return {"skipped": MISSING_MATPLOTLIB}
-    chosen = list(detectors or PLOT_DETECTORS)
     files = []
-    for setting, per_detector in result.scores.items():
-        picked = {d: per_detector[d] for d in chosen if d in per_detector}
+    for setting, per_detector in scores.items():
+        picked = {d: per_detector[d] for d in detectors if d in per_detector}
         if picked:
             files.append(plot_setting(setting, picked, directory / f"{slug(setting)}.png"))
-    if result.sweep_table:
-        n_states = result.meta.get("settings", {}).get("n_states")
-        files.append(plot_layer_sweep(result.sweep_table, directory / "layer_sweep.png",
+    if sweep_table:
+        files.append(plot_layer_sweep(sweep_table, directory / "layer_sweep.png",
                                       n_states=n_states))
+    if training:
+        files.append(plot_training(training, directory / "training.png"))
     return {"files": files}

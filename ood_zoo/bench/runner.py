@@ -1,15 +1,16 @@
 """Run every registered detector on precomputed features: fit once, score ID and OOD sets.
 
 This is the benchmark core shared by the demo and the suites: it takes plain tensors (features,
-logits, labels) and never loads a model. A detector that raises is reported as an error row and
-never stops the others.
+logits, labels, language-model statistics; a :class:`DetectorInputs` per set, cut from an
+:class:`~ood_zoo.features.Extraction`) and never loads a model. A detector that raises is
+reported as an error row and never stops the others.
 """
 
 from __future__ import annotations
 
 import time
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,12 +21,14 @@ from .. import metrics
 from ..registry import Registry, get_registry
 
 __all__ = [
+    "MSP_VOCAB",
     "PROBE_CS",
     "ROW_COLUMNS",
-    "FeatureSet",
+    "DetectorInputs",
     "fit_probe",
     "probe_logits",
     "run_detectors",
+    "run_msp_vocab",
     "usable_detectors",
 ]
 
@@ -34,31 +37,32 @@ ROW_COLUMNS = (
     "ood_set", "detector", "auroc", "fpr95", "aupr_in", "aupr_out", "fit_s", "score_s", "error",
 )
 _METRIC_KEYS = ("auroc", "fpr95", "aupr_in", "aupr_out")
+#: The row name of the paper's full-vocabulary MSP (:func:`run_msp_vocab`).
+MSP_VOCAB = "msp_vocab"
+#: ``on_scores(detector, ood_set, id_scores, ood_scores)``, the scores as numpy arrays.
+OnScores = Callable[[str, str, np.ndarray, np.ndarray], None]
 
 
 @dataclass(frozen=True)
-class FeatureSet:
-    """One set of samples as a detector sees them.
+class DetectorInputs:
+    """What a detector is fit or scored on for one set of texts.
 
     Attributes
     ----------
-    name : str
-        E.g. ``"rt_test"`` or ``"chitchat"``.
     features : torch.Tensor
-        ``[n, d]`` features.
+        ``[n, d]`` features of one layer (:meth:`ood_zoo.features.Extraction.layer`).
     logits : torch.Tensor or None
-        ``[n, C]`` class logits (a probe's, or label-token logits of an LM).
+        ``[n, C]`` class logits: label-token logits of an LM, their vocabulary log-probabilities,
+        a probe's or a classification head's.
     labels : numpy.ndarray or None
-        ``[n]`` integer class labels (needed for the fit set only).
+        ``[n]`` integer class labels (the fit set only).
     lm_stats : torch.Tensor or None
-        ``[n, k]`` per-text language-model statistics for the detectors that need the language
-        model (``requires.language_model``), e.g. ``[n, 2]``
-        :func:`~ood_zoo.features.sequence_log_likelihood` for ``perplexity`` or ``[n, 3]``
-        :func:`~ood_zoo.features.likelihood_ratio_inputs` for ``likelihood_ratio``. They get
-        these as ``features``.
+        ``[n, k]`` per-text language-model statistics, which the detectors that need the
+        language model (``requires.language_model``) get as their ``features``: ``[n, 2]``
+        :func:`~ood_zoo.features.sequence_log_likelihood` for ``perplexity``, ``[n, 3]``
+        :func:`~ood_zoo.features.likelihood_ratio_inputs` for ``likelihood_ratio``.
     """
 
-    name: str
     features: torch.Tensor
     logits: torch.Tensor | None = None
     labels: np.ndarray | None = None
@@ -130,7 +134,7 @@ def usable_detectors(
 
     Detectors that need the language model itself (``requires.language_model``) are usable
     only with ``lm_columns``, the width of the runner's language-model statistics
-    (:attr:`FeatureSet.lm_stats`), and only if the columns they declare in ``stats_columns`` (if
+    (:attr:`DetectorInputs.lm_stats`), and only if the columns they declare in ``stats_columns`` (if
     any) are that many.
     """
     registry = registry or get_registry()
@@ -154,9 +158,15 @@ def usable_detectors(
     return usable, skipped
 
 
-def _features(feature_set: FeatureSet, language_model: bool) -> torch.Tensor | None:
+def _features(inputs: DetectorInputs, language_model: bool) -> torch.Tensor | None:
     """What a detector gets as ``features``: the LM statistics if it needs the language model."""
-    return feature_set.lm_stats if language_model else feature_set.features
+    return inputs.lm_stats if language_model else inputs.features
+
+
+def _numpy(scores: Any) -> np.ndarray:
+    if isinstance(scores, torch.Tensor):
+        return scores.detach().float().cpu().numpy()
+    return np.asarray(scores, dtype=np.float64)
 
 
 def _error(exc: BaseException, stage: str) -> str:
@@ -166,13 +176,13 @@ def _error(exc: BaseException, stage: str) -> str:
 
 
 def run_detectors(
-    bank: FeatureSet,
-    id_test: FeatureSet,
-    ood_sets: Sequence[FeatureSet],
+    bank: DetectorInputs,
+    id_test: DetectorInputs,
+    ood_sets: Mapping[str, DetectorInputs],
     *,
     registry: Registry | None = None,
     detectors: Sequence[str] | None = None,
-    on_scores: Callable[[str, str, Any, Any], None] | None = None,
+    on_scores: OnScores | None = None,
 ) -> list[dict[str, Any]]:
     """Fit each detector on ``bank`` and evaluate it on ``id_test`` against each OOD set.
 
@@ -182,18 +192,18 @@ def run_detectors(
 
     Parameters
     ----------
-    bank, id_test : FeatureSet
+    bank, id_test : DetectorInputs
         The fit set (with labels) and the ID test set.
-    ood_sets : sequence of FeatureSet
-        Each is evaluated on its own against ``id_test``.
+    ood_sets : mapping of str to DetectorInputs
+        Each is evaluated on its own against ``id_test``; the key names it in the rows.
     registry : Registry, optional
         Default :func:`~ood_zoo.registry.get_registry`.
     detectors : sequence of str, optional
         Detector names; default every registered one that these sets can feed
         (:func:`usable_detectors`).
     on_scores : callable, optional
-        ``on_scores(detector, ood_name, id_scores, ood_scores)`` after each successful
-        evaluation, e.g. to keep scores for plots.
+        ``on_scores(detector, ood_name, id_scores, ood_scores)`` with the scores as numpy arrays,
+        after each successful evaluation, e.g. to keep scores for plots.
 
     Returns
     -------
@@ -204,7 +214,7 @@ def run_detectors(
         exception that stopped this detector; its metrics are then ``None``).
     """
     registry = registry or get_registry()
-    stats = [s.lm_stats for s in (bank, id_test, *ood_sets)]
+    stats = [s.lm_stats for s in (bank, id_test, *ood_sets.values())]
     lm_columns = None if any(t is None for t in stats) else int(stats[0].shape[1])
     names, _ = usable_detectors(registry, detectors, lm_columns)
     rows: list[dict[str, Any]] = []
@@ -228,9 +238,9 @@ def run_detectors(
                 id_s = time.perf_counter() - start
             except Exception as exc:
                 failure = _error(exc, "score ID")
-        for ood in ood_sets:
+        for ood_name, ood in ood_sets.items():
             row: dict[str, Any] = dict.fromkeys(ROW_COLUMNS)
-            row.update(ood_set=ood.name, detector=name, fit_s=fit_s, error=failure)
+            row.update(ood_set=ood_name, detector=name, fit_s=fit_s, error=failure)
             if failure is None:
                 try:
                     start = time.perf_counter()
@@ -239,8 +249,38 @@ def run_detectors(
                     result = metrics.evaluate(id_scores, ood_scores)
                     row.update({key: result[key] for key in _METRIC_KEYS})
                     if on_scores is not None:
-                        on_scores(name, ood.name, id_scores, ood_scores)
+                        on_scores(name, ood_name, _numpy(id_scores), _numpy(ood_scores))
                 except Exception as exc:
-                    row["error"] = _error(exc, f"score {ood.name}")
+                    row["error"] = _error(exc, f"score {ood_name}")
             rows.append(row)
+    return rows
+
+
+def run_msp_vocab(
+    bank: DetectorInputs,
+    id_test: DetectorInputs,
+    ood_sets: Mapping[str, DetectorInputs],
+    *,
+    registry: Registry | None = None,
+    on_scores: OnScores | None = None,
+) -> list[dict[str, Any]]:
+    """The paper's MSP, as rows named :data:`MSP_VOCAB`; none without ``maxlogit``.
+
+    The paper takes the softmax over the whole vocabulary and the max over the label tokens,
+    not renormalised. Given the label tokens' vocabulary log-probabilities as ``logits``
+    (:meth:`ood_zoo.features.Extraction.label_log_probs`), the ``maxlogit`` detector scores
+    the log of that MSP: the same AUROC, FPR95 and AUPR.
+    """
+    registry = registry or get_registry()
+    if "maxlogit" not in registry.detectors:
+        return []
+
+    def renamed(detector: str, ood: str, id_scores: np.ndarray, ood_scores: np.ndarray) -> None:
+        if on_scores is not None:
+            on_scores(MSP_VOCAB, ood, id_scores, ood_scores)
+
+    rows = run_detectors(bank, id_test, ood_sets, registry=registry, detectors=["maxlogit"],
+                         on_scores=renamed)
+    for row in rows:
+        row["detector"] = MSP_VOCAB
     return rows

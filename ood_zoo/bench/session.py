@@ -83,6 +83,8 @@ class RunSession:
     threads : int, optional
         Torch threads for the run (:func:`bench_threads`); the previous count is restored on
         exit, also when the run raises.
+    stages : sequence of str
+        Stages that ``timing`` reports even when they never run (as 0 s).
 
     Attributes
     ----------
@@ -92,9 +94,9 @@ class RunSession:
         Seconds per stage (``<stage>_s``, summed when a stage repeats) and ``total_s``.
     """
 
-    def __init__(self, threads: int | None = None) -> None:
+    def __init__(self, threads: int | None = None, stages: Sequence[str] = ()) -> None:
         self.threads = bench_threads(threads)
-        self.timing: dict[str, float] = {}
+        self.timing: dict[str, float] = {f"{name}_s": 0.0 for name in stages}
         self._previous_threads: int | None = None
         self._start = 0.0
 

@@ -28,19 +28,20 @@ near-OOD    ``rt`` reviews                                ``rt_plots``: plot syn
                                                           same films
 ==========  ============================================  =====================================
 
-A corpus whose package is missing (or whose loader is not available in this ood_zoo version) is
-skipped with a reason; the other settings still run.
+A corpus whose package is missing is skipped with a reason; the other settings still run.
 
 Splits
 ------
 Each corpus gets one fixed pool, drawn once with :data:`POOL_SEED` (class-stratified when
-labelled), so features are extracted once per corpus. Every seed then splits an ID pool anew into
-disjoint parts (``train``, ``validation``, ``test``; stratified by class), so the spread over seeds
-measures the choice of bank and test texts. OOD-only corpora have a ``test`` part only.
+labelled), so features are extracted once per corpus (:mod:`ood_zoo.bench.pools`). Every seed then
+splits an ID pool anew into disjoint parts (``train``, ``validation``, ``test``; stratified by
+class; :func:`ood_zoo.data.split_pool`), so the spread over seeds measures the choice of bank and
+test texts. OOD-only corpora have a ``test`` part only.
 As in the paper, the detectors' bank (cosine's reference vectors, Mahalanobis's class means and
 covariance) is the ID **validation** part; ``bank="train"`` uses the (larger) train part instead.
 In held-out-class settings the seed also draws the ID classes, with the paper's RNG call
-``np.random.seed(seed); np.random.choice(classes, n_known, replace=False)``.
+``np.random.seed(seed); np.random.choice(classes, n_known, replace=False)``
+(:func:`ood_zoo.data.choose_id_classes`).
 """
 
 from __future__ import annotations
@@ -50,13 +51,19 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
-import numpy as np
-
-from ..data import TextSet, bbc_news, chitchat, rotten_tomatoes
+from ..data import (
+    TWEET_DOMAINS,
+    TextSet,
+    bbc_news,
+    chitchat,
+    gsm8k,
+    rotten_tomatoes,
+    sentiment_tweets,
+)
+from ..features import PAPER_TEMPLATE
 
 __all__ = [
     "FINE_TUNED",
-    "PAPER_TEMPLATE",
     "POOL_SEED",
     "SPLIT_SCALE",
     "SUITES",
@@ -64,13 +71,7 @@ __all__ = [
     "Setting",
     "Suite",
     "get_suite",
-    "holdout_classes",
-    "split_pool",
 ]
-
-#: The prompt of the paper's far-OOD runs (``template.json``, ``normal``); ID and OOD texts alike
-#: are wrapped in it, and the feature is the hidden state of its last token.
-PAPER_TEMPLATE = "### Input:\n{text}\n\n### Output:\n"
 
 #: Seed of the one-off draw of each corpus's pool (the per-seed splits use the run's seeds).
 POOL_SEED = 0
@@ -117,7 +118,8 @@ class Setting:
         Corpus keys. They are equal for held-out-class settings.
     holdout : int
         Number of ``id_corpus`` classes held out as OOD (0: none, ``ood_corpus`` is another
-        corpus). The held-out classes change with the seed (:func:`holdout_classes`).
+        corpus). The held-out classes change with the seed
+        (:func:`ood_zoo.data.choose_id_classes`).
     """
 
     kind: Kind
@@ -200,80 +202,8 @@ class Suite:
                      self.notes)
 
 
-def holdout_classes(
-    names: Sequence[str], n_holdout: int, seed: int
-) -> tuple[tuple[str, ...], tuple[str, ...]]:
-    """Split class names into ID (known) and held-out (OOD) classes for one seed.
-
-    Uses the paper's RNG calls (numpy's legacy ``RandomState``, stable across numpy versions):
-    ``np.random.seed(seed); known = np.random.choice(names, n_known, replace=False)`` with
-    ``n_known = len(names) - n_holdout``, but on a private generator (no global state).
-
-    Returns
-    -------
-    (id_classes, ood_classes)
-        Both in the order of ``names``.
-    """
-    n_known = len(names) - n_holdout
-    if not 1 <= n_known < len(names):
-        raise ValueError(f"cannot hold out {n_holdout} of {len(names)} classes")
-    known = set(np.random.RandomState(seed).choice(list(names), n_known, replace=False).tolist())
-    return (tuple(n for n in names if n in known), tuple(n for n in names if n not in known))
-
-
-def split_pool(
-    n: int, sizes: Mapping[str, int], seed: int, labels: np.ndarray | None = None
-) -> dict[str, np.ndarray]:
-    """Disjoint, seeded parts of a pool of ``n`` texts: ``{part: sorted indices}``.
-
-    Parameters
-    ----------
-    n : int
-        The pool size.
-    sizes : mapping of str to int
-        Texts per part, e.g. ``{"validation": 200, "test": 200}``; scaled down proportionally
-        (rounding down) when the pool holds fewer texts than they ask for.
-    seed : int
-        Seed of the split.
-    labels : numpy.ndarray, optional
-        Class labels; if given, every part keeps the class proportions of the pool.
-    """
-    from ..data import split_indices
-
-    wanted = dict(sizes)
-    total = sum(wanted.values())
-    if total > n:
-        wanted = {k: v * n // total for k, v in wanted.items()}
-    parts = split_indices(n, list(wanted.values()), seed=seed, stratify=labels)
-    return dict(zip(wanted, parts, strict=True))
-
-
-# ---------------------------------------------------------------------------- optional corpora
-def _optional_loader(name: str, **options: object) -> Callable[[], TextSet]:
-    """A loader for a corpus that a newer ``ood_zoo.data`` provides by registered name."""
-
-    def load() -> TextSet:
-        from ..data import load_dataset
-
-        return load_dataset(name, **options)
-
-    load.__name__ = f"load_{name}"
-    return load
-
-
-def _tweets_domain(airline: bool) -> TextSet:
-    """Tweets with sentiment labels, airline domain (``airline=True``) or every other domain."""
-    from ..data import load_dataset
-
-    data = load_dataset("tweets")
-    domains = getattr(data, "domains", None)
-    names = getattr(data, "domain_names", None)
-    if domains is None or names is None or "airline" not in names:
-        raise LookupError("the tweets dataset carries no airline domain")
-    mask = np.asarray(domains) == list(names).index("airline")
-    keep = np.flatnonzero(mask if airline else ~mask)
-    return data.take(keep, name="tweets_airline" if airline else "tweets_other")
-
+#: The tweet domains other than ``airline``: the near-OOD side of the airline tweets.
+_NON_AIRLINE = tuple(name for name, _ in TWEET_DOMAINS if name != "airline")
 
 _SENTIMENT = {"rotten": "negative", "fresh": "positive",
               "negative": "negative", "neutral": "neutral", "positive": "positive"}
@@ -285,13 +215,13 @@ _ZERO_GRAD_CORPORA = (
            "(SST-2 stand-in); label words negative/positive as the paper's SST-2", _SENTIMENT),
     Corpus("bbc", bbc_news, "BBC News articles, 5 topics (20 Newsgroups stand-in); label words "
            "= topic names", _TOPICS),
-    Corpus("tweets_airline", functools.partial(_tweets_domain, True),
+    Corpus("tweets_airline", functools.partial(sentiment_tweets, "airline"),
            "tweets @-mentioning US airlines, 3-class sentiment", _SENTIMENT),
     Corpus("rt_plots", functools.partial(rotten_tomatoes, "plots"),
            "Rotten Tomatoes plot synopses of the same films (near-OOD genre shift)"),
     Corpus("chitchat", chitchat, "open-domain chit-chat utterances"),
-    Corpus("gsm8k", _optional_loader("gsm8k"), "GSM8K grade-school maths questions"),
-    Corpus("tweets", functools.partial(_tweets_domain, False),
+    Corpus("gsm8k", gsm8k, "GSM8K grade-school maths questions"),
+    Corpus("tweets", functools.partial(sentiment_tweets, _NON_AIRLINE),
            "tweets from the non-airline domains (DeflateGate, self-driving cars, brands)"),
 )
 

@@ -10,6 +10,7 @@ import csv
 import io
 import json
 import os
+from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -18,11 +19,14 @@ import numpy as np
 
 from ..io import atomic_write_bytes
 
-__all__ = ["METRICS", "aggregate", "csv_bytes", "json_bytes", "jsonable", "markdown_table",
-           "write_files"]
+__all__ = ["METRICS", "TABLE_HEADERS", "aggregate", "csv_bytes", "json_bytes", "jsonable",
+           "layer_sweep_wide", "markdown_table", "summary_by_kind", "write_files"]
 
 #: The metrics of the result tables (mean and std over seeds).
 METRICS = ("auroc", "fpr95", "aupr_in")
+#: Column headers of the aggregated metrics (:func:`aggregate`'s ``<metric>_pm``) in tables.
+TABLE_HEADERS = {"auroc_pm": "AUROC", "fpr95_pm": "FPR95", "aupr_in_pm": "AUPR-In",
+                 "n_seeds": "seeds"}
 
 
 def jsonable(value: Any) -> Any:
@@ -104,6 +108,45 @@ def aggregate(
                 str(entry.get("detector")))
 
     return sorted(out, key=sort_key)
+
+
+def summary_by_kind(table: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Mean AUROC and FPR95 of each detector over the far-OOD and the near-OOD settings of an
+    :func:`aggregate` table (best far-OOD AUROC first)."""
+    acc: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for row in table:
+        if row.get("auroc") is None:
+            continue
+        acc[row["detector"]][f"{row['kind']}_auroc"].append(row["auroc"])
+        acc[row["detector"]][f"{row['kind']}_fpr95"].append(row["fpr95"])
+    out = []
+    for det, values in acc.items():
+        entry: dict[str, Any] = {"detector": det}
+        for name in ("far_auroc", "far_fpr95", "near_auroc", "near_fpr95"):
+            entry[name] = float(np.mean(values[name])) if values.get(name) else None
+        out.append(entry)
+    return sorted(out, key=lambda e: -(e["far_auroc"] or 0.0))
+
+
+def layer_sweep_wide(
+    sweep_table: Sequence[Mapping[str, Any]],
+) -> tuple[list[dict[str, Any]], list[str]]:
+    """A layer-sweep table wide: one row per (setting, detector), one AUROC column ``L<i>`` per
+    layer, plus ``best_layer``, ``best_auroc`` and ``last_auroc``; and the layer columns."""
+    wide: dict[tuple[str, str], dict[str, Any]] = {}
+    layers: list[int] = sorted({int(r["layer"]) for r in sweep_table})
+    for r in sweep_table:
+        entry = wide.setdefault((r["setting"], r["detector"]),
+                                {"setting": r["setting"], "detector": r["detector"]})
+        entry[f"L{r['layer']}"] = r["auroc"]
+    for entry in wide.values():
+        values = {layer: entry.get(f"L{layer}") for layer in layers}
+        valid = {k: v for k, v in values.items() if v is not None}
+        if valid:
+            best = max(valid, key=lambda k: valid[k])
+            entry["best_layer"], entry["best_auroc"] = best, valid[best]
+            entry["last_auroc"] = values.get(layers[-1])
+    return list(wide.values()), [f"L{layer}" for layer in layers]
 
 
 def markdown_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str],

@@ -36,9 +36,6 @@ from .corpora import (
     gsm8k,
     rotten_tomatoes,
     sentiment_tweets,
-    split,
-    split_indices,
-    subsample,
     tweet_domain,
 )
 from .splits import (
@@ -49,7 +46,11 @@ from .splits import (
     few_shot_indices,
     holdout_classes,
     near_ood_splits,
+    split,
+    split_indices,
+    split_pool,
     standard_splits,
+    subsample,
     train_val_test,
 )
 from .textset import TextSet
@@ -92,6 +93,7 @@ __all__ = [
     "sentiment_tweets",
     "split",
     "split_indices",
+    "split_pool",
     "sst2",
     "standard_splits",
     "subsample",

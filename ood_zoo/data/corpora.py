@@ -19,8 +19,8 @@ reader                        package (``--no-deps``)    content
 
 The files are read directly; the packages are never imported (their ``__init__`` pulls in spaCy
 or reads the whole corpus). Each reader returns a :class:`TextSet`, deduplicated on exact text and
-in the corpus's own order, so the same installed package always yields the same list. Use
-:func:`split` and :func:`subsample` for seeded, disjoint subsets.
+in the corpus's own order, so the same installed package always yields the same list. Seeded,
+disjoint subsets come from :mod:`ood_zoo.data.splits`.
 
 The package licences cover the code; the texts keep their original terms (mostly research use),
 which each :class:`TextSet` states in ``license``.
@@ -32,9 +32,7 @@ import bz2
 import csv
 import functools
 import io
-import itertools
 import json
-import numbers
 import re
 from collections.abc import Sequence
 from typing import Literal
@@ -55,9 +53,6 @@ __all__ = [
     "gsm8k",
     "rotten_tomatoes",
     "sentiment_tweets",
-    "split",
-    "split_indices",
-    "subsample",
     "tweet_domain",
 ]
 
@@ -340,124 +335,3 @@ OFFLINE_DATASETS: tuple[DatasetSpec, ...] = (
 )
 
 
-# ------------------------------------------------------------------------------ splits
-
-
-def _resolve_sizes(n: int, sizes: Sequence[int | float]) -> list[int]:
-    counts: list[int] = []
-    for size in sizes:
-        if isinstance(size, bool) or not isinstance(size, numbers.Real):
-            raise TypeError(f"sizes must be ints (counts) or floats (fractions), got {size!r}")
-        if isinstance(size, numbers.Integral):
-            count = int(size)
-        elif 0.0 <= float(size) <= 1.0:
-            count = round(float(size) * n)
-        else:
-            raise ValueError(f"a fractional size must lie in [0, 1], got {size!r}")
-        if count < 0:
-            raise ValueError(f"sizes must be >= 0, got {size!r}")
-        counts.append(count)
-    if sum(counts) > n:
-        raise ValueError(f"sizes {list(sizes)} ask for {sum(counts)} items but only {n} exist")
-    return counts
-
-
-def split_indices(
-    n: int,
-    sizes: Sequence[int | float],
-    *,
-    seed: int = 0,
-    stratify: np.ndarray | None = None,
-) -> list[np.ndarray]:
-    """Disjoint, seeded random index sets of the given sizes out of ``range(n)``.
-
-    Parameters
-    ----------
-    n : int
-        The number of items.
-    sizes : sequence of int or float
-        One entry per part: an ``int`` count or a ``float`` fraction of ``n``. They may sum to
-        less than ``n``; the rest is left out.
-    seed : int
-        Seed of the permutation; the same ``(n, sizes, seed, stratify)`` always gives the same
-        parts.
-    stratify : numpy.ndarray, optional
-        Integer labels; if given, every part keeps the class proportions of the whole as far as
-        whole numbers allow (largest remainders), each class drawn from its own permutation.
-
-    Returns
-    -------
-    list of numpy.ndarray
-        ``int64`` indices per part, each sorted ascending.
-    """
-    counts = _resolve_sizes(n, sizes)
-    rng = np.random.default_rng(seed)
-    if stratify is None:
-        order = rng.permutation(n)
-        bounds = np.cumsum([0, *counts])
-        return [np.sort(order[a:b]) for a, b in itertools.pairwise(bounds)]
-
-    labels = np.asarray(stratify)
-    if labels.shape != (n,):
-        raise ValueError(f"stratify must have shape ({n},), got {labels.shape}")
-    classes, inverse = np.unique(labels, return_inverse=True)
-    members = [rng.permutation(np.flatnonzero(inverse == c)) for c in range(len(classes))]
-    taken = np.zeros(len(classes), dtype=np.int64)
-    parts: list[np.ndarray] = []
-    for count in counts:
-        want = _apportion(count, np.array([len(m) for m in members]) - taken, n - taken.sum())
-        part = [m[t : t + w] for m, t, w in zip(members, taken, want, strict=True)]
-        taken += want
-        parts.append(np.sort(np.concatenate(part)) if part else np.empty(0, np.int64))
-    return parts
-
-
-def _apportion(count: int, available: np.ndarray, total: int) -> np.ndarray:
-    """Split ``count`` over classes in proportion to ``available`` (largest remainders)."""
-    if count == 0 or total == 0:
-        return np.zeros_like(available)
-    exact = count * available / total
-    want = np.minimum(np.floor(exact).astype(np.int64), available)
-    order = np.argsort(-(exact - want), kind="stable")
-    for c in order:
-        if want.sum() >= count:
-            break
-        if want[c] < available[c]:
-            want[c] += 1
-    return want
-
-
-def split(
-    data: TextSet,
-    sizes: Sequence[int | float],
-    *,
-    seed: int = 0,
-    stratify: bool = False,
-    names: Sequence[str] | None = None,
-) -> list[TextSet]:
-    """Disjoint seeded subsets of ``data`` (see :func:`split_indices`).
-
-    Parameters
-    ----------
-    stratify : bool
-        Keep the class proportions in every part (``data`` must be labelled).
-    names : sequence of str, optional
-        A name per part; by default ``"<name>[i]"``.
-    """
-    if stratify and data.labels is None:
-        raise ValueError(f"{data.name}: cannot stratify an unlabelled set")
-    parts = split_indices(
-        len(data), sizes, seed=seed, stratify=data.labels if stratify else None
-    )
-    if names is not None and len(names) != len(parts):
-        raise ValueError(f"{len(parts)} parts but {len(names)} names")
-    return [
-        data.take(idx, name=names[i] if names is not None else f"{data.name}[{i}]")
-        for i, idx in enumerate(parts)
-    ]
-
-
-def subsample(data: TextSet, n: int, *, seed: int = 0) -> TextSet:
-    """A seeded random subset of ``min(n, len(data))`` texts, in corpus order."""
-    (part,) = split(data, [min(int(n), len(data))], seed=seed, names=[data.name])
-    return part

@@ -13,17 +13,22 @@ dataset or :class:`~ood_zoo.data.TextSet`:
 Every random split is seeded, disjoint and stratified: by class where there are labels, and by
 class x domain where there are domains too. :func:`holdout_classes` and :func:`near_ood_splits`
 hold out classes (or domains) as near-OOD; :func:`few_shot` draws K examples per class.
+
+Underneath, :func:`split_indices` draws disjoint, seeded index sets (:func:`split` and
+:func:`subsample` take them from a :class:`~ood_zoo.data.TextSet`), and :func:`split_pool`
+splits a pool of texts into named parts, as the benchmark suites do per seed.
 """
 
 from __future__ import annotations
 
 import inspect
+import itertools
+import numbers
 from collections.abc import Mapping, Sequence
 from typing import Literal
 
 import numpy as np
 
-from .corpora import split_indices
 from .textset import TextSet
 
 __all__ = [
@@ -34,7 +39,11 @@ __all__ = [
     "few_shot_indices",
     "holdout_classes",
     "near_ood_splits",
+    "split",
+    "split_indices",
+    "split_pool",
     "standard_splits",
+    "subsample",
     "train_val_test",
 ]
 
@@ -47,6 +56,156 @@ VALIDATION_FRACTION = 0.1
 
 Shot = int | float | Literal["full"] | None
 By = Literal["label", "domain"]
+
+
+# ------------------------------------------------------------------------------ seeded subsets
+
+
+def _resolve_sizes(n: int, sizes: Sequence[int | float]) -> list[int]:
+    counts: list[int] = []
+    for size in sizes:
+        if isinstance(size, bool) or not isinstance(size, numbers.Real):
+            raise TypeError(f"sizes must be ints (counts) or floats (fractions), got {size!r}")
+        if isinstance(size, numbers.Integral):
+            count = int(size)
+        elif 0.0 <= float(size) <= 1.0:
+            count = round(float(size) * n)
+        else:
+            raise ValueError(f"a fractional size must lie in [0, 1], got {size!r}")
+        if count < 0:
+            raise ValueError(f"sizes must be >= 0, got {size!r}")
+        counts.append(count)
+    if sum(counts) > n:
+        raise ValueError(f"sizes {list(sizes)} ask for {sum(counts)} items but only {n} exist")
+    return counts
+
+
+def split_indices(
+    n: int,
+    sizes: Sequence[int | float],
+    *,
+    seed: int = 0,
+    stratify: np.ndarray | None = None,
+) -> list[np.ndarray]:
+    """Disjoint, seeded random index sets of the given sizes out of ``range(n)``.
+
+    Parameters
+    ----------
+    n : int
+        The number of items.
+    sizes : sequence of int or float
+        One entry per part: an ``int`` count or a ``float`` fraction of ``n``. They may sum to
+        less than ``n``; the rest is left out.
+    seed : int
+        Seed of the permutation; the same ``(n, sizes, seed, stratify)`` always gives the same
+        parts.
+    stratify : numpy.ndarray, optional
+        Integer labels; if given, every part keeps the class proportions of the whole as far as
+        whole numbers allow (largest remainders), each class drawn from its own permutation.
+
+    Returns
+    -------
+    list of numpy.ndarray
+        ``int64`` indices per part, each sorted ascending.
+    """
+    counts = _resolve_sizes(n, sizes)
+    rng = np.random.default_rng(seed)
+    if stratify is None:
+        order = rng.permutation(n)
+        bounds = np.cumsum([0, *counts])
+        return [np.sort(order[a:b]) for a, b in itertools.pairwise(bounds)]
+
+    labels = np.asarray(stratify)
+    if labels.shape != (n,):
+        raise ValueError(f"stratify must have shape ({n},), got {labels.shape}")
+    classes, inverse = np.unique(labels, return_inverse=True)
+    members = [rng.permutation(np.flatnonzero(inverse == c)) for c in range(len(classes))]
+    taken = np.zeros(len(classes), dtype=np.int64)
+    parts: list[np.ndarray] = []
+    for count in counts:
+        want = _apportion(count, np.array([len(m) for m in members]) - taken, n - taken.sum())
+        part = [m[t : t + w] for m, t, w in zip(members, taken, want, strict=True)]
+        taken += want
+        parts.append(np.sort(np.concatenate(part)) if part else np.empty(0, np.int64))
+    return parts
+
+
+def _apportion(count: int, available: np.ndarray, total: int) -> np.ndarray:
+    """Split ``count`` over classes in proportion to ``available`` (largest remainders)."""
+    if count == 0 or total == 0:
+        return np.zeros_like(available)
+    exact = count * available / total
+    want = np.minimum(np.floor(exact).astype(np.int64), available)
+    order = np.argsort(-(exact - want), kind="stable")
+    for c in order:
+        if want.sum() >= count:
+            break
+        if want[c] < available[c]:
+            want[c] += 1
+    return want
+
+
+def split(
+    data: TextSet,
+    sizes: Sequence[int | float],
+    *,
+    seed: int = 0,
+    stratify: bool = False,
+    names: Sequence[str] | None = None,
+) -> list[TextSet]:
+    """Disjoint seeded subsets of ``data`` (see :func:`split_indices`).
+
+    Parameters
+    ----------
+    stratify : bool
+        Keep the class proportions in every part (``data`` must be labelled).
+    names : sequence of str, optional
+        A name per part; by default ``"<name>[i]"``.
+    """
+    if stratify and data.labels is None:
+        raise ValueError(f"{data.name}: cannot stratify an unlabelled set")
+    parts = split_indices(
+        len(data), sizes, seed=seed, stratify=data.labels if stratify else None
+    )
+    if names is not None and len(names) != len(parts):
+        raise ValueError(f"{len(parts)} parts but {len(names)} names")
+    return [
+        data.take(idx, name=names[i] if names is not None else f"{data.name}[{i}]")
+        for i, idx in enumerate(parts)
+    ]
+
+
+def subsample(data: TextSet, n: int, *, seed: int = 0) -> TextSet:
+    """A seeded random subset of ``min(n, len(data))`` texts, in corpus order."""
+    (part,) = split(data, [min(int(n), len(data))], seed=seed, names=[data.name])
+    return part
+
+def split_pool(
+    n: int, sizes: Mapping[str, int], seed: int, labels: np.ndarray | None = None
+) -> dict[str, np.ndarray]:
+    """Disjoint, seeded parts of a pool of ``n`` texts: ``{part: sorted indices}``.
+
+    Parameters
+    ----------
+    n : int
+        The pool size.
+    sizes : mapping of str to int
+        Texts per part, e.g. ``{"validation": 200, "test": 200}``; scaled down proportionally
+        (rounding down) when the pool holds fewer texts than they ask for.
+    seed : int
+        Seed of the split.
+    labels : numpy.ndarray, optional
+        Class labels; if given, every part keeps the class proportions of the pool.
+    """
+    wanted = dict(sizes)
+    total = sum(wanted.values())
+    if total > n:
+        wanted = {k: v * n // total for k, v in wanted.items()}
+    parts = split_indices(n, list(wanted.values()), seed=seed, stratify=labels)
+    return dict(zip(wanted, parts, strict=True))
+
+
+# ------------------------------------------------------------------------------ standard splits
 
 
 def _strata(data: TextSet) -> np.ndarray | None:

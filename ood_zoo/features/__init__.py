@@ -1,25 +1,41 @@
 """Feature extraction: hidden states of a transformers model, pooled into one vector per text.
 
->>> from ood_zoo.features import extract
->>> feats = extract(["I love this film"], "minilm", pooling="mean")  # doctest: +SKIP
->>> feats.shape                                                     # doctest: +SKIP
+Every call returns one :class:`Extraction`:
+
+>>> from ood_zoo.features import PAPER_TEMPLATE, extract
+>>> out = extract(["I love this film"], "minilm", pooling="mean")  # doctest: +SKIP
+>>> out.features.shape                                              # doctest: +SKIP
 torch.Size([1, 384])
->>> out = extract(texts, "smollm2-135m", pooling="last", template=PAPER_TEMPLATE,
-...               label_words=["negative", "positive"], cache=True)  # doctest: +SKIP
->>> out.features.shape, out.label_logits.shape, out.msp().shape      # doctest: +SKIP
->>> ll = sequence_log_likelihood(texts, "smollm2-135m", template=PAPER_TEMPLATE)  # doctest: +SKIP
->>> ll.shape  # (log p(text | prompt), n_tokens) per text          # doctest: +SKIP
+>>> out = extract(texts, "smollm2-135m", layers="all", pooling="last", template=PAPER_TEMPLATE,
+...               label_words=["negative", "positive"], lm_stats=True, cache=True)  # doctest: +SKIP
+>>> out.layer(-1).shape, out.label_log_probs().shape                # doctest: +SKIP
+>>> out.lm_stats.shape  # (log p(text | prompt), n_tokens) per text   # doctest: +SKIP
+>>> out.rows([0, 2]).features.shape                                 # doctest: +SKIP
+
+:func:`is_causal_lm`, :func:`lm_head` and the other functions of :mod:`.introspect` say what a
+model is; :func:`sequence_log_likelihood` scores texts under a causal LM on its own.
 """
 
 from __future__ import annotations
 
 from ..specs import ModelSpec
+from ._inputs import tokenizer_fingerprint
 from .encode import Template, label_token_ids
-from .extract import Extraction, extract, resolve_layers, tokenizer_fingerprint
+from .extract import Extraction, extract, resolve_layers
+from .introspect import (
+    PAPER_TEMPLATE,
+    backbone,
+    default_pooling,
+    default_template,
+    input_device,
+    is_causal_lm,
+    lm_head,
+    logit_softcap,
+    n_hidden_states,
+)
 from .likelihood import likelihood_ratio_inputs, sequence_log_likelihood
 from .models import (
     BUILTIN_MODELS,
-    PAPER_TEMPLATE,
     cache_root,
     load_model,
     load_pretrained,
@@ -40,16 +56,24 @@ __all__ = [
     "Extraction",
     "ModelSpec",
     "Template",
+    "backbone",
     "cache_root",
+    "default_pooling",
+    "default_template",
     "extract",
+    "input_device",
+    "is_causal_lm",
     "label_token_ids",
     "likelihood_ratio_inputs",
+    "lm_head",
     "load_model",
     "load_pretrained",
     "load_smollm2",
+    "logit_softcap",
     "minilm_dir",
     "model_fingerprint",
     "model_spec",
+    "n_hidden_states",
     "pool",
     "resolve_dtype",
     "resolve_layers",

@@ -3,45 +3,46 @@
 :func:`extract` runs a model over texts in length-sorted batches and pools the hidden states of
 one or more layers into one vector per text (see :mod:`ood_zoo.features.pooling`). For decoder
 LMs it can also return, from the same forward pass, the next-token logits of label words that
-the paper's MSP and energy detectors need. It knows nothing about detectors: it returns plain
-tensors for the next stage, optionally cached on disk (:mod:`ood_zoo.features.cache`).
+the paper's MSP and energy detectors need, and each text's log-likelihood under the LM. It
+knows nothing about detectors: it returns one :class:`Extraction` of plain tensors for the next
+stage, optionally cached on disk (:mod:`ood_zoo.features.cache`).
 """
 
 from __future__ import annotations
 
-import json
 import numbers
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 
 from . import cache as _cache
-from .encode import Template, encode, label_token_ids
-from .models import (
-    DType,
-    _dir_fingerprint,
-    default_device,
-    load_model,
-    model_fingerprint,
-    model_spec,
-    resolve_dtype,
+from ._inputs import (
+    check_texts,
+    collate,
+    positive_int,
+    resolve_model,
+    token_budget,
+    tokenizer_fingerprint,
 )
+from .encode import Template, encode, label_token_ids
+from .introspect import backbone, lm_head, logit_softcap, n_hidden_states
+from .likelihood import sequence_log_likelihood
+from .models import DType, directory_fingerprint, model_fingerprint, model_spec, resolve_dtype
 from .pooling import POOLING_MODES, Pooling, pool
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-__all__ = ["Extraction", "extract", "resolve_layers", "tokenizer_fingerprint"]
+__all__ = ["Extraction", "extract", "resolve_layers"]
 
 Layers = int | Sequence[int] | Literal["all"]
-
-#: transformers' stand-in for "no limit" in ``tokenizer.model_max_length`` is ~1e30.
-_NO_LIMIT = 10**9
+Rows = Sequence[int] | np.ndarray | torch.Tensor
 
 
 def resolve_layers(layers: Layers, n_states: int) -> tuple[list[int], bool]:
@@ -77,151 +78,113 @@ def resolve_layers(layers: Layers, n_states: int) -> tuple[list[int], bool]:
     return indices, single
 
 
-def _check_texts(texts: Sequence[str]) -> list[str]:
-    if isinstance(texts, str):
-        raise TypeError("texts must be a sequence of strings, not one string; wrap it in a list")
-    texts = list(texts)
-    bad = [i for i, t in enumerate(texts) if not isinstance(t, str)]
-    if bad:
-        raise TypeError(f"texts must be strings; item {bad[0]} is {type(texts[bad[0]]).__name__}")
-    return texts
-
-
-def _n_states(model: PreTrainedModel) -> int | None:
-    config = getattr(model, "config", None)
-    if config is not None and hasattr(config, "get_text_config"):
-        config = config.get_text_config()
-    n_layers = getattr(config, "num_hidden_layers", None)
-    return None if n_layers is None else int(n_layers) + 1
-
-
-def _collate(
-    encoded: dict[str, list[list[int]]],
-    rows: Sequence[int],
-    tokenizer: PreTrainedTokenizerBase,
-    device: torch.device,
-) -> dict[str, torch.Tensor]:
-    """Right-pad the encodings of ``rows`` into tensors (padding ids never reach a feature)."""
-    pad_id = tokenizer.pad_token_id
-    if pad_id is None:  # e.g. Llama-2: any id works, the attention mask hides it
-        pad_id = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else 0
-    fill = {
-        "input_ids": pad_id,
-        "attention_mask": 0,
-        "token_type_ids": getattr(tokenizer, "pad_token_type_id", 0),
-    }
-    width = max(len(encoded["input_ids"][i]) for i in rows)
-    batch = {}
-    for key, value in fill.items():
-        if key not in encoded:
-            continue
-        padded = [encoded[key][i] + [value] * (width - len(encoded[key][i])) for i in rows]
-        batch[key] = torch.tensor(padded, dtype=torch.long, device=device)
-    return batch
-
-
 @dataclass(frozen=True)
 class Extraction:
-    """Features plus label-token logits from one forward pass (``extract(label_words=...)``).
+    """What one :func:`extract` call read from a model: row ``i`` belongs to text ``i``.
 
     Attributes
     ----------
     features : torch.Tensor
-        As :func:`extract` returns without label words.
-    label_logits : torch.Tensor
+        float32 on the CPU: ``[n, d]`` for one int layer, ``[n, len(layers), d]`` for a list of
+        layers or ``"all"``.
+    layers : tuple of int
+        The non-negative hidden-state index of each feature slice (one for ``[n, d]``).
+    n_states : int
+        The model's hidden states (embeddings + one per block); negative layers count from it.
+    label_logits : torch.Tensor or None
         ``[n, C]`` float32: the next-token logit of each label word's first sub-token at the
-        prompt's last position (Liu et al., 2024, §3).
-    vocab_logsumexp : torch.Tensor
+        prompt's last position (Liu et al., 2024, §3); ``None`` without label words.
+    vocab_logsumexp : torch.Tensor or None
         ``[n]`` float32: ``logsumexp`` of all next-token logits over the full vocabulary at that
-        position, the log-normaliser of the LM's softmax.
+        position, the log-normaliser of the LM's softmax; ``None`` without label words.
     label_token_ids : tuple of int
         The vocabulary ids whose logits are in ``label_logits``.
     label_words : tuple of str
         The label words, in column order.
+    lm_stats : torch.Tensor or None
+        ``[n, 2]`` float64 ``(log p(text | prompt), n_tokens)``
+        (:func:`~ood_zoo.features.sequence_log_likelihood`), with ``extract(lm_stats=True)``.
 
     Notes
     -----
     The paper's MSP is the full-vocabulary softmax probability of the label tokens, maximised
-    over labels and *not* renormalised over them:
-    ``msp = exp(label_logits - vocab_logsumexp[:, None]).max(dim=1)`` (:meth:`msp`). Its energy
-    score is ``logsumexp(label_logits, dim=1)`` over the label tokens only (:meth:`energy`, the
-    same as the ``energy`` detector given ``label_logits``). The ``msp`` detector renormalises
-    over the columns it gets, so feed it ``label_logits`` only for the renormalised variant.
+    over labels and *not* renormalised over them: ``label_log_probs().exp().amax(dim=1)``. Its
+    energy score is ``logsumexp(label_logits, dim=1)`` over the label tokens only (the
+    ``energy`` detector given ``label_logits``). The ``msp`` detector renormalises over the
+    columns it gets: give it ``label_logits`` for the renormalised variant; the ``maxlogit``
+    detector on :meth:`label_log_probs` ranks texts as the paper's MSP does.
     """
 
     features: torch.Tensor
-    label_logits: torch.Tensor
-    vocab_logsumexp: torch.Tensor
-    label_token_ids: tuple[int, ...]
+    layers: tuple[int, ...]
+    n_states: int
+    label_logits: torch.Tensor | None = None
+    vocab_logsumexp: torch.Tensor | None = None
+    label_token_ids: tuple[int, ...] = ()
     label_words: tuple[str, ...] = ()
+    lm_stats: torch.Tensor | None = None
+
+    def __post_init__(self) -> None:
+        slices = 1 if self.features.dim() == 2 else self.features.shape[1]
+        if self.features.dim() not in (2, 3) or slices != len(self.layers):
+            raise ValueError(f"features of shape {tuple(self.features.shape)} do not hold one "
+                             f"slice per layer of {list(self.layers)}")
+        columns = 0 if self.label_logits is None else self.label_logits.shape[1]
+        if not columns == len(self.label_words) == len(self.label_token_ids):
+            raise ValueError(f"{columns} label-logit columns for the label words "
+                             f"{list(self.label_words)} and token ids {list(self.label_token_ids)}")
+
+    def __len__(self) -> int:
+        return int(self.features.shape[0])
+
+    def layer(self, layer: int) -> torch.Tensor:
+        """``[n, d]`` features of hidden state ``layer`` (negative counts from ``n_states``).
+
+        Raises
+        ------
+        ValueError
+            If that hidden state was not extracted.
+        """
+        index = layer % self.n_states if -self.n_states <= layer < self.n_states else None
+        if index is None or index not in self.layers:
+            raise ValueError(f"layer {layer} was not extracted (have {list(self.layers)} of "
+                             f"{self.n_states} hidden states)")
+        return self.features if self.features.dim() == 2 else (
+            self.features[:, self.layers.index(index)])
 
     def label_log_probs(self) -> torch.Tensor:
-        """``[n, C]`` log-probabilities of the label tokens under the full-vocabulary softmax."""
+        """``[n, C]`` log-probabilities of the label tokens under the full-vocabulary softmax:
+        ``label_logits - vocab_logsumexp[:, None]``."""
+        if self.label_logits is None or self.vocab_logsumexp is None:
+            raise ValueError("no label-token logits: extract them with label_words=[...]")
         return self.label_logits - self.vocab_logsumexp[:, None]
 
-    def msp(self) -> torch.Tensor:
-        """The paper's MSP: ``max_c softmax(all logits)[tok_c]`` (higher = more ID)."""
-        return self.label_log_probs().exp().amax(dim=1)
+    def rows(self, index: Rows) -> Extraction:
+        """The bundle restricted to the rows ``index`` (positions, in that order)."""
+        idx = torch.as_tensor(index, dtype=torch.long)
 
-    def energy(self) -> torch.Tensor:
-        """The paper's (negated) energy: ``logsumexp_c logits[tok_c]`` (higher = more ID)."""
-        return torch.logsumexp(self.label_logits, dim=1)
+        def pick(tensor: torch.Tensor | None) -> torch.Tensor | None:
+            return None if tensor is None else tensor[idx]
 
+        return replace(self, features=self.features[idx], label_logits=pick(self.label_logits),
+                       vocab_logsumexp=pick(self.vocab_logsumexp), lm_stats=pick(self.lm_stats))
 
-def tokenizer_fingerprint(tokenizer: PreTrainedTokenizerBase) -> str:
-    """SHA-256 of a tokenizer's definition (``tokenizer.json`` or vocabulary), for cache keys."""
-    import hashlib
+    def for_labels(self, words: Sequence[str]) -> Extraction:
+        """The bundle with the label columns of ``words`` only, in that order.
 
-    digest = hashlib.sha256(type(tokenizer).__qualname__.encode())
-    backend = getattr(tokenizer, "backend_tokenizer", None)
-    if backend is not None and hasattr(backend, "to_str"):
-        definition = json.loads(backend.to_str())
-        for transient in ("truncation", "padding"):  # set per call by ``tokenizer(...)``
-            definition.pop(transient, None)
-        digest.update(json.dumps(definition, sort_keys=True).encode())
-    else:
-        digest.update(repr(sorted(tokenizer.get_vocab().items())).encode())
-    specials = getattr(tokenizer, "special_tokens_map", {})
-    digest.update(repr(sorted((k, str(v)) for k, v in specials.items())).encode())
-    return "sha256:" + digest.hexdigest()
-
-
-def _input_device(model: torch.nn.Module, fallback: str | torch.device | None) -> torch.device:
-    """Where the input ids must go: the device of the input embeddings (``device_map`` aware)."""
-    getter = getattr(model, "get_input_embeddings", None)
-    embeddings = getter() if callable(getter) else None
-    weight = getattr(embeddings, "weight", None)
-    if isinstance(weight, torch.Tensor):
-        return weight.device
-    try:
-        return next(model.parameters()).device
-    except StopIteration:
-        return torch.device(fallback) if fallback is not None else default_device()
-
-
-def _resolve_model(
-    model: PreTrainedModel | str | os.PathLike[str],
-    tokenizer: PreTrainedTokenizerBase | None,
-    device: str | torch.device | None,
-    dtype: torch.dtype | None,
-    device_map: str | dict[str, Any] | None,
-) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, torch.device]:
-    if isinstance(model, str | os.PathLike):
-        loaded, own_tokenizer = load_model(model, device=device, dtype=dtype, device_map=device_map)
-        chosen = own_tokenizer if tokenizer is None else tokenizer
-        return loaded, chosen, _input_device(loaded, device)
-    if not isinstance(model, torch.nn.Module):
-        raise TypeError(
-            "model must be a transformers model, a local model directory or a registered name, "
-            f"got {type(model).__name__}"
-        )
-    if tokenizer is None:
-        raise TypeError("a loaded model needs its tokenizer: extract(texts, model, tokenizer)")
-    if device_map is not None:
-        raise ValueError("device_map applies when extract loads the model (by name or path)")
-    if device is not None or dtype is not None:
-        model.to(device=device, dtype=dtype)
-    return model, tokenizer, _input_device(model, device)
+        Raises
+        ------
+        ValueError
+            If a word is not among :attr:`label_words`.
+        """
+        missing = [w for w in words if w not in self.label_words]
+        if missing or self.label_logits is None:
+            raise ValueError(f"label words {missing or list(words)} were not extracted "
+                             f"(have {list(self.label_words)})")
+        columns = [self.label_words.index(w) for w in words]
+        return replace(self, label_logits=self.label_logits[:, columns],
+                       label_token_ids=tuple(self.label_token_ids[c] for c in columns),
+                       label_words=tuple(words))
 
 
 def _model_identity(
@@ -236,20 +199,9 @@ def _model_identity(
         if spec is not None:
             return (spec.fingerprint(), "own") if spec.fingerprint is not None else None
         if Path(model).is_dir():
-            return "dir-sha256:" + _dir_fingerprint(Path(model)), "own"
+            return "dir-sha256:" + directory_fingerprint(Path(model)), "own"
         return None
     return model_fingerprint(model), tokenizer_fingerprint(tokenizer)
-
-
-def _label_head(model: torch.nn.Module) -> torch.nn.Module:
-    getter = getattr(model, "get_output_embeddings", None)
-    head = getter() if callable(getter) else None
-    if head is None:
-        raise ValueError(
-            f"label_words needs a language model with an LM head (e.g. LlamaForCausalLM); "
-            f"{type(model).__name__} has none"
-        )
-    return head
 
 
 def extract(
@@ -263,13 +215,14 @@ def extract(
     max_length: int = 512,
     template: str | None = None,
     label_words: Sequence[str] | None = None,
+    lm_stats: bool = False,
     device: str | torch.device | None = None,
     dtype: DType = None,
     device_map: str | dict[str, Any] | None = None,
     sort_by_length: bool = True,
     cache: bool | str | os.PathLike[str] | None = False,
     progress: bool = True,
-) -> torch.Tensor | Extraction:
+) -> Extraction:
     """Pooled hidden-state features, one row per text, in input order.
 
     Parameters
@@ -301,11 +254,15 @@ def extract(
         ``"### Input:\\n{text}\\n\\n### Output:\\n"`` (``ModelSpec.template``). Wrap ID and OOD
         texts in the same template (paper pitfall 9).
     label_words : sequence of str, optional
-        Verbalised labels, e.g. ``["negative", "positive"]``. Then the result is an
-        :class:`Extraction` that also holds, from the same forward pass, the next-token logits of
-        each word's first sub-token (tokenised in context after the template's suffix) at the
-        last real position, and the full-vocabulary ``logsumexp`` there. Needs an LM head; the
-        head runs on the last position only. First tokens must differ between labels.
+        Verbalised labels, e.g. ``["negative", "positive"]``. Then the result also holds, from
+        the same forward pass, the next-token logits of each word's first sub-token (tokenised in
+        context after the template's suffix) at the last real position, and the full-vocabulary
+        ``logsumexp`` there. Needs an LM head; the head runs on the last position only. First
+        tokens must differ between labels.
+    lm_stats : bool
+        Also score each text under the LM (:func:`~ood_zoo.features.sequence_log_likelihood`
+        with the same template, ``max_length``, ``batch_size`` and cache): the ``[n, 2]``
+        ``(log p(text | prompt), n_tokens)`` of :attr:`Extraction.lm_stats`. Needs an LM head.
     device, dtype : optional
         Where and in which precision to run; ``dtype`` may be a name (``"bfloat16"``). A
         loaded ``model`` is moved there in place (as ``Module.to`` does); a model loaded by name
@@ -324,9 +281,10 @@ def extract(
 
     Returns
     -------
-    torch.Tensor or Extraction
-        float32 on the CPU: ``[n, d]`` for one int layer, ``[n, len(layers), d]`` for a list or
-        ``"all"``; an :class:`Extraction` around it when ``label_words`` is given.
+    Extraction
+        ``features`` float32 on the CPU (``[n, d]`` for one int layer, ``[n, len(layers), d]``
+        for a list or ``"all"``), the hidden-state index of each slice, the model's number of
+        hidden states, and the label-token logits and LM statistics where asked for.
 
     Notes
     -----
@@ -340,11 +298,9 @@ def extract(
     """
     if pooling not in POOLING_MODES:
         raise ValueError(f"unknown pooling {pooling!r}; choose one of {list(POOLING_MODES)}")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
-    if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 1:
-        raise ValueError(f"max_length must be a positive int, got {max_length!r}")
-    texts = _check_texts(texts)
+    positive_int("batch_size", batch_size)
+    positive_int("max_length", max_length)
+    texts = check_texts(texts)
     dtype = resolve_dtype(dtype)
     parsed = Template.parse(template) if template is not None else None
     words: tuple[str, ...] | None = None
@@ -358,36 +314,44 @@ def extract(
             raise ValueError(f"label_words has duplicates: {list(words)}")
     store = _cache.features_dir(cache)
 
+    def lookup(identity: tuple[str, str], run_dtype: torch.dtype) -> tuple[dict[str, Any], Path]:
+        key = _cache_key(identity, texts, layers, pooling, template, max_length, run_dtype,
+                         words)
+        return key, _cache.entry_path(store, key)
+
     key: dict[str, Any] | None = None
     path: Path | None = None
+    tensors: dict[str, torch.Tensor] | None = None
     if store is not None:
         identity = _model_identity(model, tokenizer)
         if identity is not None:
-            key, path = _lookup_key(identity, texts, layers, pooling, template, max_length,
-                                    dtype or torch.float32, words, store)
-            hit = _cache.read_entry(path, key, n_rows=len(texts))
-            if hit is not None:
-                return _from_tensors(hit, words)
+            key, path = lookup(identity, dtype or torch.float32)
+            tensors = _cache.read_entry(path, key, n_rows=len(texts))
+    if tensors is not None and not lm_stats:
+        return _bundle(tensors, layers, words, None)
 
-    model, tokenizer, where = _resolve_model(model, tokenizer, device, dtype, device_map)
-    if store is not None and key is None:
+    model, tokenizer, where = resolve_model(model, tokenizer, device, dtype, device_map)
+    if tensors is None and store is not None and key is None:
         identity = (model_fingerprint(model), tokenizer_fingerprint(tokenizer))
-        model_dtype = next(model.parameters()).dtype
-        key, path = _lookup_key(identity, texts, layers, pooling, template, max_length,
-                                model_dtype, words, store)
-        hit = _cache.read_entry(path, key, n_rows=len(texts))
-        if hit is not None:
-            return _from_tensors(hit, words)
+        key, path = lookup(identity, next(model.parameters()).dtype)
+        tensors = _cache.read_entry(path, key, n_rows=len(texts))
+    if tensors is None:
+        tensors = _run(texts, model, tokenizer, where, layers=layers, pooling=pooling,
+                       batch_size=batch_size, max_length=max_length, template=parsed,
+                       words=words, sort_by_length=sort_by_length, progress=progress)
+        if key is not None and path is not None:
+            _cache.write_entry(path, tensors, key)
+    stats = None
+    if lm_stats:
+        stats = sequence_log_likelihood(
+            texts, model, tokenizer, template=template, max_length=max_length,
+            batch_size=batch_size, sort_by_length=sort_by_length, cache=cache,
+            progress=progress,
+        )
+    return _bundle(tensors, layers, words, stats)
 
-    tensors = _run(texts, model, tokenizer, where, layers=layers, pooling=pooling,
-                   batch_size=batch_size, max_length=max_length, template=parsed,
-                   words=words, sort_by_length=sort_by_length, progress=progress)
-    if key is not None and path is not None:
-        _cache.write_entry(path, tensors, key)
-    return _from_tensors(tensors, words)
 
-
-def _lookup_key(
+def _cache_key(
     identity: tuple[str, str],
     texts: list[str],
     layers: Layers,
@@ -396,31 +360,34 @@ def _lookup_key(
     max_length: int,
     dtype: torch.dtype,
     words: tuple[str, ...] | None,
-    store: Path,
-) -> tuple[dict[str, Any], Path]:
+) -> dict[str, Any]:
     layer_key: Any = layers if isinstance(layers, str) else (
         [int(x) for x in layers] if isinstance(layers, Sequence) else int(layers)
     )
-    key = {
+    return {
         "model": identity[0], "tokenizer": identity[1], "layers": layer_key, "pooling": pooling,
         "template": template, "max_length": max_length, "dtype": str(dtype).removeprefix("torch."),
         "label_words": list(words) if words is not None else None,
         "texts_sha256": _cache.texts_sha256(texts), "n_texts": len(texts),
     }
-    return key, _cache.entry_path(store, key)
 
 
-def _from_tensors(
-    tensors: dict[str, torch.Tensor], words: tuple[str, ...] | None
-) -> torch.Tensor | Extraction:
+def _bundle(
+    tensors: dict[str, torch.Tensor], layers: Layers, words: tuple[str, ...] | None,
+    lm_stats: torch.Tensor | None,
+) -> Extraction:
+    """The :class:`Extraction` of a cache entry's (or a run's) tensors."""
+    n_states = int(tensors["n_states"])
+    indices, _ = resolve_layers(layers, n_states)
     if words is None:
-        return tensors["features"]
+        return Extraction(tensors["features"], tuple(indices), n_states, lm_stats=lm_stats)
     return Extraction(
-        features=tensors["features"],
+        tensors["features"], tuple(indices), n_states,
         label_logits=tensors["label_logits"],
         vocab_logsumexp=tensors["vocab_logsumexp"],
         label_token_ids=tuple(int(i) for i in tensors["label_token_ids"].tolist()),
         label_words=words,
+        lm_stats=lm_stats,
     )
 
 
@@ -439,22 +406,23 @@ def _run(
     sort_by_length: bool,
     progress: bool,
 ) -> dict[str, torch.Tensor]:
-    """The forward passes: ``features`` and, with label words, the label-token tensors."""
-    net = getattr(model, "base_model", model)  # hidden states do not need the LM head
-    n_states = _n_states(model)
+    """The forward passes: ``features``, ``n_states`` and, with label words, the label-token
+    tensors."""
+    net = backbone(model)  # hidden states do not need the LM head
+    n_states = n_hidden_states(model)
     selected: list[int] | None = None
     single = not isinstance(layers, str | Sequence)
     if n_states is not None:  # fail early on bad layers; checked again on the real outputs
         selected, single = resolve_layers(layers, n_states)
-    head = _label_head(model) if words is not None else None
+    elif not texts:
+        raise ValueError(f"{type(model).__name__}'s config does not give its number of layers; "
+                         "extract needs at least one text to find its hidden states")
+    head = lm_head(model, purpose="label_words") if words is not None else None
     token_ids = label_token_ids(tokenizer, words, template) if words is not None else []
-    config = getattr(model, "config", None)
-    softcap = getattr(config, "final_logit_softcapping", None) if config is not None else None
+    softcap = logit_softcap(model)
 
-    limit = getattr(tokenizer, "model_max_length", None)
-    if isinstance(limit, int) and limit < _NO_LIMIT:
-        max_length = min(max_length, limit)
-    encoded, n_trailing = encode(texts, tokenizer, max_length=max_length, template=template)
+    encoded, n_trailing = encode(texts, tokenizer, max_length=token_budget(tokenizer, max_length),
+                                 template=template)
     lengths = [len(ids) for ids in encoded["input_ids"]]
     if any(length == 0 for length in lengths):
         empty = lengths.index(0)
@@ -466,9 +434,8 @@ def _run(
 
     out: torch.Tensor | None = None
     if not texts:
-        width = getattr(config, "hidden_size", 0)
-        count = len(selected) if selected is not None else 1
-        out = torch.empty(0, count, width)
+        assert selected is not None
+        out = torch.empty(0, len(selected), getattr(model.config, "hidden_size", 0))
     label_logits = torch.empty(len(texts), len(token_ids))
     vocab_lse = torch.empty(len(texts))
     ids_on_device = torch.tensor(token_ids, dtype=torch.long)
@@ -482,7 +449,7 @@ def _run(
         ):
             for start in range(0, len(texts), batch_size):
                 rows = order[start : start + batch_size]
-                batch = _collate(encoded, rows, tokenizer, where)
+                batch = collate(encoded, rows, tokenizer, where)
                 outputs = net(**batch, output_hidden_states=True, return_dict=True)
                 states = getattr(outputs, "hidden_states", None)
                 if states is None:
@@ -511,9 +478,10 @@ def _run(
                 bar.update(len(rows))
     finally:
         model.train(was_training)
-    if out is None:  # unreachable: texts were given, so a batch ran
+    if out is None or n_states is None:  # unreachable: texts were given, so a batch ran
         raise RuntimeError("extract produced no output")
-    tensors = {"features": (out[:, 0] if single else out).contiguous()}
+    tensors = {"features": (out[:, 0] if single else out).contiguous(),
+               "n_states": torch.tensor(n_states, dtype=torch.int64)}
     if words is not None:
         tensors.update(
             label_logits=label_logits, vocab_logsumexp=vocab_lse, label_token_ids=ids_on_device

@@ -18,15 +18,17 @@ from tqdm.auto import tqdm
 
 from ..errors import InputError
 from ..ops.arrays import as_tensor
-from .cache import entry_path, features_dir, read_entry, texts_sha256, write_entry
-from .encode import Template
-from .extract import (
-    _NO_LIMIT,
-    _check_texts,
-    _collate,
-    _resolve_model,
+from ._inputs import (
+    check_texts,
+    collate,
+    positive_int,
+    resolve_model,
+    token_budget,
     tokenizer_fingerprint,
 )
+from .cache import entry_path, features_dir, read_entry, texts_sha256, write_entry
+from .encode import Template
+from .introspect import backbone, lm_head, logit_softcap
 from .models import model_fingerprint
 
 if TYPE_CHECKING:
@@ -36,12 +38,6 @@ __all__ = ["likelihood_ratio_inputs", "sequence_log_likelihood"]
 
 #: Logits formed at a time by the LM head: ``[rows, vocab]`` float32 of at most 64 MiB.
 _HEAD_ELEMENTS = 2**24
-
-
-def _positive_int(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-    return value
 
 
 def _text_span(offsets: Sequence[tuple[int, int]], start: int, stop: int) -> tuple[int, int] | None:
@@ -104,26 +100,14 @@ def _encode(
     return encoded
 
 
-def _backbone_and_head(model: torch.nn.Module) -> tuple[torch.nn.Module, torch.nn.Module]:
-    """The transformer body (to the final norm) and the LM head, a peft wrapper unwrapped.
-
-    Weight adapters such as LoRA live inside the unwrapped model's modules, so they stay active.
-    """
+def _refuse_prompt_learning(model: torch.nn.Module) -> None:
+    """Refuse peft prompt-learning adapters, whose virtual tokens this pass does not feed."""
     peft_config = getattr(model, "active_peft_config", None)
     if getattr(peft_config, "is_prompt_learning", False):
         raise ValueError(
             "prompt-learning adapters (prompt, prefix or p-tuning) add virtual tokens that "
             "sequence_log_likelihood does not feed; use a weight adapter such as LoRA"
         )
-    inner = model.get_base_model() if callable(getattr(model, "get_base_model", None)) else model
-    getter = getattr(inner, "get_output_embeddings", None)
-    head = getter() if callable(getter) else None
-    if head is None:
-        raise ValueError(
-            f"sequence_log_likelihood needs a causal language model with an LM head; "
-            f"{type(inner).__name__} has none"
-        )
-    return getattr(inner, "base_model", inner), head
 
 
 def sequence_log_likelihood(
@@ -197,18 +181,18 @@ def sequence_log_likelihood(
     token, a few rows at a time, and ``log p = logit - logsumexp(logits)`` is taken in float32
     and summed in float64; the ``[batch, seq, vocab]`` logits are never formed.
     """
-    batch_size = _positive_int("batch_size", batch_size)
-    max_length = _positive_int("max_length", max_length)
-    texts = _check_texts(texts)
+    positive_int("batch_size", batch_size)
+    max_length = positive_int("max_length", max_length)
+    texts = check_texts(texts)
     parsed = Template.parse(template) if template is not None else None
     if not texts:
         return torch.empty(0, 2, dtype=torch.float64)
-    model, tokenizer, where = _resolve_model(model, tokenizer, device, None, None)
-    backbone, head = _backbone_and_head(model)
-    softcap = getattr(getattr(model, "config", None), "final_logit_softcapping", None)
-    limit = getattr(tokenizer, "model_max_length", None)
-    if isinstance(limit, int) and limit < _NO_LIMIT:
-        max_length = min(max_length, limit)
+    model, tokenizer, where = resolve_model(model, tokenizer, device, None, None)
+    _refuse_prompt_learning(model)
+    body = backbone(model)
+    head = lm_head(model, purpose="sequence_log_likelihood")
+    softcap = logit_softcap(model)
+    max_length = token_budget(tokenizer, max_length)
 
     store = features_dir(cache)
     path = key = None
@@ -246,8 +230,8 @@ def sequence_log_likelihood(
         ):
             for start in range(0, len(texts), batch_size):
                 rows = order[start : start + batch_size]
-                batch = _collate(inputs, rows, tokenizer, where)
-                hidden = backbone(**batch, return_dict=True).last_hidden_state
+                batch = collate(inputs, rows, tokenizer, where)
+                hidden = body(**batch, return_dict=True).last_hidden_state
                 spans = [encoded[i][1:] for i in rows]
                 row = torch.cat([torch.full((b - a,), r) for r, (a, b) in enumerate(spans)])
                 position = torch.cat([torch.arange(a, b) for a, b in spans])  # scored tokens

@@ -38,20 +38,18 @@ from ..io import sha256_file
 from ..packages import package_file
 from ..registry import get_registry
 from ..specs import Loaded, ModelSpec
+from .introspect import PAPER_TEMPLATE, is_causal_lm
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
 __all__ = [
-    "BUILTIN_MODELS", "PAPER_TEMPLATE", "cache_root", "default_device", "load_model",
+    "BUILTIN_MODELS", "cache_root", "default_device", "directory_fingerprint", "load_model",
     "load_pretrained", "load_smollm2", "minilm_dir", "model_fingerprint", "model_spec",
     "resolve_dtype", "smollm2_cache_dir", "smollm2_gguf",
 ]
 
 DType = torch.dtype | str | None
-
-#: The prompt of Liu et al. (2024), §2 of the paper digest; ``{text}`` marks the input.
-PAPER_TEMPLATE = "### Input:\n{text}\n\n### Output:\n"
 
 #: Attribute set on models loaded by ood_zoo: the identity of their weights (see
 #: :func:`model_fingerprint`).
@@ -88,7 +86,7 @@ def cache_root() -> Path:
 
 
 
-def _dir_fingerprint(directory: Path) -> str:
+def directory_fingerprint(directory: Path) -> str:
     """SHA-256 over the names, sizes and contents of a model directory's files."""
     digest = hashlib.sha256()
     for path in sorted(p for p in directory.rglob("*") if p.is_file()):
@@ -131,14 +129,6 @@ def _ensure_pad_token(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenizer
     return tokenizer
 
 
-def _is_causal_lm(directory: Path) -> bool:
-    try:
-        config = json.loads((directory / "config.json").read_text())
-    except (OSError, ValueError):
-        return False
-    return any(str(a).endswith("ForCausalLM") for a in config.get("architectures") or [])
-
-
 def load_pretrained(
     path: str | os.PathLike[str],
     *,
@@ -165,8 +155,9 @@ def load_pretrained(
     Returns
     -------
     (model, tokenizer)
-        In eval mode. A causal LM (config ``architectures`` ``*ForCausalLM``) keeps its LM head,
-        for label-token logits; anything else loads as the base model (``AutoModel``).
+        In eval mode. A causal LM (:func:`~ood_zoo.features.is_causal_lm` of the directory) keeps
+        its LM head, for label-token logits; anything else loads as the base model
+        (``AutoModel``).
     """
     from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer
 
@@ -174,7 +165,7 @@ def load_pretrained(
     if not directory.is_dir():
         raise FileNotFoundError(f"model directory {str(directory)!r} does not exist")
     tokenizer = _ensure_pad_token(AutoTokenizer.from_pretrained(directory, local_files_only=True))
-    auto = AutoModelForCausalLM if _is_causal_lm(directory) else AutoModel
+    auto = AutoModelForCausalLM if is_causal_lm(directory) else AutoModel
     extra: dict[str, Any] = {} if device_map is None else {"device_map": device_map}
     model = auto.from_pretrained(
         directory, local_files_only=True, dtype=resolve_dtype(dtype) or torch.float32, **extra
@@ -182,7 +173,8 @@ def load_pretrained(
     if device_map is None:
         model.to(device or default_device())
     model.eval()
-    setattr(model, FINGERPRINT_ATTR, fingerprint or "dir-sha256:" + _dir_fingerprint(directory))
+    setattr(model, FINGERPRINT_ATTR,
+            fingerprint or "dir-sha256:" + directory_fingerprint(directory))
     return model, tokenizer
 
 

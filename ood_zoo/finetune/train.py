@@ -40,6 +40,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import InputError, PersistenceError
+from ..features import backbone, is_causal_lm, lm_head
 from ..features.encode import Template, encode, label_word_ids
 from .lora import PAPER_LORA, LoraSettings, attach_lora, trainable_parameters
 
@@ -135,18 +136,10 @@ def _pad_id(tokenizer: PreTrainedTokenizerBase) -> int:
     return 0
 
 
-def _backbone(causal_lm: torch.nn.Module) -> torch.nn.Module:
-    """The decoder stack of a ``*ForCausalLM`` (``model.model`` for Llama)."""
-    prefix = getattr(causal_lm, "base_model_prefix", "model")
-    backbone = getattr(causal_lm, prefix, None)
-    if backbone is None or causal_lm.get_output_embeddings() is None:
-        raise InputError(f"{type(causal_lm).__name__} is not a causal LM with an LM head")
-    return backbone
-
-
 def _last_hidden(causal_lm: torch.nn.Module, ids: torch.Tensor, mask: torch.Tensor
                  ) -> torch.Tensor:
-    return _backbone(causal_lm)(input_ids=ids, attention_mask=mask).last_hidden_state
+    """Final-layer hidden states of the decoder stack (``model.model`` for Llama)."""
+    return backbone(causal_lm)(input_ids=ids, attention_mask=mask).last_hidden_state
 
 
 def _check_data(texts: Sequence[str], labels: Sequence[int] | np.ndarray, n_classes: int,
@@ -247,7 +240,7 @@ class FineTuned:
             col_idx += range(len(p) - 1, len(p) - 1 + len(target))
             wanted += target
         picked = hidden[torch.as_tensor(row_idx), torch.as_tensor(col_idx)]
-        logits = self.causal_lm.get_output_embeddings()(picked).float()
+        logits = lm_head(self.causal_lm)(picked).float()
         return F.cross_entropy(logits, torch.as_tensor(wanted, device=logits.device))
 
     def class_logits_of(self, prompts: Sequence[Sequence[int]]) -> torch.Tensor:
@@ -466,7 +459,8 @@ def fine_tune(
         Template.parse(template)
     train_codes = _check_data(train_texts, train_labels, len(words), "train")
     dev_codes = _check_data(dev_texts, dev_labels, len(words), "dev")
-    _backbone(model)
+    if not is_causal_lm(model):
+        raise InputError(f"{type(model).__name__} is not a causal LM with an LM head")
 
     torch.manual_seed(config.seed)
     peft_model = attach_lora(model, lora)

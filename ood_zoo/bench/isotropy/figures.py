@@ -4,7 +4,6 @@ atomically as PNG, like :mod:`ood_zoo.bench.plots`."""
 
 from __future__ import annotations
 
-import io
 import math
 import sys
 from collections.abc import Mapping, Sequence
@@ -12,8 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ...analysis import MEASURES
-from ..plots import MISSING_MATPLOTLIB
-from ..tables import write_files
+from ..plots import MISSING_MATPLOTLIB, figure_class, save_png
 from .study import CORRELATED, GAPS, SHORT_NAMES, StudyResult
 
 if TYPE_CHECKING:
@@ -31,13 +29,13 @@ def write_plots(result: StudyResult, directory: Path) -> dict[str, Any]:
         ``{"files": [paths]}``, or ``{"skipped": reason}`` when matplotlib is missing.
     """
     try:
-        from matplotlib.figure import Figure
+        figure = figure_class()
     except ImportError:
         print(MISSING_MATPLOTLIB, file=sys.stderr)
         return {"skipped": MISSING_MATPLOTLIB}
     return {"files": [
-        _plot_layers(Figure, result.rows, directory / "isotropy_layers.png"),
-        _plot_vs_gap(Figure, result.rows, result.correlations, directory / "isotropy_vs_gap.png"),
+        _plot_layers(figure, result.rows, directory / "isotropy_layers.png"),
+        _plot_vs_gap(figure, result.rows, result.correlations, directory / "isotropy_vs_gap.png"),
     ]}
 
 
@@ -67,7 +65,7 @@ def _plot_layers(figure: type[Figure], rows: Sequence[Mapping[str, Any]], path: 
     for axis in axes[len(panels):]:
         axis.set_visible(False)
     fig.suptitle("Isotropy of the ID bank per layer (depth 0 = embeddings, 1 = last layer)")
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 def _plot_vs_gap(
@@ -95,14 +93,9 @@ def _plot_vs_gap(
     axes[0].set(ylabel="AUROC gap (cosine minus other)")
     axes[0].legend(fontsize=7)
     fig.suptitle("Isotropy of the ID bank vs AUROC gap, one point per (model, layer) and gap")
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 def _nan(value: Any) -> float:
     return math.nan if value is None else float(value)
 
-
-def _save(fig: Figure, path: Path) -> str:
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
-    return write_files(path.parent, {path.name: buffer.getvalue()})[0]

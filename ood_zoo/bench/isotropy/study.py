@@ -185,16 +185,21 @@ def resolve_model(choice: ModelChoice) -> ResolvedModel:
     InputError
         If the name is neither registered nor a local directory, or the pooling is unknown.
     """
-    from ...features import PAPER_TEMPLATE, POOLING_MODES, model_spec
-    from ...features.models import _is_causal_lm
+    from ...features import (
+        POOLING_MODES,
+        default_pooling,
+        default_template,
+        is_causal_lm,
+        model_spec,
+    )
 
     spec = model_spec(choice.name)
     if spec is not None:
         kind, pooling, template = spec.kind, spec.pooling, spec.template
     elif Path(choice.name).is_dir():
-        kind = "decoder" if _is_causal_lm(Path(choice.name)) else "encoder"
-        pooling = "last" if kind == "decoder" else "mean"
-        template = PAPER_TEMPLATE if kind == "decoder" else None
+        directory = Path(choice.name)
+        kind = "decoder" if is_causal_lm(directory) else "encoder"
+        pooling, template = default_pooling(directory), default_template(directory)
     else:
         from ...registry import get_registry
 
@@ -407,7 +412,7 @@ def run_study(
                         template=model.template, batch_size=config.batch_size,
                         max_length=config.max_length, cache=config.cache,
                         progress=config.progress,
-                    )
+                    ).features
             with session.stage(f"{model.name}:analysis"):
                 id_feats, ood_feats = features["id"], features["ood"]
                 n_states = int(id_feats.shape[1])
