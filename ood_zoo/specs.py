@@ -82,6 +82,9 @@ class DatasetSpec:
     files : str
         For ``needs_files`` loaders, the files expected under ``root`` (shown by
         ``ood-zoo datasets``).
+    seeded : bool
+        True for loaders whose draw depends on a ``seed=`` option (the CLINC domain splits):
+        :func:`ood_zoo.data.standard_splits` passes them its seed.
     """
 
     name: str
@@ -91,3 +94,4 @@ class DatasetSpec:
     license: str = ""
     needs_files: bool = False
     files: str = ""
+    seeded: bool = False

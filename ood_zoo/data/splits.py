@@ -21,7 +21,6 @@ splits a pool of texts into named parts, as the benchmark suites do per seed.
 
 from __future__ import annotations
 
-import inspect
 import itertools
 import numbers
 from collections.abc import Mapping, Sequence
@@ -274,11 +273,7 @@ def _load(name: str, seed: int, options: dict[str, object]) -> object:
     from .catalog import dataset_spec
 
     spec = dataset_spec(name)
-    try:
-        takes_seed = "seed" in inspect.signature(spec.load).parameters
-    except (TypeError, ValueError):
-        takes_seed = False
-    if takes_seed and "seed" not in options:
+    if spec.seeded and "seed" not in options:
         options = {**options, "seed": seed}
     return spec.load(**options)
 
@@ -300,9 +295,9 @@ def standard_splits(
         A registered dataset name (loaded with ``options``, e.g. ``root=``), a corpus, or splits
         already loaded.
     seed : int
-        Seeds every random choice. A loader that takes a ``seed`` itself (the CLINC domain
-        splits, whose seed picks the held-out intents) receives it too, unless ``options`` sets
-        it, as the paper's ``--seed`` drives both.
+        Seeds every random choice. A loader registered as ``seeded`` (the CLINC domain splits,
+        whose seed picks the held-out intents) receives it too, unless ``options`` sets it, as
+        the paper's ``--seed`` drives both.
     shot : int, float or "full"
         Keep K examples per class in ``train`` **and** ``validation`` (:func:`few_shot`; the
         paper's few-shot setting, K in 1, 5, 10). ``"full"`` keeps everything.

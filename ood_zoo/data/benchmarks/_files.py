@@ -106,7 +106,8 @@ def numeric_key(path: Path) -> tuple[int, str]:
 
 def file_dataset(
     name: str, load: Callable[..., object], description: str, source: str, license: str,
-    files: str,
+    files: str, *, seeded: bool = False,
 ) -> DatasetSpec:
     """The record of a benchmark read from user files (``needs_files=True``)."""
-    return DatasetSpec(name, load, description, source, license, needs_files=True, files=files)
+    return DatasetSpec(name, load, description, source, license, needs_files=True, files=files,
+                       seeded=seeded)

@@ -294,10 +294,10 @@ INTENT_DATASETS: tuple[DatasetSpec, ...] = (
                  _CLINC_SOURCE, _CLINC_LICENSE, "data_full.json"),
     file_dataset("clinc150_banking", functools.partial(clinc150_domain, domain="banking"),
                  "CLINC150 banking: 8 ID vs 7 held-out intents by seed (paper near-OOD)",
-                 _CLINC_SOURCE, _CLINC_LICENSE, "data_full.json"),
+                 _CLINC_SOURCE, _CLINC_LICENSE, "data_full.json", seeded=True),
     file_dataset("clinc150_travel", functools.partial(clinc150_domain, domain="travel"),
                  "CLINC150 travel: 8 ID vs 7 held-out intents by seed (paper near-OOD)",
-                 _CLINC_SOURCE, _CLINC_LICENSE, "data_full.json"),
+                 _CLINC_SOURCE, _CLINC_LICENSE, "data_full.json", seeded=True),
     file_dataset("banking77", banking77, "Banking77 intents (train.csv/test.csv)", _B77_SOURCE,
                  _B77_LICENSE, "train.csv, test.csv"),
 )
