@@ -4,6 +4,7 @@ package boundary, and the import-linter contracts in pyproject.toml hold (``make
 from __future__ import annotations
 
 import ast
+import re
 import shutil
 import subprocess
 import sys
@@ -174,3 +175,46 @@ def test_import_linter_contracts_hold() -> None:
     done = subprocess.run([lint_imports, "--no-cache"], cwd=ROOT, capture_output=True,
                           text=True, timeout=600)
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def _top_level_parts() -> set[str]:
+    """The modules and packages directly under ood_zoo (public ones; the extension aside)."""
+    package = ROOT / "ood_zoo"
+    names = {p.stem for p in package.glob("*.py")} | {
+        p.name for p in package.iterdir() if (p / "__init__.py").exists()}
+    return {n for n in names if not n.startswith("_")}
+
+
+def _layers() -> list[str]:
+    import tomllib
+
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+    (layers,) = [c["layers"] for c in config["tool"]["importlinter"]["contracts"]
+                 if c["type"] == "layers"]
+    return layers
+
+
+def test_every_top_level_module_has_a_layer() -> None:
+    listed = {name.strip().removeprefix("ood_zoo.") for layer in _layers()
+              for name in layer.split("|")}
+    assert listed == _top_level_parts()
+
+
+def test_architecture_md_matches_the_tree() -> None:
+    text = (ROOT / "ARCHITECTURE.md").read_text(encoding="utf-8")
+    paths = set(re.findall(r"`(ood_zoo/[\w/.]+)`", text))
+    assert paths, "ARCHITECTURE.md names no ood_zoo/ paths"
+    missing = sorted(p for p in paths if not (ROOT / p.rstrip("/")).exists())
+    assert missing == [], f"ARCHITECTURE.md names paths that do not exist: {missing}"
+    layer_block = text[text.index("## Layers"):text.index("## Where new things go")]
+    for layer in _layers():
+        assert " | ".join(n.removeprefix("ood_zoo.") for n in layer.split(" | ")) in layer_block
+
+
+def test_readme_layout_names_every_package() -> None:
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    block = readme[readme.index("## Layout"):]
+    block = block[:block.index("\n## ") if "\n## " in block else len(block)]
+    packages = {p.name for p in (ROOT / "ood_zoo").iterdir() if (p / "__init__.py").exists()}
+    absent = sorted(p for p in packages if f"{p}/" not in block)
+    assert absent == [], f"README's Layout misses {absent}"

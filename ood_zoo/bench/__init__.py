@@ -8,6 +8,10 @@
 - :mod:`.suites`, :mod:`.zero_grad` and :mod:`.fine_tuned`: ``ood-zoo bench``, the paper's
   experiments (every detector on frozen LM features, far- and near-OOD, over seeds, with a layer
   sweep; then before and after LoRA fine-tuning); :mod:`.plots` draws their figures.
+- :mod:`.isotropy`: ``ood-zoo isotropy``, the paper's isotropy analysis per layer against the
+  cosine-vs-Euclidean/Mahalanobis AUROC gap (the measures themselves are
+  :mod:`ood_zoo.analysis`).
+- :mod:`.report`: ``ood-zoo report``, one self-contained HTML page (and Markdown) of results.
 """
 
 from __future__ import annotations
