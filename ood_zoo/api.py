@@ -10,6 +10,8 @@ A detector subclass declares, as class-level data,
 - ``requires``: a :class:`Requirements` saying which inputs it needs,
 - ``params``: its hyperparameters as :class:`Param` records with defaults,
 - ``state_tensors``: the names of its fitted tensor attributes (saved by :meth:`Detector.save`),
+- ``state_widths``: which state tensor axis is the feature (or logit) width, checked on load,
+- ``nonfinite_state``: the state tensors that may hold NaN/Inf (none, for the built-ins),
 
 and implements ``_fit`` and ``_score`` on validated tensors. The base class does validation,
 numpy/torch round-tripping, thresholds and persistence, so every detector behaves the same.
@@ -27,7 +29,7 @@ import torch
 
 from .errors import InputError, NotFittedError
 from .io import load_detector, save_detector
-from .ops.arrays import ArrayKind, ArrayLike, check_labels, check_matrix
+from .ops.arrays import ArrayKind, ArrayLike, check_finite, check_labels, check_matrix
 
 #: Default target true-positive rate of in-distribution samples for :meth:`Detector.predict`.
 DEFAULT_TARGET_TPR = 0.95
@@ -83,6 +85,8 @@ class Param:
         The smallest allowed value (inclusive), for numeric parameters.
     exclusive_minimum
         If true, ``minimum`` itself is not allowed.
+    maximum
+        The largest allowed value (inclusive), for numeric parameters.
     """
 
     name: str
@@ -92,6 +96,7 @@ class Param:
     choices: tuple[Any, ...] | None = None
     minimum: float | None = None
     exclusive_minimum: bool = False
+    maximum: float | None = None
 
     def validate(self, value: Any, owner: str) -> Any:
         """Return ``value`` converted to this parameter's type, or raise ``ValueError``."""
@@ -105,7 +110,10 @@ class Param:
         elif self.type is float:
             if isinstance(value, bool) or not isinstance(value, int | float):
                 raise ValueError(f"{where} must be a number, got {value!r}")
-            value = float(value)
+            try:
+                value = float(value)
+            except OverflowError:  # an int beyond float range
+                value = math.inf
             if not math.isfinite(value):
                 raise ValueError(f"{where} must be finite, got {value!r}")
         elif self.type is str and not isinstance(value, str):
@@ -117,12 +125,21 @@ class Param:
             if too_small:
                 op = ">" if self.exclusive_minimum else ">="
                 raise ValueError(f"{where} must be {op} {self.minimum}, got {value!r}")
+        if self.maximum is not None and value > self.maximum:
+            raise ValueError(f"{where} must be <= {self.maximum}, got {value!r}")
         return value
 
     def as_dict(self) -> dict[str, Any]:
         out = asdict(self)
         out["type"] = self.type.__name__
         return out
+
+
+#: The ``target_tpr`` argument every detector takes, validated like its declared parameters.
+TARGET_TPR = Param(
+    "target_tpr", DEFAULT_TARGET_TPR, "fraction of in-distribution samples predict accepts",
+    type=float, minimum=0.0, exclusive_minimum=True, maximum=1.0,
+)
 
 
 def threshold_at_tpr(id_scores: torch.Tensor, tpr: float) -> float:
@@ -135,8 +152,7 @@ def threshold_at_tpr(id_scores: torch.Tensor, tpr: float) -> float:
     tpr : float
         Target fraction of ID samples to accept, in ``(0, 1]``.
     """
-    if not 0.0 < tpr <= 1.0:
-        raise ValueError(f"target TPR must be in (0, 1], got {tpr}")
+    tpr = TARGET_TPR.validate(tpr, "threshold_at_tpr: target TPR")
     ordered = torch.sort(id_scores.detach().flatten().double(), descending=True).values
     accept = math.ceil(tpr * ordered.numel() - 1e-9)  # how many ID samples must pass
     return float(ordered[max(accept, 1) - 1])
@@ -185,26 +201,30 @@ class Detector:
     requires: ClassVar[Requirements] = Requirements()
     params: ClassVar[tuple[Param, ...]] = ()
     state_tensors: ClassVar[tuple[str, ...]] = ()
+    #: Where the fitted state fixes an input width: ``{"n_features_in": (tensor, axis)}`` (or
+    #: ``"n_logits_in"``). ``fit`` checks it; a load refuses a saved width that contradicts it.
+    state_widths: ClassVar[Mapping[str, tuple[str, int]]] = {}
+    #: The floating state tensors that may legitimately hold NaN or Inf; a load refuses
+    #: non-finite values in every other one.
+    nonfinite_state: ClassVar[tuple[str, ...]] = ()
     #: True if ``fit`` itself rejects non-finite features with an :class:`InputError` (because it
     #: reads every value anyway, e.g. a kNN index's norm pass); the base class then skips its
     #: own pass over them, which costs seconds on a multi-GB bank.
     checks_finite_fit_features: ClassVar[bool] = False
 
     def __init__(self, *, target_tpr: float = DEFAULT_TARGET_TPR, **params: Any) -> None:
+        owner = self.name or type(self).__name__
         declared = {p.name: p for p in self.params}
         unknown = sorted(set(params) - set(declared))
         if unknown:
             known = ", ".join(declared) or "none"
             raise TypeError(
-                f"{self.name or type(self).__name__}: unknown parameter(s) {unknown}; "
-                f"known parameters: {known}"
+                f"{owner}: unknown parameter(s) {unknown}; known parameters: {known}"
             )
         self.hparams: dict[str, Any] = {
-            p.name: p.validate(params.get(p.name, p.default), self.name) for p in self.params
+            p.name: p.validate(params.get(p.name, p.default), owner) for p in self.params
         }
-        if not 0.0 < target_tpr <= 1.0:
-            raise ValueError(f"target_tpr must be in (0, 1], got {target_tpr}")
-        self.target_tpr = float(target_tpr)
+        self.target_tpr: float = TARGET_TPR.validate(target_tpr, owner)
         self.threshold_: float | None = None
         self.n_features_in_: int | None = None
         self.n_logits_in_: int | None = None
@@ -250,6 +270,7 @@ class Detector:
             setattr(self, attr, value.contiguous())
         self.n_features_in_ = None if x is None else int(x.shape[1])
         self.n_logits_in_ = None if z is None else int(z.shape[1])
+        self._check_state_widths()
         self.is_fitted_ = True
         n = _n_rows(x, z)
         if n:
@@ -284,9 +305,7 @@ class Detector:
     ) -> Self:
         """Place the :meth:`predict` threshold on held-out ID data, accepting a ``tpr`` fraction."""
         if tpr is not None:
-            if not 0.0 < tpr <= 1.0:
-                raise ValueError(f"tpr must be in (0, 1], got {tpr}")
-            self.target_tpr = float(tpr)
+            self.target_tpr = TARGET_TPR.validate(tpr, f"{self.name}: calibrate(tpr)")
         self._check_fitted()
         x, _, z = self._check_inputs(features, None, logits, fitting=False)
         self.threshold_ = threshold_at_tpr(self._score(x, z), self.target_tpr)
@@ -338,10 +357,27 @@ class Detector:
         return {n: getattr(self, n).detach().cpu().contiguous() for n in self.state_tensors}
 
     def load_state_dict(self, tensors: Mapping[str, torch.Tensor]) -> None:
-        """Restore the fitted tensors saved by :meth:`state_dict`."""
+        """Restore the fitted tensors saved by :meth:`state_dict`.
+
+        Every floating tensor must be finite, except those named in ``nonfinite_state``: one
+        pass over each, in bounded memory, on load only (``fit`` validates its inputs instead).
+        Subclasses check shapes after calling this.
+
+        Raises
+        ------
+        KeyError
+            If a state tensor is missing.
+        InputError
+            If a state tensor holds NaN or Inf.
+        """
         missing = [n for n in self.state_tensors if n not in tensors]
         if missing:
             raise KeyError(f"{self.name}: saved state lacks tensors {missing}")
+        for n in self.state_tensors:
+            tensor = tensors[n]
+            if tensor.is_floating_point() and n not in self.nonfinite_state:
+                check_finite(tensor.reshape(1) if tensor.dim() == 0 else tensor,
+                             name=f"{self.name}: state tensor {n!r}")
         for n in self.state_tensors:
             setattr(self, n, tensors[n])
         self.is_fitted_ = True
@@ -351,6 +387,16 @@ class Detector:
         return f"{type(self).__name__}({args})"
 
     # ------------------------------------------------------------------ helpers
+    def _check_state_widths(self) -> None:
+        widths = {"n_features_in": self.n_features_in_, "n_logits_in": self.n_logits_in_}
+        for key, (attr, axis) in self.state_widths.items():
+            shape = tuple(getattr(self, attr).shape)
+            if key not in widths or axis >= len(shape) or shape[axis] != widths[key]:
+                raise TypeError(
+                    f"{self.name}: state_widths declares {key} = {attr}.shape[{axis}], but "
+                    f"{key} is {widths.get(key)} and {attr} has shape {shape}"
+                )
+
     def _check_fitted(self) -> None:
         if self.requires.fit and not self.is_fitted_:
             raise NotFittedError(f"{self.name}: call fit() before score()")

@@ -5,24 +5,53 @@ A saved detector is a directory::
     detector.json                  name, versions, hyperparameters, threshold, tensor manifest
     tensors-<sha256[:16]>.safetensors
 
-Writes are atomic: the tensor file is written under a temporary name, fsynced and renamed to its
-content-addressed name; then ``detector.json`` is replaced in one rename. A reader therefore sees
-either the old save or the new one, never a mix. On load the tensor file's size and SHA-256 are
-checked against the manifest, so a truncated or modified file is an error, not a silent misload.
-Loading never runs code: JSON and safetensors are data only.
+**Writes.** A save writes the tensor file in a scratch directory (``.tensors.*.tmp/``), fsyncs
+it and renames it to its content-addressed name; then it replaces ``detector.json`` in one
+rename (through ``.detector.json.*.tmp``) and fsyncs the directory. Each ``detector.json`` is
+one *generation*: it names its own tensor file, which no later save modifies. A save that fails
+(full disk, an exception, SIGKILL) leaves the previous generation whole and loadable.
+
+**Loads.** A load reads ``detector.json`` once, validates it against :data:`CONFIG_SCHEMA`
+(types, required keys, bounded size and depth), cross-checks it against the detector class and
+the tensor manifest, and checks the tensor file's size and SHA-256 before any state is set.
+So a load returns exactly one generation, whole (the one ``detector.json`` named when it was
+read), or raises :class:`~ood_zoo.errors.PersistenceError`; never a mix of two generations and
+never a partial file. Loading never runs code: JSON and safetensors are data only.
+
+**Removal.** Saves and loads hold a shared ``flock`` on the directory from before they read or
+write anything until their files are open. After its rename a save tries to take the lock
+exclusively, without waiting. Only if it gets it (no other save or load of the directory is in
+progress; a killed process holds no lock) does it remove the tensor files that the current
+``detector.json`` does not name, and the temporary files that killed or failed saves left
+behind. Otherwise it removes nothing and leaves that to a later save. Hence:
+
+- a load never finds its generation's tensor file missing, whatever saves run meanwhile;
+- after a save that ran alone, the directory holds ``detector.json`` and one tensor file
+  (plus any files of the user's own), nothing else;
+- old generations pile up only while saves and loads of one directory overlap without pause.
+
+On a file system without ``flock`` (e.g. Lustre mounted without it) nothing is ever removed:
+loads stay safe, and old tensor files stay until removed by hand.
 
 This module sits below the detector API and knows no registry: :func:`load_detector` is given
-the class to load into. Finding the class from the saved name is :func:`ood_zoo.load`'s job
-(:meth:`ood_zoo.registry.Registry.load`).
+the class to load into, :func:`load_saved` a function from the saved name to the class.
+Finding the class by name is :func:`ood_zoo.load`'s job (:meth:`ood_zoo.registry.Registry.load`).
 """
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import hashlib
 import json
 import math
 import os
+import re
+import shutil
 import tempfile
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -41,6 +70,16 @@ FORMAT_VERSION = 1
 CONFIG_FILE = "detector.json"
 #: Permissions of written files (what a plain open() gives under the usual umask 022).
 FILE_MODE = 0o644
+#: ``detector.json`` is refused unread beyond this size, and unparsed beyond this nesting depth
+#: (the schema needs 5 levels); JSON's own parser would raise RecursionError on deep nesting.
+MAX_CONFIG_BYTES = 1 << 20
+MAX_CONFIG_DEPTH = 8
+#: Temporary files of a save in progress, or left by one that was killed.
+TEMP_PREFIXES = (".tensors.", f".{CONFIG_FILE}.")
+TEMP_SUFFIX = ".tmp"
+TENSOR_FILE = re.compile(r"tensors-[0-9a-f]{16}\.safetensors")
+#: flock errors meaning "this file system has no locks" (rather than "someone holds it").
+_NO_LOCKS = (errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOLCK)
 
 D = TypeVar("D", bound="Detector")
 
@@ -64,7 +103,7 @@ def _fsync_dir(directory: Path) -> None:
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` through a temporary file in the same directory and a rename."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TEMP_SUFFIX)
     try:
         os.fchmod(fd, FILE_MODE)  # mkstemp creates 0600; results are meant to be shared
         with os.fdopen(fd, "wb") as handle:
@@ -78,147 +117,345 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     _fsync_dir(path.parent)
 
 
+# ---------------------------------------------------------------------------- the schema
+
+
+@dataclass(frozen=True)
+class Value:
+    """A JSON scalar of one of ``kinds`` (``bool`` is never an ``int`` or ``float`` here)."""
+
+    kinds: tuple[type, ...]
+    expected: str
+    accept: Callable[[Any], bool] = lambda value: True
+    nullable: bool = False
+
+    def problems(self, value: Any, field: str) -> Iterator[tuple[str, str]]:
+        if value is None and self.nullable:
+            return
+        stray_bool = isinstance(value, bool) and bool not in self.kinds
+        if stray_bool or not isinstance(value, self.kinds) or not self.accept(value):
+            yield field, f"must be {self.expected}, got {_preview(value)}"
+
+
+@dataclass(frozen=True)
+class ListOf:
+    """A JSON array of at most ``max_items`` items, each ``item``."""
+
+    item: Schema
+    max_items: int
+
+    def problems(self, value: Any, field: str) -> Iterator[tuple[str, str]]:
+        if not isinstance(value, list) or len(value) > self.max_items:
+            yield field, f"must be a list of at most {self.max_items} items, got {_preview(value)}"
+            return
+        for i, item in enumerate(value):
+            yield from self.item.problems(item, f"{field}[{i}]")
+
+
+@dataclass(frozen=True)
+class MapOf:
+    """A JSON object of at most ``max_items`` keys, each mapped to a ``value``."""
+
+    value: Schema
+    max_items: int
+
+    def problems(self, value: Any, field: str) -> Iterator[tuple[str, str]]:
+        if not isinstance(value, dict) or len(value) > self.max_items:
+            expected = f"an object of at most {self.max_items} keys"
+            yield field, f"must be {expected}, got {_preview(value)}"
+            return
+        for key, item in value.items():
+            yield from self.value.problems(item, f"{field}.{key}")
+
+
+@dataclass(frozen=True)
+class Record:
+    """A JSON object with exactly the keys of ``fields`` (all required), each of its schema."""
+
+    fields: Mapping[str, Schema]
+
+    def problems(self, value: Any, field: str) -> Iterator[tuple[str, str]]:
+        if not isinstance(value, dict):
+            yield field, f"must be an object, got {_preview(value)}"
+            return
+        for key in self.fields.keys() - value.keys():
+            yield _join(field, key), "is missing"
+        for key in sorted(value.keys() - self.fields.keys()):
+            yield _join(field, key), "is not a field of the format"
+        for key, schema in self.fields.items():
+            if key in value:
+                yield from schema.problems(value[key], _join(field, key))
+
+
+Schema = Value | ListOf | MapOf | Record
+
+
+def _join(parent: str, key: str) -> str:
+    return f"{parent}.{key}" if parent else key
+
+
+def _preview(value: Any) -> str:
+    text = json.dumps(value)
+    return text if len(text) <= 40 else f"{text[:37]}..."
+
+
+def _text(max_length: int, pattern: str | None = None) -> Value:
+    regex = re.compile(pattern) if pattern else None
+    return Value(
+        (str,), f"a string of at most {max_length} characters"
+        + (f" matching {pattern!r}" if pattern else ""),
+        lambda s: len(s) <= max_length and (regex is None or regex.fullmatch(s) is not None),
+    )
+
+
+def _integer(minimum: int, *, nullable: bool = False) -> Value:
+    return Value((int,), f"an integer >= {minimum}" + (" or null" if nullable else ""),
+                 lambda n: minimum <= n < _INT_LIMIT, nullable)
+
+
+def _finite(number: int | float) -> bool:
+    """A float, or an int small enough for torch and float64."""
+    return abs(number) < _INT_LIMIT if isinstance(number, int) else math.isfinite(number)
+
+
+def _param_value(value: bool | int | float | str) -> bool:
+    return len(value) <= 10_000 if isinstance(value, str) else _finite(value)
+
+
+#: JSON integers beyond int64 are refused (JSON itself has no bound).
+_INT_LIMIT = 2**63
+_NUMBER = Value((int, float), "a finite number", _finite)
+
+#: The schema of ``detector.json`` (format version 1), as written by :func:`save_detector`.
+#: Hyperparameter values are checked further by the detector's declared ``Param``s.
+CONFIG_SCHEMA = Record({
+    "format": Value((str,), repr(FORMAT), lambda s: s == FORMAT),
+    "format_version": Value((int,), str(FORMAT_VERSION), lambda n: n == FORMAT_VERSION),
+    "detector": _text(200),
+    "detector_version": _text(200),
+    "ood_zoo_version": _text(200),
+    "params": MapOf(
+        Value((bool, int, float, str), "a bool, a finite number or a string of at most 10,000 "
+              "characters", _param_value),
+        max_items=1000,
+    ),
+    "target_tpr": _NUMBER,
+    "threshold": Value((int, float), "a finite number or null", _finite, nullable=True),
+    "n_features_in": _integer(1, nullable=True),
+    "n_logits_in": _integer(1, nullable=True),
+    "fitted": Value((bool,), "true or false"),
+    "tensors": Record({
+        "file": _text(255),
+        "sha256": _text(64, "[0-9a-f]{64}"),
+        "bytes": _integer(0),
+        "entries": MapOf(
+            Record({"dtype": _text(32, "[a-z0-9_]+"), "shape": ListOf(_integer(0), 16)}),
+            max_items=1000,
+        ),
+    }),
+})
+
+
+# ---------------------------------------------------------------------------- the lock
+
+
+@contextmanager
+def _directory_lock(directory: Path, *, exclusive: bool) -> Iterator[bool]:
+    """Hold a ``flock`` on ``directory`` (see the module notes); yields whether it is held.
+
+    Shared locks wait; the exclusive one does not: it is not held while anyone else holds the
+    lock. Neither is held where the file system has no locks.
+    """
+    try:
+        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    except (FileNotFoundError, NotADirectoryError, PermissionError):
+        yield False  # nothing saved here to protect (the load says so), or unlistable
+        return
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB if exclusive else fcntl.LOCK_SH)
+        except BlockingIOError:
+            held = False
+        except OSError as exc:
+            if exc.errno not in _NO_LOCKS:
+                raise
+            held = False
+        else:
+            held = True
+        yield held
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _sweep(directory: Path) -> None:
+    """Remove stale temporary files and unnamed tensor files, if no save or load is running."""
+    with _directory_lock(directory, exclusive=True) as alone:
+        if not alone:
+            return
+        try:
+            keep: set[str] | None = {read_config(directory)["tensors"]["file"]}
+        except PersistenceError:  # no save at all: no tensor file is needed; a damaged one: keep
+            keep = None if (directory / CONFIG_FILE).exists() else set()
+        for path in directory.iterdir():
+            name = path.name
+            stale_temp = name.startswith(TEMP_PREFIXES) and name.endswith(TEMP_SUFFIX)
+            unnamed = keep is not None and name not in keep and bool(TENSOR_FILE.fullmatch(name))
+            if stale_temp and path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path, ignore_errors=True)
+            elif stale_temp or unnamed:
+                path.unlink(missing_ok=True)
+
+
+# ---------------------------------------------------------------------------- saving
+
+
 def save_detector(detector: Detector, path: str | Path) -> Path:
-    """Save ``detector`` into directory ``path`` (created if needed) and return the path."""
+    """Save ``detector`` into directory ``path`` (created if needed) and return the path.
+
+    Raises
+    ------
+    PersistenceError
+        If ``path`` is a file, or the tensors could not be written (a full disk, say).
+    OSError
+        If writing or syncing ``detector.json`` failed. Either way the previous save stays.
+    """
     directory = Path(path)
     if directory.exists() and not directory.is_dir():
         raise PersistenceError(f"{directory} exists and is not a directory")
     directory.mkdir(parents=True, exist_ok=True)
     tensors = detector.state_dict() if detector.is_fitted_ else {}
-    fd, tmp_name = tempfile.mkstemp(dir=directory, prefix=".tensors.", suffix=".tmp")
-    os.close(fd)
-    tmp = Path(tmp_name)
     try:
-        save_file(tensors, str(tmp), metadata={"format": FORMAT, "detector": detector.name})
-        tmp.chmod(FILE_MODE)  # mkstemp and safetensors create 0600
-        with tmp.open("rb") as handle:
-            os.fsync(handle.fileno())
-        sha = sha256_file(tmp)
-        tensor_file = directory / f"tensors-{sha[:16]}.safetensors"
-        os.replace(tmp, tensor_file)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    config = {
-        "format": FORMAT,
-        "format_version": FORMAT_VERSION,
-        "detector": detector.name,
-        "detector_version": detector.version,
-        "ood_zoo_version": __version__,
-        "params": detector.hparams,
-        "target_tpr": detector.target_tpr,
-        "threshold": detector.threshold_,
-        "n_features_in": detector.n_features_in_,
-        "n_logits_in": detector.n_logits_in_,
-        "fitted": detector.is_fitted_,
-        "tensors": {
-            "file": tensor_file.name,
-            "sha256": sha,
-            "bytes": tensor_file.stat().st_size,
-            "entries": {
-                n: {"dtype": str(t.dtype).removeprefix("torch."), "shape": list(t.shape)}
-                for n, t in tensors.items()
-            },
-        },
-    }
-    config_path = directory / CONFIG_FILE
-    previous = _previous_tensor_file(config_path)
-    try:
-        atomic_write_bytes(config_path, (json.dumps(config, indent=2) + "\n").encode())
-    except BaseException:
-        if previous != tensor_file.name:  # the old save stays whole; drop the orphan
-            tensor_file.unlink(missing_ok=True)
-        raise
-    for stale in directory.glob("tensors-*.safetensors"):
-        if stale != tensor_file:
-            stale.unlink(missing_ok=True)
+        with _directory_lock(directory, exclusive=False):
+            tensor_file, sha, size = _write_tensors(directory, tensors, detector.name)
+            config = {
+                "format": FORMAT,
+                "format_version": FORMAT_VERSION,
+                "detector": detector.name,
+                "detector_version": detector.version,
+                "ood_zoo_version": __version__,
+                "params": detector.hparams,
+                "target_tpr": detector.target_tpr,
+                "threshold": detector.threshold_,
+                "n_features_in": detector.n_features_in_,
+                "n_logits_in": detector.n_logits_in_,
+                "fitted": detector.is_fitted_,
+                "tensors": {
+                    "file": tensor_file.name,
+                    "sha256": sha,
+                    "bytes": size,
+                    "entries": {
+                        n: {"dtype": _dtype_name(t.dtype), "shape": list(t.shape)}
+                        for n, t in tensors.items()
+                    },
+                },
+            }
+            text = json.dumps(config, indent=2, allow_nan=False) + "\n"
+            atomic_write_bytes(directory / CONFIG_FILE, text.encode())
+    finally:  # a failed save's tensor file is unnamed, hence swept like the old generation's
+        _sweep(directory)
     return directory
 
 
-def _previous_tensor_file(config_path: Path) -> str | None:
+def _write_tensors(
+    directory: Path, tensors: dict[str, torch.Tensor], name: str,
+) -> tuple[Path, str, int]:
+    """Write ``tensors`` to their content-addressed file; return it, its SHA-256 and size.
+
+    The file is written in a scratch directory of its own (``.tensors.*.tmp/``), so whatever
+    temporary files safetensors' writer makes stay inside it, and one ``rmtree`` (here, or in
+    a later sweep after a SIGKILL) removes them all.
+    """
+    scratch = Path(tempfile.mkdtemp(dir=directory, prefix=TEMP_PREFIXES[0], suffix=TEMP_SUFFIX))
     try:
-        return json.loads(config_path.read_text())["tensors"]["file"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
+        tmp = scratch / "tensors.safetensors"
+        try:
+            save_file(tensors, str(tmp), metadata={"format": FORMAT, "detector": name})
+        except SafetensorError as exc:  # safetensors reports I/O errors (ENOSPC) as its own
+            raise PersistenceError(f"{directory}: could not write the tensors: {exc}") from exc
+        tmp.chmod(FILE_MODE)  # safetensors creates 0600
+        with tmp.open("rb") as handle:
+            os.fsync(handle.fileno())
+        sha = sha256_file(tmp)
+        size = tmp.stat().st_size
+        tensor_file = directory / f"tensors-{sha[:16]}.safetensors"
+        os.replace(tmp, tensor_file)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return tensor_file, sha, size
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+# ---------------------------------------------------------------------------- loading
 
 
 def read_config(path: str | Path) -> dict[str, Any]:
-    """Read and check a saved detector's ``detector.json``."""
+    """Read ``detector.json`` of a saved detector and validate it against :data:`CONFIG_SCHEMA`.
+
+    Raises
+    ------
+    PersistenceError
+        Naming the file and every field that is missing, unexpected or invalid.
+    """
     directory = Path(path)
     config_path = directory / CONFIG_FILE
-    if not config_path.is_file():
+    try:
+        with config_path.open("rb") as handle:
+            data = handle.read(MAX_CONFIG_BYTES + 1)
+    except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
         raise PersistenceError(
             f"{directory} is not a saved ood_zoo detector (no {CONFIG_FILE})"
-        )
+        ) from None
+    if len(data) > MAX_CONFIG_BYTES:
+        raise PersistenceError(f"{config_path} is larger than {MAX_CONFIG_BYTES} bytes")
     try:
-        config = json.loads(config_path.read_text())
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        text = data.decode("utf-8")
+        depth = _nesting_depth(text)
+        if depth > MAX_CONFIG_DEPTH:
+            raise PersistenceError(
+                f"{config_path} nests {depth} levels deep; a detector file nests at most "
+                f"{MAX_CONFIG_DEPTH}"
+            )
+        config = json.loads(text, parse_constant=_refuse_constant)
+    except (UnicodeDecodeError, ValueError) as exc:  # JSONDecodeError, too many digits
         raise PersistenceError(f"{config_path} is corrupt: {exc}") from exc
     if not isinstance(config, dict) or config.get("format") != FORMAT:
         raise PersistenceError(f"{config_path} is not an ood_zoo detector file")
     if config.get("format_version") != FORMAT_VERSION:
         raise PersistenceError(
-            f"{config_path} has format version {config.get('format_version')}; this ood_zoo "
-            f"reads version {FORMAT_VERSION}"
+            f"{config_path} has format version {_preview(config.get('format_version'))}; this "
+            f"ood_zoo reads version {FORMAT_VERSION}"
         )
-    required = ("detector", "detector_version", "params", "tensors", "fitted")
-    missing = [key for key in required if key not in config]
+    problems = list(CONFIG_SCHEMA.problems(config, ""))
+    missing = sorted(field for field, problem in problems if problem == "is missing")
+    invalid = [(field, problem) for field, problem in problems if problem != "is missing"]
     if missing:
         raise PersistenceError(f"{config_path} lacks {missing}")
-    threshold = config.get("threshold")
-    checks = {
-        "detector": isinstance(config["detector"], str),
-        "params": isinstance(config["params"], dict),
-        "tensors": isinstance(config["tensors"], dict)
-        and isinstance(config["tensors"].get("entries", {}), dict),
-        "fitted": isinstance(config["fitted"], bool),
-        "threshold": threshold is None
-        or (isinstance(threshold, int | float) and not isinstance(threshold, bool)
-            and math.isfinite(threshold)),
-        "target_tpr": isinstance(config.get("target_tpr", 0.95), int | float),
-    }
-    bad = [key for key, ok in checks.items() if not ok]
-    if bad:
-        raise PersistenceError(f"{config_path}: invalid field(s) {bad}")
-    for key in ("n_features_in", "n_logits_in"):
-        value = config.get(key)
-        if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
-            raise PersistenceError(f"{config_path}: invalid field {key!r}")
+    if invalid:
+        raise PersistenceError(
+            f"{config_path}: invalid field(s) {[field for field, _ in invalid]}: "
+            + "; ".join(f"{field} {problem}" for field, problem in invalid)
+        )
     return config
 
 
-def _read_tensors(directory: Path, manifest: dict[str, Any]) -> dict[str, torch.Tensor]:
-    name = manifest.get("file", "")
-    tensor_path = directory / name
-    if Path(name).name != name or not tensor_path.is_file():
-        raise PersistenceError(f"{directory}: tensor file {name!r} is missing")
-    size = tensor_path.stat().st_size
-    if size != manifest.get("bytes"):
-        raise PersistenceError(
-            f"{tensor_path} is {size} bytes but {manifest.get('bytes')} were saved: truncated "
-            f"or modified"
-        )
-    if sha256_file(tensor_path) != manifest.get("sha256"):
-        raise PersistenceError(f"{tensor_path} does not match its saved SHA-256: modified")
-    try:
-        tensors = load_file(str(tensor_path))
-    except (SafetensorError, OSError) as exc:
-        raise PersistenceError(f"{tensor_path} is not a valid safetensors file: {exc}") from exc
-    # Tensors come back at their offsets in the file; BLAS results can depend on alignment (MKL's
-    # fp64 GEMM does, in the last bit), so give every tensor torch's own 64-byte alignment: a
-    # loaded detector then scores bit for bit like the one that was saved.
-    tensors = {k: t if t.data_ptr() % 64 == 0 else t.clone() for k, t in tensors.items()}
-    entries = manifest.get("entries", {})
-    for key, spec in entries.items():
-        tensor = tensors.get(key)
-        if tensor is None or list(tensor.shape) != spec["shape"] or (
-            str(tensor.dtype).removeprefix("torch.") != spec["dtype"]
-        ):
-            raise PersistenceError(f"{tensor_path}: tensor {key!r} does not match the manifest")
-    if set(tensors) != set(entries):
-        unexpected = sorted(set(tensors) ^ set(entries))
-        raise PersistenceError(f"{tensor_path}: unexpected tensors {unexpected}")
-    return tensors
+_JSON_STRING = re.compile(r'"(?:[^"\\]|\\.)*"', re.DOTALL)
+_BRACKET = re.compile(r"[\[\]{}]")
+
+
+def _nesting_depth(text: str) -> int:
+    """How deep the arrays and objects of JSON ``text`` nest (brackets inside strings ignored)."""
+    depth = deepest = 0
+    for match in _BRACKET.finditer(_JSON_STRING.sub('""', text)):
+        depth += 1 if match.group() in "[{" else -1
+        deepest = max(deepest, depth)
+    return deepest
+
+
+def _refuse_constant(name: str) -> None:
+    raise ValueError(f"{name} is not a JSON number")
 
 
 def load_detector(path: str | Path, cls: type[D]) -> D:
@@ -232,29 +469,116 @@ def load_detector(path: str | Path, cls: type[D]) -> D:
         The class to load into; the saved detector must be this one (by name). It need not be
         registered. :func:`ood_zoo.load` finds the class by the saved name instead.
     """
+
+    def this_class(name: str) -> type[D]:
+        if name != cls.name:
+            raise PersistenceError(f"{path} holds a {name!r} detector, not {cls.name!r}")
+        return cls
+
+    return load_saved(path, this_class)
+
+
+def load_saved(path: str | Path, find_class: Callable[[str], type[D]]) -> D:
+    """Load the detector saved in ``path`` into the class ``find_class(saved name)`` returns.
+
+    ``detector.json`` is read once, so the class, the parameters and the tensors all come from
+    one generation (see the module notes).
+
+    Raises
+    ------
+    PersistenceError
+        If ``path`` is not a whole, valid and consistent save of that class's detector.
+    """
     directory = Path(path)
-    config = read_config(directory)
-    name = config["detector"]
-    if cls.name != name:
-        raise PersistenceError(f"{directory} holds a {name!r} detector, not {cls.name!r}")
-    if str(config["detector_version"]) != str(cls.version):
-        raise PersistenceError(
-            f"{directory} was saved by {name!r} version {config['detector_version']}, "
-            f"but the installed {name!r} is version {cls.version}"
-        )
-    try:
-        detector = cls(target_tpr=config.get("target_tpr", 0.95), **config["params"])
-    except (TypeError, ValueError) as exc:
-        raise PersistenceError(f"{directory}: saved parameters are invalid: {exc}") from exc
-    tensors = _read_tensors(directory, config["tensors"])
+    with _directory_lock(directory, exclusive=False):
+        config = read_config(directory)
+        cls = find_class(config["detector"])
+        name = config["detector"]
+        if config["detector_version"] != str(cls.version):
+            raise PersistenceError(
+                f"{directory} was saved by {name!r} version {config['detector_version']}, "
+                f"but the installed {name!r} is version {cls.version}"
+            )
+        try:
+            detector = cls(target_tpr=config["target_tpr"], **config["params"])
+        except (TypeError, ValueError) as exc:
+            raise PersistenceError(f"{directory}: saved parameters are invalid: {exc}") from exc
+        _check_metadata(config, cls, f"{directory / CONFIG_FILE}")
+        tensors = _read_tensors(directory, config["tensors"])
     if config["fitted"]:
         try:
             detector.load_state_dict(tensors)
         except (KeyError, ValueError) as exc:
             raise PersistenceError(f"{directory}: saved state is invalid: {exc}") from exc
-    detector.is_fitted_ = bool(config["fitted"])
-    detector.threshold_ = config.get("threshold")
-    detector.n_features_in_ = config.get("n_features_in")
-    detector.n_logits_in_ = config.get("n_logits_in")
+    detector.is_fitted_ = config["fitted"]
+    detector.threshold_ = config["threshold"]
+    detector.n_features_in_ = config["n_features_in"]
+    detector.n_logits_in_ = config["n_logits_in"]
     return detector
 
+
+def _check_metadata(config: dict[str, Any], cls: type[Detector], where: str) -> None:
+    """Refuse metadata that contradicts the detector class or the saved tensors' manifest."""
+    entries = config["tensors"]["entries"]
+    widths = {"n_features_in": config["n_features_in"], "n_logits_in": config["n_logits_in"]}
+    if not config["fitted"]:
+        problems = [f"{key} is {value} but the detector is not fitted"
+                    for key, value in widths.items() if value is not None]
+        if entries:
+            problems.append(f"it holds tensors {sorted(entries)} but is not fitted")
+        if config["threshold"] is not None and cls.requires.fit:
+            problems.append("it has a threshold but is not fitted")
+    else:
+        problems = []
+        if set(entries) != set(cls.state_tensors):
+            problems.append(
+                f"the saved tensors {sorted(entries)} are not the state of {cls.name!r} "
+                f"{sorted(cls.state_tensors)}"
+            )
+        needed = {"n_features_in": cls.requires.features, "n_logits_in": cls.requires.logits}
+        problems += [f"{key} is null but {cls.name!r} is fitted on "
+                     f"{key.removeprefix('n_').removesuffix('_in')}"
+                     for key, need in needed.items() if need and widths[key] is None]
+        for key, (tensor, axis) in cls.state_widths.items():
+            shape = entries.get(tensor, {}).get("shape", [])
+            if widths[key] is not None and (axis >= len(shape) or shape[axis] != widths[key]):
+                problems.append(
+                    f"{key} is {widths[key]} but the saved {tensor!r} has shape {shape} "
+                    f"(its axis {axis} is that width)"
+                )
+    if problems:
+        raise PersistenceError(f"{where} is inconsistent: " + "; ".join(problems))
+
+
+def _read_tensors(directory: Path, manifest: dict[str, Any]) -> dict[str, torch.Tensor]:
+    name = manifest["file"]
+    tensor_path = directory / name
+    if Path(name).name != name or not tensor_path.is_file():
+        raise PersistenceError(f"{directory}: tensor file {name!r} is missing")
+    size = tensor_path.stat().st_size
+    if size != manifest["bytes"]:
+        raise PersistenceError(
+            f"{tensor_path} is {size} bytes but {manifest['bytes']} were saved: truncated "
+            f"or modified"
+        )
+    if sha256_file(tensor_path) != manifest["sha256"]:
+        raise PersistenceError(f"{tensor_path} does not match its saved SHA-256: modified")
+    try:
+        tensors = load_file(str(tensor_path))
+    except (SafetensorError, OSError) as exc:
+        raise PersistenceError(f"{tensor_path} is not a valid safetensors file: {exc}") from exc
+    # Tensors come back at their offsets in the file; BLAS results can depend on alignment (MKL's
+    # fp64 GEMM does, in the last bit), so give every tensor torch's own 64-byte alignment: a
+    # loaded detector then scores bit for bit like the one that was saved.
+    tensors = {k: t if t.data_ptr() % 64 == 0 else t.clone() for k, t in tensors.items()}
+    entries = manifest["entries"]
+    for key, spec in entries.items():
+        tensor = tensors.get(key)
+        if tensor is None or list(tensor.shape) != spec["shape"] or (
+            _dtype_name(tensor.dtype) != spec["dtype"]
+        ):
+            raise PersistenceError(f"{tensor_path}: tensor {key!r} does not match the manifest")
+    if set(tensors) != set(entries):
+        unexpected = sorted(set(tensors) ^ set(entries))
+        raise PersistenceError(f"{tensor_path}: unexpected tensors {unexpected}")
+    return tensors

@@ -41,7 +41,7 @@ import pluggy
 from . import hookspecs
 from .api import Detector
 from .errors import DuplicateDetectorError, PluginError, UnknownDetectorError, UnknownNameError
-from .io import load_detector, read_config
+from .io import load_saved
 from .specs import DatasetSpec, ModelSpec
 from .version import __version__
 
@@ -409,7 +409,7 @@ class Registry:
         UnknownDetectorError
             If no registered detector has the saved name.
         """
-        return load_detector(path, self.get(read_config(path)["detector"]).cls)
+        return load_saved(path, lambda name: self.get(name).cls)
 
 
 _registry: Registry | None = None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from fractions import Fraction
+from typing import ClassVar
 
 import numpy as np
 import pytest
@@ -108,6 +109,39 @@ def test_minimum_is_inclusive_unless_exclusive():
 def test_invalid_target_tpr(tpr):
     with pytest.raises(ValueError, match="target_tpr"):
         CentroidDetector(target_tpr=tpr)
+
+
+@pytest.mark.parametrize(
+    ("tpr", "message"),
+    [("0.9", "must be a number, got '0.9'"), (True, "must be a number"),
+     (None, "must be a number"), ([0.9], "must be a number"), (10**400, "must be finite"),
+     (1.5, "must be <= 1.0"), (0.0, "must be > 0.0")],
+    ids=["str", "bool", "none", "list", "huge-int", "above-one", "zero"],
+)
+def test_target_tpr_is_validated_like_a_declared_param(tpr, message):
+    """Issue 11, root cause 3: ``create("cosine", target_tpr="0.9")`` named no parameter."""
+    with pytest.raises(ValueError, match=rf"cosine: parameter 'target_tpr' {message}"):
+        ood_zoo.create("cosine", target_tpr=tpr)
+    if tpr is not None:  # calibrate(tpr=None) keeps target_tpr
+        where = r"calibrate\(tpr\): parameter 'target_tpr'"
+        with pytest.raises(ValueError, match=rf"{where} {message}"):
+            MaxLogitToy().calibrate(logits=DATA.id.logits, tpr=tpr)
+    with pytest.raises(ValueError, match=rf"target TPR: parameter 'target_tpr' {message}"):
+        threshold_at_tpr(torch.ones(3), tpr)
+    assert ood_zoo.create("cosine", target_tpr=1).target_tpr == 1.0
+
+
+def test_param_maximum_is_inclusive():
+    param = Param("p", 0.5, "a share", type=float, maximum=1.0)
+    assert param.validate(1, "owner") == 1.0
+    with pytest.raises(ValueError, match=r"owner: parameter 'p' must be <= 1.0, got 1.01"):
+        param.validate(1.01, "owner")
+    assert param.as_dict()["maximum"] == 1.0
+
+
+def test_an_int_beyond_float_range_is_not_finite():
+    with pytest.raises(ValueError, match="'alpha' must be finite"):
+        CentroidDetector(alpha=10**400)
 
 
 # ------------------------------------------------------------------------ thresholds
@@ -370,6 +404,50 @@ def test_memmap_input_works(name, tmp_path):
     assert type(scores) is np.ndarray
     np.testing.assert_array_equal(scores, from_array.score(**data.id.score_kwargs(cls.requires)))
     assert from_memmap.threshold_ == from_array.threshold_
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf], ids=["nan", "inf", "-inf"])
+@pytest.mark.parametrize("shape", [(4,), (), (3, 4)], ids=["vector", "scalar", "matrix"])
+def test_load_state_dict_refuses_non_finite_floating_state(bad, shape):
+    """Issue 11, root cause 5: checked in the base class, for every detector."""
+    tensor = torch.zeros(shape, dtype=torch.float16)
+    tensor.view(-1)[-1] = bad
+    detector = CentroidDetector()
+    with pytest.raises(InputError, match=r"test_centroid: state tensor 'mean_'.*(NaN|Inf)"):
+        detector.load_state_dict({"mean_": tensor})
+    assert not detector.is_fitted_
+
+
+class InfiniteBoundToy(CentroidDetector):
+    """Stores an infinite bound legitimately, and says so."""
+
+    name = "test_infinite_bound"
+    state_tensors = ("mean_", "bound_", "counts_")
+    nonfinite_state = ("bound_",)
+
+    def _fit(self, features, labels, logits):
+        super()._fit(features, labels, logits)
+        self.bound_ = torch.tensor([math.inf])
+        self.counts_ = torch.tensor([3])
+
+
+def test_declared_nonfinite_state_loads():
+    detector = InfiniteBoundToy().fit(DATA.fit.features)
+    loaded = InfiniteBoundToy()
+    loaded.load_state_dict(detector.state_dict())
+    assert math.isinf(float(loaded.bound_))
+    with pytest.raises(InputError, match="'mean_'"):
+        loaded.load_state_dict({**detector.state_dict(), "mean_": torch.full((3,), math.nan)})
+
+
+class WrongWidthToy(CentroidDetector):
+    name = "test_wrong_width"
+    state_widths: ClassVar[dict[str, tuple[str, int]]] = {"n_features_in": ("mean_", 1)}
+
+
+def test_fit_checks_the_declared_state_widths():
+    with pytest.raises(TypeError, match=r"state_widths declares n_features_in = mean_.shape\[1\]"):
+        WrongWidthToy().fit(DATA.fit.features)
 
 
 def test_state_dict_round_trip_and_missing_tensors():

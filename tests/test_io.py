@@ -3,8 +3,14 @@
 from __future__ import annotations
 
 import ast
+import contextlib
+import fcntl
 import json
+import math
+import os
 import pickle
+import re
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -13,8 +19,9 @@ import torch
 
 import ood_zoo
 from ood_zoo import Detector, Requirements
+from ood_zoo.cli import main as cli_main
 from ood_zoo.errors import NotFittedError, PersistenceError, UnknownDetectorError
-from ood_zoo.io import CONFIG_FILE, load_detector
+from ood_zoo.io import CONFIG_FILE, MAX_CONFIG_BYTES, MAX_CONFIG_DEPTH, load_detector
 from ood_zoo.registry import (
     ENV_ALLOW,
     ENV_BLOCK,
@@ -623,3 +630,282 @@ def test_saved_files_are_world_readable(tmp_path):
     _fit(ood_zoo.create("knn", k=2), DATA.fit).save(tmp_path)
     for path in tmp_path.iterdir():
         assert path.stat().st_mode & 0o777 == 0o644, path.name
+
+
+# ------------------------------------------------------------------------ the detector.json schema
+# Issue 11, root cause 4: nesting raised RecursionError, wrong JSON types raised TypeError, and
+# metadata that contradicts the tensors loaded and failed later.
+
+
+def _nest(depth: int) -> str:
+    return "[" * depth + "]" * depth
+
+
+@pytest.mark.parametrize("depth", [MAX_CONFIG_DEPTH + 1, 100_000])
+def test_a_deeply_nested_config_is_refused_unparsed(saved, depth):
+    (saved / CONFIG_FILE).write_text(
+        f'{{"format": "ood_zoo.detector", "format_version": 1, "params": {_nest(depth)}}}'
+    )
+    with pytest.raises(PersistenceError, match=rf"nests {depth + 1} levels deep"):
+        ood_zoo.load(saved)
+
+
+def test_brackets_inside_strings_do_not_count_as_nesting(saved):
+    _edit_config(saved, ood_zoo_version=_nest(50) + '\\"{')
+    assert ood_zoo.load(saved).hparams["k"] == 3
+
+
+def test_the_cli_reports_a_deeply_nested_config_without_a_traceback(saved, tmp_path, capsys):
+    (saved / CONFIG_FILE).write_text(_nest(100_000))
+    code = cli_main(["score", str(saved), "--features", "x.npy", "--out", str(tmp_path / "s")])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "nests 100000 levels deep" in err
+    assert "Traceback" not in err
+
+
+def test_an_oversized_config_is_refused_unread(saved):
+    (saved / CONFIG_FILE).write_text(" " * (MAX_CONFIG_BYTES + 1))
+    with pytest.raises(PersistenceError, match="larger than"):
+        ood_zoo.load(saved)
+
+
+def _set(path: str, value):
+    """An edit of the config setting the dotted ``path`` (``[i]`` indexes a list) to ``value``."""
+
+    def edit(config: dict) -> None:
+        *parents, last = path.replace("[", ".[").split(".")
+        node = config
+        for key in parents:
+            node = node[int(key[1:-1])] if key.startswith("[") else node[key]
+        if last.startswith("["):
+            node[int(last[1:-1])] = value
+        else:
+            node[last] = value
+
+    return edit
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("tensors.file", 123), ("tensors.file", None), ("tensors.file", ["a"]),
+        ("tensors.sha256", "not-hex"), ("tensors.sha256", 5), ("tensors.bytes", "100"),
+        ("tensors.bytes", -1), ("tensors.bytes", 2**70), ("tensors.entries", []),
+        ("tensors.entries.bank_", 5), ("tensors.entries.bank_", None),
+        ("tensors.entries.bank_.shape", "32"), ("tensors.entries.bank_.shape[0]", -1),
+        ("tensors.entries.bank_.shape[0]", 1.5), ("tensors.entries.bank_.shape[0]", True),
+        ("tensors.entries.bank_.shape", [1] * 17), ("tensors.entries.bank_.dtype", 3),
+        ("tensors.entries.bank_.dtype", "Float32!"), ("tensors.entries.bank_.extra", 1),
+        ("tensors.extra", 1), ("n_features_in", "16"), ("n_features_in", 0),
+        ("n_features_in", True), ("n_logits_in", 1.0), ("target_tpr", "0.9"),
+        ("target_tpr", None), ("threshold", "abc"), ("threshold", [1.0]), ("fitted", 1),
+        ("params.k", [3]), ("params.k", None), ("params.k", {"a": 1}), ("params.k", "x" * 10_001),
+        ("detector_version", 2), ("ood_zoo_version", None), ("detector", "x" * 201),
+        ("extra", 1),
+    ],
+)
+def test_every_field_of_the_config_is_validated(saved, field, value):
+    config = json.loads((saved / CONFIG_FILE).read_text())
+    _set(field, value)(config)
+    (saved / CONFIG_FILE).write_text(json.dumps(config))
+    named = field.split("[")[0] if field.endswith("extra") else field
+    with pytest.raises(PersistenceError, match=re.escape(named)):
+        ood_zoo.load(saved)
+
+
+def test_every_invalid_field_is_named_at_once(saved):
+    _edit_config(saved, threshold="abc", n_features_in="16")
+    named = r"invalid field\(s\) \['threshold', 'n_features_in'\]"
+    with pytest.raises(PersistenceError, match=named):
+        ood_zoo.load(saved)
+
+
+@pytest.mark.parametrize(
+    "literal", ["NaN", "Infinity", "-Infinity", "1e999", "9" * 30], ids=str.lower,
+)
+def test_non_finite_and_huge_numbers_are_refused(saved, literal):
+    text = (saved / CONFIG_FILE).read_text()
+    threshold = re.search(r'"threshold": [^,]*,', text).group()
+    (saved / CONFIG_FILE).write_text(text.replace(threshold, f'"threshold": {literal},'))
+    with pytest.raises(PersistenceError, match=r"threshold|not a JSON number"):
+        ood_zoo.load(saved)
+
+
+def test_a_huge_integer_hyperparameter_is_refused(saved):
+    _edit_config(saved, params={"k": 2**64})
+    with pytest.raises(PersistenceError, match=r"params\.k"):
+        ood_zoo.load(saved)
+
+
+WIDTH_DECLARED = [n for n in BUILTINS if get_registry().get(n).cls.state_widths]
+
+
+def test_the_feature_width_is_declared_by_every_builtin_with_a_feature_state():
+    assert set(WIDTH_DECLARED) == {
+        "cosine", "knn", "lof", "gmm", "residual", "mahalanobis", "relative_mahalanobis"
+    }
+
+
+@pytest.mark.parametrize("name", WIDTH_DECLARED)
+def test_n_features_in_contradicting_the_saved_state_is_refused(name, tmp_path):
+    detector = _fit(ood_zoo.create(name))
+    detector.save(tmp_path)
+    _edit_config(tmp_path, n_features_in=detector.n_features_in_ + 1)
+    with pytest.raises(PersistenceError, match=rf"n_features_in is {detector.n_features_in_ + 1}"):
+        ood_zoo.load(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (_set("n_features_in", None), "n_features_in is null but 'knn' is fitted on features"),
+        (_set("fitted", False), "but the detector is not fitted"),
+        (_set("tensors.entries.index_basis_", None), None),
+    ],
+    ids=["no-width", "not-fitted", "entry-dropped"],
+)
+def test_metadata_contradicting_the_tensors_is_refused(saved, edit, message):
+    config = json.loads((saved / CONFIG_FILE).read_text())
+    if message is None:  # drop a state tensor from the manifest
+        del config["tensors"]["entries"]["index_basis_"]
+        message = r"the saved tensors \[.*\] are not the state of 'knn'"
+    else:
+        edit(config)
+    (saved / CONFIG_FILE).write_text(json.dumps(config))
+    with pytest.raises(PersistenceError, match=message):
+        ood_zoo.load(saved)
+
+
+def test_an_unfitted_save_with_a_threshold_is_refused(tmp_path):
+    ood_zoo.create("cosine").save(tmp_path)
+    _edit_config(tmp_path, threshold=0.5)
+    with pytest.raises(PersistenceError, match="has a threshold but is not fitted"):
+        ood_zoo.load(tmp_path)
+    ood_zoo.create("msp").calibrate(logits=DATA.id.logits).save(tmp_path / "msp")
+    assert ood_zoo.load(tmp_path / "msp").threshold_ is not None  # needs no fit
+
+
+# ------------------------------------------------------------------------ non-finite state
+# Issue 11, root cause 5: a re-hashed file with NaN in gmm.weights_ loaded and scored NaN.
+
+
+def _poison(directory: Path, state_name: str, value: float) -> None:
+    """Put ``value`` into one element of a saved state tensor and re-hash the manifest."""
+    from safetensors.torch import load_file, save
+
+    tensors = {k: v.clone() for k, v in load_file(str(_tensor_file(directory))).items()}
+    tensors[state_name].view(-1)[0] = value
+    _rewrite_manifest(directory, save(tensors))
+
+
+@pytest.mark.parametrize("name", [n for n in BUILTINS if get_registry().get(n).cls.state_tensors])
+def test_non_finite_saved_state_is_refused_for_every_builtin(name, tmp_path):
+    detector = _fit(ood_zoo.create(name))
+    floating = [n for n, t in detector.state_dict().items()
+                if t.is_floating_point() and t.numel()]
+    assert floating
+    for state_name in floating:
+        directory = tmp_path / state_name
+        detector.save(directory)
+        for value in (math.nan, math.inf):
+            _poison(directory, state_name, value)
+            with pytest.raises(PersistenceError, match=rf"state tensor {state_name!r}"):
+                ood_zoo.load(directory)
+
+
+# ------------------------------------------------------------------------ generations
+# Issue 11, root cause 6: temp files of killed saves stayed forever, and a load racing a save
+# found "tensor file ... is missing".
+
+
+def test_a_save_sweeps_what_killed_or_failed_saves_left_behind(saved):
+    stale = [".tensors.abc123.tmp", f".{CONFIG_FILE}.xyz.tmp",
+             "tensors-0123456789abcdef.safetensors"]
+    for name in stale:
+        (saved / name).write_bytes(b"left by a SIGKILL")
+    (saved / "notes.txt").write_text("the user's own file")
+    _fit(ood_zoo.create("knn", k=4)).save(saved)
+    assert sorted(p.name for p in saved.iterdir()) == sorted(
+        [CONFIG_FILE, _tensor_file(saved).name, "notes.txt"]
+    )
+    assert ood_zoo.load(saved).hparams["k"] == 4
+
+
+@contextlib.contextmanager
+def _held_like_a_load(directory: Path):
+    """Hold the directory's shared lock, as a load in progress does (see ood_zoo.io)."""
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH)
+        yield
+    finally:
+        os.close(fd)
+
+
+def test_no_generation_is_removed_while_a_load_or_save_is_in_progress(saved):
+    (saved / ".tensors.killed.tmp").write_bytes(b"")
+    first = _tensor_file(saved)
+    with _held_like_a_load(saved):
+        _fit(ood_zoo.create("knn", k=4)).save(saved)
+        _fit(ood_zoo.create("knn", k=5), DATA.id).save(saved)
+        assert first.exists()
+        assert (saved / ".tensors.killed.tmp").exists()
+        assert len(list(saved.glob("tensors-*.safetensors"))) == 3
+    assert ood_zoo.load(saved).hparams["k"] == 5
+    _fit(ood_zoo.create("knn", k=6)).save(saved)  # alone: sweeps
+    assert sorted(p.name for p in saved.iterdir()) == [CONFIG_FILE, _tensor_file(saved).name]
+
+
+def test_a_load_returns_its_generation_whole_while_two_saves_complete(saved, monkeypatch):
+    import ood_zoo.io as io
+
+    old = ood_zoo.load(saved)
+    reached, resume = threading.Event(), threading.Event()
+    real_sha = io.sha256_file
+
+    def slow_for_the_reader(path):
+        if threading.current_thread().name == "reader":
+            reached.set()
+            assert resume.wait(30)
+        return real_sha(path)
+
+    monkeypatch.setattr(io, "sha256_file", slow_for_the_reader)
+    results: list = []
+    reader = threading.Thread(
+        target=lambda: results.append(_capture(ood_zoo.load, saved)), name="reader"
+    )
+    reader.start()
+    assert reached.wait(30)  # the reader has read detector.json and is about to hash
+    _fit(ood_zoo.create("knn", k=4)).save(saved)
+    _fit(ood_zoo.create("knn", k=5), DATA.id).save(saved)
+    resume.set()
+    reader.join(30)
+    (loaded,) = results
+    assert not isinstance(loaded, BaseException), loaded
+    assert loaded.hparams["k"] == 3
+    np.testing.assert_array_equal(_scores(loaded, DATA.ood), _scores(old, DATA.ood))
+    assert ood_zoo.load(saved).hparams["k"] == 5
+
+
+def _capture(fn, *args):
+    try:
+        return fn(*args)
+    except BaseException as exc:
+        return exc
+
+
+def test_a_tensor_write_error_is_a_persistence_error(saved, monkeypatch):
+    from safetensors import SafetensorError
+
+    import ood_zoo.io as io
+
+    def full_disk(tensors, filename, metadata=None):
+        Path(filename).write_bytes(b"half")
+        raise SafetensorError("Error while serializing: I/O error: No space left on device")
+
+    monkeypatch.setattr(io, "save_file", full_disk)
+    with pytest.raises(PersistenceError, match=r"could not write the tensors: .*No space left"):
+        _fit(ood_zoo.create("knn", k=4)).save(saved)
+    assert _leftovers(saved) == []
+    assert ood_zoo.load(saved).hparams["k"] == 3

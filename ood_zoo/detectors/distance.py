@@ -10,6 +10,7 @@ referenced, not copied, changing the array passed to ``fit`` changes the detecto
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import ClassVar
 
 import torch
@@ -27,6 +28,7 @@ class BankDetector(Detector):
     """Base of the detectors that search a bank of fit features with an exact kNN index."""
 
     state_tensors: ClassVar[tuple[str, ...]] = ("bank_", *INDEX_STATE.values())
+    state_widths: ClassVar[Mapping[str, tuple[str, int]]] = {"n_features_in": ("bank_", 1)}
     # the index's projection pass, or the leave-one-out search that places the threshold,
     # reads every bank value and raises InputError on NaN/Inf
     checks_finite_fit_features = True
@@ -49,7 +51,7 @@ class BankDetector(Detector):
             index = self._index = ops.KNNIndex.from_state(self.bank_, self._metric(), state)
         return index
 
-    def load_state_dict(self, tensors) -> None:
+    def load_state_dict(self, tensors: Mapping[str, torch.Tensor]) -> None:
         super().load_state_dict(tensors)
         self._index = None
         self.index()  # refuses tensors that do not fit the bank

@@ -44,6 +44,7 @@ class GMMDetector(Detector):
         Param("seed", 0, "random seed of the k-means initialisation", type=int, minimum=0),
     )
     state_tensors: ClassVar[tuple[str, ...]] = ("weights_", "means_", "precisions_cholesky_")
+    state_widths: ClassVar[Mapping[str, tuple[str, int]]] = {"n_features_in": ("means_", 1)}
 
     def _fit(self, features, labels, logits):
         from sklearn.mixture import GaussianMixture

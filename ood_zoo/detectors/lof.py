@@ -39,6 +39,7 @@ class LOFDetector(Detector):
               type=str, choices=("euclidean", "cosine")),
     )
     state_tensors: ClassVar[tuple[str, ...]] = ("bank_",)
+    state_widths: ClassVar[Mapping[str, tuple[str, int]]] = {"n_features_in": ("bank_", 1)}
 
     def _fit(self, features, labels, logits):
         k = self.hparams["n_neighbors"]

@@ -68,6 +68,9 @@ class MahalanobisDetector(Detector):
     state_tensors: ClassVar[tuple[str, ...]] = (
         "classes_", "class_means_", "whitening_", "center_",
     )
+    state_widths: ClassVar[Mapping[str, tuple[str, int]]] = {
+        "n_features_in": ("class_means_", 1),
+    }
 
     def _fit(self, features, labels, logits):
         self._fit_class_model(features, labels, background=False)

@@ -46,6 +46,7 @@ class ResidualDetector(Detector):
               minimum=0),
     )
     state_tensors: ClassVar[tuple[str, ...]] = ("mean_", "complement_")
+    state_widths: ClassVar[Mapping[str, tuple[str, int]]] = {"n_features_in": ("mean_", 0)}
 
     def _fit(self, features, labels, logits):
         n, d = features.shape
