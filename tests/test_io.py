@@ -846,9 +846,9 @@ def _held_like_a_load(directory: Path):
 def test_no_generation_is_removed_while_a_load_or_save_is_in_progress(saved):
     (saved / ".tensors.killed.tmp").write_bytes(b"")
     first = _tensor_file(saved)
-    with _held_like_a_load(saved):
-        _fit(ood_zoo.create("knn", k=4)).save(saved)
-        _fit(ood_zoo.create("knn", k=5), DATA.id).save(saved)
+    with _held_like_a_load(saved):  # three banks, so three distinct tensor files
+        _fit(ood_zoo.create("knn", k=4), DATA.id).save(saved)
+        _fit(ood_zoo.create("knn", k=5), DATA.ood).save(saved)
         assert first.exists()
         assert (saved / ".tensors.killed.tmp").exists()
         assert len(list(saved.glob("tensors-*.safetensors"))) == 3
@@ -877,8 +877,8 @@ def test_a_load_returns_its_generation_whole_while_two_saves_complete(saved, mon
     )
     reader.start()
     assert reached.wait(30)  # the reader has read detector.json and is about to hash
-    _fit(ood_zoo.create("knn", k=4)).save(saved)
-    _fit(ood_zoo.create("knn", k=5), DATA.id).save(saved)
+    _fit(ood_zoo.create("knn", k=4), DATA.id).save(saved)
+    _fit(ood_zoo.create("knn", k=5), DATA.ood).save(saved)
     resume.set()
     reader.join(30)
     (loaded,) = results
