@@ -6,7 +6,9 @@
 #include <c10/util/Exception.h>
 #include <c10/util/string_view.h>
 
+#include <cmath>
 #include <cstdint>
+#include <type_traits>
 
 // Hot CPU loops get AVX-512 (x86-64-v4) and AVX2/FMA (x86-64-v3) clones beside the baseline,
 // picked at load time.
@@ -22,6 +24,34 @@ namespace ood_zoo {
 //! Smallest norm treated as non-zero when normalising for cosine similarity (as in
 //! ood_zoo/ops/streaming.py).
 constexpr double kNormEps = 1e-12;
+
+//! Largest squared row norm the kernels take, per compute type T: the square of MAX_NORM in
+//! ood_zoo/ops/magnitude.py (2^62 for float, 2^510 for double). Below it every squared norm, dot
+//! product and |q|^2 + |b|^2 - 2 q.b of T is finite; ood_zoo.ops rescales inputs beyond it.
+template <typename T>
+constexpr double kMaxNormSq = std::is_same_v<T, double> ? 0x1p1020 : 0x1p124;
+
+//! Where a row's squared norm (accumulated in double) stands: inside the safe range, holding
+//! NaN or Inf, or finite but beyond kMaxNormSq<T> (a double sum of squares may overflow to Inf).
+enum class RowRange { kOk, kNotFinite, kTooLarge };
+
+template <typename T, typename V>
+RowRange row_range(double squared_norm, const V* row, int64_t n) {
+  if (squared_norm <= kMaxNormSq<T>) {
+    return RowRange::kOk;
+  }
+  for (int64_t j = 0; j < n; ++j) {
+    if (!std::isfinite(static_cast<double>(row[j]))) {
+      return RowRange::kNotFinite;
+    }
+  }
+  return RowRange::kTooLarge;
+}
+
+//! The message Python's ood_zoo.ops matches ("is outside the safe range") to rescale the call.
+constexpr const char* kOutOfRange =
+    " is outside the safe range (squared norm above 2^124 for float32, 2^1020 for float64); "
+    "ood_zoo.ops rescales such inputs";
 
 //! Accumulation dtype: float64 stays float64, every other floating dtype computes in float32.
 inline at::ScalarType compute_dtype(at::ScalarType dtype) {

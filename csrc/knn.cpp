@@ -8,7 +8,11 @@
 // processed tile_rows rows at a time, so the [Q, N] matrix never exists. Inputs may be float32,
 // float64, bfloat16 or float16; values are float64 for float64 queries and float32 otherwise.
 // Indices are int64 rows of the bank; equal values rank by the lower index. The CPU kernel raises
-// "knn: bank row <i> is not finite" for a bank row holding NaN or Inf (checked in its norm pass).
+// "knn: bank row <i> is not finite" for a bank row holding NaN or Inf, and "... is outside the
+// safe range" for one whose squared norm exceeds kMaxNormSq (common.h), both checked in its norm
+// pass (query rows likewise); ood_zoo.ops.knn rescales such inputs by powers of two. l2 queries
+// of tiny nonzero norm (below 2^-50 in float32) lose accuracy to underflow: ood_zoo.ops.knn
+// rescales those too, the op does not check them.
 //
 // knn_bf16_update (csrc/cpu/knn_bf16_cpu.cpp) is the bf16-GEMM, exact-re-rank variant used by
 // ops.knn(precision="bf16"): it updates caller-owned top-k heaps chunk by chunk.

@@ -19,7 +19,8 @@
 // exactly (in double) here, so the bound is per row, not a worst case. l2 uses
 // |q-b|^2 = |q|^2 + |b|^2 - 2 q.b with the same bound on q.b, doubled, plus the fp32 rounding of
 // the sum. Assumption (documented in ops/dense.py): the bf16 matmul accumulates each dot product
-// in fp32.
+// in fp32. The bounds hold for rows inside the safe range (common.h, kMaxNormSq): a bank row beyond
+// it raises "... is outside the safe range", and ood_zoo.ops.knn then rescales the call.
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
@@ -227,6 +228,7 @@ QueryPrep prepare_queries(const at::Tensor& q, bool cosine) {
   p.norm_t.resize(static_cast<size_t>(nq));
   const float* qp = q.const_data_ptr<float>();
   auto* qt = reinterpret_cast<uint16_t*>(p.q_bf16.data_ptr<at::BFloat16>());
+  std::atomic<bool> out_of_range{false};
   at::parallel_for(0, nq, 1, [&](int64_t begin, int64_t end) {
     for (int64_t r = begin; r < end; ++r) {
       const float* row = qp + r * d;
@@ -234,6 +236,9 @@ QueryPrep prepare_queries(const at::Tensor& q, bool cosine) {
       double nn = 0.0;
       for (int64_t c = 0; c < d; ++c) {
         nn += static_cast<double>(row[c]) * row[c];
+      }
+      if (!(nn <= kMaxNormSq<float>)) {
+        out_of_range = true;
       }
       const double inv = 1.0 / std::max(std::sqrt(nn), kNormEps);
       double rr = 0.0, tt = 0.0;
@@ -250,6 +255,7 @@ QueryPrep prepare_queries(const at::Tensor& q, bool cosine) {
       p.norm_t[r] = round_up(std::sqrt(tt) * kInflate);
     }
   });
+  TORCH_CHECK(!out_of_range, "knn_bf16_update: a query row is not finite or", kOutOfRange);
   return p;
 }
 
@@ -289,7 +295,10 @@ void update_kernel(const at::Tensor& q, const at::Tensor& bank, int64_t offset,
     const float* bfp = bank_bf16 ? nullptr : b_f.const_data_ptr<float>();
     const auto* btp = reinterpret_cast<const uint16_t*>(b_t.const_data_ptr<at::BFloat16>());
     float max_a = 0.f, max_b = 0.f, max_c = 0.f;
-    std::atomic<int64_t> first_bad{std::numeric_limits<int64_t>::max()};
+    // first row holding NaN or Inf, first row beyond the safe range (finite float rows never
+    // overflow their double sum of squares, so a finite sum above kMaxNormSq is the latter)
+    std::atomic<int64_t> first_bad[2] = {std::numeric_limits<int64_t>::max(),
+                                         std::numeric_limits<int64_t>::max()};
     {
       std::vector<float> pa(n), pb(n), pc(n);
       at::parallel_for(0, n, std::max<int64_t>(1, 16384 / std::max<int64_t>(d, 1)),
@@ -302,9 +311,10 @@ void update_kernel(const at::Tensor& q, const at::Tensor& bank, int64_t offset,
                            } else {
                              row_stats(bfp + j * d, btp + j * d, d, st);
                            }
-                           if (!std::isfinite(st[0])) {  // NaN or Inf in the row
-                             int64_t seen = first_bad.load();
-                             while (j < seen && !first_bad.compare_exchange_weak(seen, j)) {
+                           if (!(st[0] <= kMaxNormSq<float>)) {
+                             std::atomic<int64_t>& slot = first_bad[std::isfinite(st[0])];
+                             int64_t seen = slot.load();
+                             while (j < seen && !slot.compare_exchange_weak(seen, j)) {
                              }
                            }
                            const double nb = std::sqrt(st[0]), rr = std::sqrt(st[1]),
@@ -333,8 +343,10 @@ void update_kernel(const at::Tensor& q, const at::Tensor& bank, int64_t offset,
         max_c = std::max(max_c, pc[j]);
       }
     }
-    TORCH_CHECK(first_bad.load() == std::numeric_limits<int64_t>::max(), "knn: bank row ",
-                offset + start + first_bad.load(), " is not finite (NaN or Inf)");
+    TORCH_CHECK(first_bad[0].load() == std::numeric_limits<int64_t>::max(), "knn: bank row ",
+                offset + start + first_bad[0].load(), " is not finite (NaN or Inf)");
+    TORCH_CHECK(first_bad[1].load() == std::numeric_limits<int64_t>::max(), "knn: bank row ",
+                offset + start + first_bad[1].load(), kOutOfRange);
     const at::Tensor s = qp.q_bf16.mm(b_t.t());  // [nq, n] bf16, fp32 accumulation
     const auto* sp = reinterpret_cast<const uint16_t*>(s.const_data_ptr<at::BFloat16>());
     const int64_t base = offset + start;

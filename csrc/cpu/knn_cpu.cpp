@@ -90,27 +90,35 @@ inline void offer_tile(const Score& score, const BlockBest& block_best, int64_t 
 }
 
 // out[i] = |row i|^2 (accumulated in double), or 1 / max(|row i|, eps) when `inverse`. Returns the
-// first row whose squared norm is not finite (the row holds NaN or Inf), or -1: the bank's
-// finiteness check comes for free here instead of costing ops/dense.py a separate pass over the
-// bank.
+// first row that holds NaN or Inf and the first whose norm is beyond the safe range (kMaxNormSq),
+// or -1: the bank's finiteness and range checks come for free here instead of costing
+// ops/dense.py a separate pass over the bank.
+struct BadRows {
+  int64_t not_finite = -1;
+  int64_t too_large = -1;
+};
+
 template <typename T>
-int64_t row_norms(const T* a, int64_t rows, int64_t cols, bool inverse, T* out) {
-  std::atomic<int64_t> first_bad{std::numeric_limits<int64_t>::max()};
+BadRows row_norms(const T* a, int64_t rows, int64_t cols, bool inverse, T* out) {
+  constexpr int64_t kNone = std::numeric_limits<int64_t>::max();
+  std::atomic<int64_t> first_bad[2] = {kNone, kNone};
   at::parallel_for(0, rows, std::max<int64_t>(1, 32768 / std::max<int64_t>(cols, 1)),
                    [&](int64_t begin, int64_t end) {
                      for (int64_t r = begin; r < end; ++r) {
                        const double acc = sum_sq<T>(a + r * cols, cols);
-                       if (!std::isfinite(acc)) {
-                         int64_t seen = first_bad.load();
-                         while (r < seen && !first_bad.compare_exchange_weak(seen, r)) {
+                       const RowRange range = row_range<T>(acc, a + r * cols, cols);
+                       if (range != RowRange::kOk) {
+                         std::atomic<int64_t>& slot = first_bad[range == RowRange::kTooLarge];
+                         int64_t seen = slot.load();
+                         while (r < seen && !slot.compare_exchange_weak(seen, r)) {
                          }
                        }
                        out[r] = inverse ? static_cast<T>(1.0 / std::max(std::sqrt(acc), kNormEps))
                                         : static_cast<T>(acc);
                      }
                    });
-  const int64_t bad = first_bad.load();
-  return bad == std::numeric_limits<int64_t>::max() ? -1 : bad;
+  const int64_t not_finite = first_bad[0].load(), too_large = first_bad[1].load();
+  return {not_finite == kNone ? -1 : not_finite, too_large == kNone ? -1 : too_large};
 }
 
 // Bank rows per fp32 GEMM call; OOD_ZOO_KNN_GEMM_COLS overrides it (read per call, for
@@ -132,7 +140,11 @@ void knn_kernel(const at::Tensor& queries, const at::Tensor& bank, int64_t k, in
   // Cosine: normalise the queries once. L2: keep |q|^2 for the expanded form.
   at::Tensor q = queries.contiguous();
   std::vector<T> q_term(static_cast<size_t>(nq));
-  row_norms<T>(q.const_data_ptr<T>(), nq, d, /*inverse=*/Largest, q_term.data());
+  const BadRows bad_q = row_norms<T>(q.const_data_ptr<T>(), nq, d, /*inverse=*/Largest,
+                                     q_term.data());
+  TORCH_CHECK(bad_q.not_finite < 0, "knn: query row ", bad_q.not_finite,
+              " is not finite (NaN or Inf)");
+  TORCH_CHECK(bad_q.too_large < 0, "knn: query row ", bad_q.too_large, kOutOfRange);
   if (Largest) {
     q = q.clone();
     T* qp = q.data_ptr<T>();
@@ -160,9 +172,11 @@ void knn_kernel(const at::Tensor& queries, const at::Tensor& bank, int64_t k, in
   for (int64_t start = 0; start < n_bank; start += tile) {
     const int64_t n_tile = std::min(tile, n_bank - start);
     const at::Tensor b = bank.narrow(0, start, n_tile).to(q.scalar_type()).contiguous();
-    const int64_t bad = row_norms<T>(b.const_data_ptr<T>(), n_tile, d, /*inverse=*/Largest,
+    const BadRows bad = row_norms<T>(b.const_data_ptr<T>(), n_tile, d, /*inverse=*/Largest,
                                      b_term.data());
-    TORCH_CHECK(bad < 0, "knn: bank row ", start + bad, " is not finite (NaN or Inf)");
+    TORCH_CHECK(bad.not_finite < 0, "knn: bank row ", start + bad.not_finite,
+                " is not finite (NaN or Inf)");
+    TORCH_CHECK(bad.too_large < 0, "knn: bank row ", start + bad.too_large, kOutOfRange);
     for (int64_t col = 0; col < n_tile; col += gemm_cols) {
       const int64_t n = std::min(gemm_cols, n_tile - col);
       at::Tensor s;  // [nq, n], row-major

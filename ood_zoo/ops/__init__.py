@@ -16,10 +16,18 @@ Backends (``OOD_ZOO_BACKEND``, see :func:`backend`):
     kNN through ``faiss.IndexFlatIP`` / ``IndexFlatL2`` per chunk, always in fp32;
     :func:`mahalanobis` uses ``torch``.
 
+Any finite input of any magnitude is computed correctly: inputs beyond the kernels' safe range
+(float32 row norms above ``2**62`` ≈ 4.6e18, or l2 queries below ``2**-50``) are rescaled by exact
+powers of two on a slower path (:mod:`~ood_zoo.ops.magnitude`), and a result beyond the output
+dtype is ``inf``, never NaN. Every valid array is accepted (negative strides, non-native byte
+order, tensors that require grad); integer parameters must be ints, else an
+:class:`~ood_zoo.errors.InputError` names the parameter.
+
 The modules, one concern each: :mod:`~ood_zoo.ops.arrays` (input validation, shared with the
-detectors), :mod:`~ood_zoo.ops.extension` (loading the compiled kernels),
-:mod:`~ood_zoo.ops.streaming` (chunking a bank), :mod:`~ood_zoo.ops.dense` (:func:`knn` and its
-precisions), :mod:`~ood_zoo.ops.index` (:class:`KNNIndex`), :mod:`~ood_zoo.ops.class_distance`
+detectors), :mod:`~ood_zoo.ops.magnitude` (the safe numeric range and exact rescaling),
+:mod:`~ood_zoo.ops.extension` (loading the compiled kernels), :mod:`~ood_zoo.ops.streaming`
+(chunking a bank), :mod:`~ood_zoo.ops.dense` (:func:`knn` and its precisions),
+:mod:`~ood_zoo.ops.index` (:class:`KNNIndex`), :mod:`~ood_zoo.ops.class_distance`
 (:func:`mahalanobis`). This package imports nothing from the rest of ood_zoo but its errors.
 """
 

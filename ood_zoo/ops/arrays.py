@@ -1,13 +1,18 @@
 """The input contract of the ops and the detectors: validation, numpy/torch conversion, dtypes.
 
 Inputs may be numpy arrays (a ``np.memmap`` included) or torch tensors on any device, in
-fp16/bf16/fp32/fp64. Computation happens in float32, or float64 when the input is float64, so
-half-precision inputs are always accumulated in fp32 or better. Outputs come back as the kind that
-went in: a numpy array for numpy input, a tensor on the input's device for torch input.
+fp16/bf16/fp32/fp64. Every valid array is accepted: numpy views with negative strides and arrays
+in non-native byte order are copied (the only inputs that are), tensors that require grad are
+detached (the ops are not differentiable); a native, positive-stride memmap stays zero-copy.
+Computation happens in float32, or float64 when the input is float64, so half-precision inputs
+are always accumulated in fp32 or better. Outputs come back as the kind that went in: a numpy
+array for numpy input, a tensor on the input's device for torch input.
 """
 
 from __future__ import annotations
 
+import math
+import numbers
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -54,23 +59,47 @@ def compute_dtype(dtype: torch.dtype) -> torch.dtype:
 def as_tensor(array: Any, *, name: str) -> torch.Tensor:
     """View ``array`` as a torch tensor without copying where possible (numpy memmaps included).
 
+    Numpy arrays with a negative stride or in non-native byte order are copied into native,
+    positive-stride ones (torch can view neither); a tensor that requires grad is detached.
+
     Raises
     ------
     InputError
-        If ``array`` is not a numpy array or torch tensor of a real floating or integer dtype.
+        If ``array`` is not a numpy array or a strided torch tensor of a real floating or integer
+        dtype torch can hold.
     """
     if isinstance(array, torch.Tensor):
-        return array
+        if array.layout != torch.strided:
+            raise InputError(f"{name}: expected a dense tensor, got layout {array.layout}")
+        return array.detach() if array.requires_grad else array
     if isinstance(array, np.ndarray):
-        if array.dtype.kind not in "fiu":
+        array = np.asarray(array)
+        if array.dtype.kind not in "fiu" or array.dtype.itemsize > 8:
             raise InputError(f"{name}: unsupported numpy dtype {array.dtype}")
+        if not array.dtype.isnative:
+            array = array.astype(array.dtype.newbyteorder("="))
+        if any(stride < 0 for stride in array.strides):
+            array = array.copy()
         with warnings.catch_warnings():
             # A read-only memmap is fine: ood_zoo never writes into its inputs.
             warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
-            return torch.from_numpy(np.asarray(array))
+            return torch.from_numpy(array)
     raise InputError(
         f"{name}: expected a numpy array or a torch tensor, got {type(array).__name__}"
     )
+
+
+def check_positive_int(value: Any, *, name: str) -> int:
+    """``value`` as an int, if it is a positive integer (a numpy integer too, never a bool).
+
+    Raises
+    ------
+    InputError
+        Naming the parameter, for anything else (``2.5``, ``"3"``, ``True``, ``0``).
+    """
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise InputError(f"{name} must be a positive int, got {value!r}")
+    return int(value)
 
 
 def check_matrix(
@@ -108,15 +137,54 @@ def check_matrix(
     return tensor
 
 
-def check_finite(tensor: torch.Tensor, *, name: str) -> None:
-    """Raise :class:`InputError` naming the first row that holds NaN or Inf."""
-    for start in range(0, tensor.shape[0], _FINITE_CHECK_ROWS):
-        block = tensor[start : start + _FINITE_CHECK_ROWS]
-        bad = ~torch.isfinite(block)
+@dataclass(frozen=True)
+class RowPeaks:
+    """The range of a matrix's row peaks ``max_j |x_ij|``, zero rows left out of both ends.
+
+    ``low`` is the smallest nonzero peak (``inf`` if every row is zero), ``high`` the largest
+    (``0.0`` then). They bound the row norms: ``peak <= |x| <= sqrt(d) peak``.
+    """
+
+    low: float = math.inf
+    high: float = 0.0
+
+    def merge(self, other: RowPeaks) -> RowPeaks:
+        """The range over both matrices' rows."""
+        return RowPeaks(min(self.low, other.low), max(self.high, other.high))
+
+
+def check_finite(tensor: torch.Tensor, *, name: str) -> RowPeaks:
+    """Raise :class:`InputError` naming the first row that holds NaN or Inf; return the row peaks.
+
+    One bounded-memory pass (``aminmax`` per row chunk, which propagates NaN) both checks the
+    values and measures their range, so the peaks cost nothing over the check. A 1-D tensor counts
+    as one row.
+    """
+    rows = tensor.reshape(1, -1) if tensor.dim() == 1 else tensor
+    peaks = RowPeaks()
+    if rows.numel() == 0:
+        return peaks
+    for start in range(0, rows.shape[0], _FINITE_CHECK_ROWS):
+        low, high = torch.aminmax(rows[start : start + _FINITE_CHECK_ROWS], dim=1)
+        peak = torch.maximum(high, -low)
+        bad = ~torch.isfinite(peak)
         if bad.any():
-            row = start + int(bad.any(dim=-1).nonzero()[0, 0]) if block.dim() > 1 else start
-            kind = "NaN" if torch.isnan(block).any() else "Inf"
+            row = start + int(bad.nonzero()[0, 0])
+            kind = "NaN" if torch.isnan(peak).any() else "Inf"
             raise InputError(f"{name}: contains {kind} (first bad row {row})")
+        nonzero = peak[peak > 0]
+        if nonzero.numel():
+            low_high = torch.aminmax(nonzero.to(torch.float64))
+            peaks = peaks.merge(RowPeaks(float(low_high.min), float(low_high.max)))
+    return peaks
+
+
+def bank_peaks(shards: list[torch.Tensor]) -> RowPeaks:
+    """:func:`check_finite` over every shard of a bank: one pass, the peaks of all its rows."""
+    peaks = RowPeaks()
+    for shard in shards:
+        peaks = peaks.merge(check_finite(shard, name="bank"))
+    return peaks
 
 
 def check_bank(bank: Bank, *, finite: bool = True) -> list[torch.Tensor]:

@@ -20,14 +20,29 @@ kNN precision (``knn(..., precision=...)``, default from ``OOD_ZOO_KNN_PRECISION
     bits viewed as bf16) is used without conversion. Everywhere else (no native bf16 GEMM, the
     ``torch``/``faiss`` backends, CUDA or fp64 queries) ``bf16`` computes as ``exact``. The
     bound assumes the bf16 matmul accumulates in fp32 (as oneDNN's does).
+
+Magnitudes (:mod:`ood_zoo.ops.magnitude`): any finite input gets the accuracy it would get at unit
+scale (for l2, as always, relative to the squared norms involved): nothing overflows to NaN and no
+representable distance underflows to 0, unless one call spans more than ``2**111`` between its
+largest and smallest row norms (the l2 pairs at the bottom then lose accuracy). Inside the safe
+range (float32: row norms up to ``2**62`` ≈ 4.6e18, and l2 queries, unless zero, not below
+``2**-50`` ≈ 8.9e-16) the kernels run as they are. Outside it a call takes a slower path: the bank
+is scanned once for its largest value; then, chunk by chunk, for ``cosine`` every row of the
+offending operand whose largest ``|value|`` exceeds 1 is divided by the power of two that brings
+that value into ``[0.5, 1)``, and for ``l2`` all queries and bank rows are multiplied by one power
+of two ``2**-e``, the distances by ``2**e``. Powers of two are exact in binary floating point. On
+the ``ext`` CPU kernels the bank's range costs nothing: the kernel checks it in the squared-norm
+pass it makes anyway, and only a bank row outside the range sends the call down the slower path.
+Values beyond the range of the dtype the call computes in (float32: ~3.4e38, e.g. in a float64
+bank searched with float32 queries) are refused with an :class:`~ood_zoo.errors.InputError`.
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
-from collections.abc import Iterator
-from typing import Literal
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal, TypeVar
 
 import torch
 
@@ -37,10 +52,21 @@ from .arrays import (
     ArrayKind,
     ArrayLike,
     Bank,
+    RowPeaks,
+    bank_peaks,
     check_bank,
     check_finite,
     check_matrix,
+    check_positive_int,
     compute_dtype,
+)
+from .magnitude import (
+    check_representable,
+    in_range,
+    norm_exponent,
+    shrink_rows,
+    target_exponent,
+    times_pow2,
 )
 from .streaming import (
     NORM_EPS,
@@ -58,22 +84,89 @@ Metric = Literal["cosine", "l2"]
 BF16_MAX_RESCORE = 4096
 
 
-@contextlib.contextmanager
-def _kernel_finite_check(shards: list[torch.Tensor]) -> Iterator[None]:
-    """Turn the CPU kernels' "bank row ... is not finite" into the usual :class:`InputError`.
+Result = TypeVar("Result")
+
+
+@dataclass(frozen=True)
+class KnnRescale:
+    """How one kNN call brings its operands into the safe range (nothing, for normal inputs).
+
+    ``cosine``: the rows of the queries and/or the bank whose largest ``|value|`` exceeds 1 are
+    divided by a power of two (:func:`~ood_zoo.ops.magnitude.shrink_rows`), which changes no
+    similarity. ``l2``: every row is multiplied by ``2**-exponent``, the distances by
+    ``2**exponent``.
+    """
+
+    shrink_queries: bool = False
+    shrink_bank: bool = False
+    exponent: int = 0
+
+    @property
+    def identity(self) -> bool:
+        """Whether the call runs on its inputs as they are."""
+        return not (self.shrink_queries or self.shrink_bank or self.exponent)
+
+    def queries(self, q: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """The queries in ``dtype``, brought into the safe range."""
+        return self._rows(q.to(dtype), shrink=self.shrink_queries)
+
+    def bank(self, chunk: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """A bank chunk in ``dtype``, brought into the safe range (a copy only if rescaled)."""
+        return self._rows(chunk.to(dtype), shrink=self.shrink_bank)
+
+    def values(self, values: torch.Tensor) -> torch.Tensor:
+        """Similarities as they are; distances scaled back (Inf where they exceed the dtype)."""
+        return times_pow2(values, self.exponent) if self.exponent else values
+
+    def _rows(self, x: torch.Tensor, *, shrink: bool) -> torch.Tensor:
+        if shrink:
+            return shrink_rows(x)
+        return times_pow2(x, -self.exponent) if self.exponent else x
+
+
+def plan_rescale(
+    metric: Metric, dim: int, dtype: torch.dtype, queries: RowPeaks, bank: RowPeaks | None
+) -> KnnRescale | None:
+    """The :class:`KnnRescale` that puts a call computing in ``dtype`` inside the safe range.
+
+    ``bank=None`` means the bank's range is unknown (a CPU kernel checks it): the plan then takes
+    the bank as it is, or is None if ``l2`` queries alone already need a common scale.
+    """
+    if metric == "cosine":
+        return KnnRescale(
+            shrink_queries=not in_range(queries, dim, dtype, lower=False),
+            shrink_bank=bank is not None and not in_range(bank, dim, dtype, lower=False),
+        )
+    queries_fit = in_range(queries, dim, dtype, lower=True)
+    if queries_fit and (bank is None or in_range(bank, dim, dtype, lower=False)):
+        return KnnRescale()
+    if bank is None:
+        return None
+    return KnnRescale(exponent=norm_exponent(max(queries.high, bank.high), dim)
+                   - target_exponent(dtype))
+
+
+def _run_cpu_kernel(
+    shards: list[torch.Tensor], dtype: torch.dtype, run: Callable[[], Result]
+) -> Result | None:
+    """Run a CPU kernel (computing in ``dtype``) that checks the bank as it reads it; None if a
+    bank row is outside the safe range: the caller rescales.
 
     The CPU kernels compute every bank row's squared norm in double anyway, so they check the
-    bank's finiteness for free; a separate ``isfinite`` pass over a multi-GB bank cost about a
-    quarter of the search time. Only on failure is the bank scanned here, to name the row.
+    bank's finiteness and range for free; a separate pass over a multi-GB bank cost about a
+    quarter of the search time. Only on failure is the bank scanned here, to name a bad row.
     """
     try:
-        yield
+        return run()
     except RuntimeError as exc:
-        if "is not finite" not in str(exc):
+        message = str(exc)
+        if "outside the safe range" in message:
+            return None
+        if "is not finite" not in message:
             raise
-        for shard in shards:
-            check_finite(shard, name="bank")
-        raise InputError(f"bank: a row's squared norm overflows ({exc})") from exc
+        # names a row that holds NaN or Inf, or a finite value that overflowed the conversion
+        check_representable(bank_peaks(shards), dtype, name="bank")
+        raise
 
 
 def knn(
@@ -89,8 +182,9 @@ def knn(
 
     For ``metric="cosine"`` the values are cosine similarities ``<q, b> / (|q| |b|)`` in
     descending order; for ``"l2"`` they are Euclidean distances ``|q - b|`` in ascending order.
-    A zero vector has cosine similarity 0 to everything. This is the brute-force search behind
-    the deep nearest-neighbour OOD score (Sun et al., ICML 2022).
+    A zero vector has cosine similarity 0 to everything (a row of norm below ``NORM_EPS = 1e-12``
+    is divided by ``1e-12`` instead of its norm). This is the brute-force search behind the deep
+    nearest-neighbour OOD score (Sun et al., ICML 2022).
 
     Parameters
     ----------
@@ -110,61 +204,91 @@ def knn(
     Returns
     -------
     values : array ``[Q, k]``
-        Similarities (cosine) or distances (l2), best first, fp32 (fp64 for fp64 queries).
+        Similarities (cosine) or distances (l2), best first, fp32 (fp64 for fp64 queries). Any
+        finite input gives finite values (see "Magnitudes" in :mod:`ood_zoo.ops.dense`), except
+        that a distance above the output dtype's largest value (float32: ~3.4e38) is ``inf``, its
+        correctly rounded value.
     indices : array ``[Q, k]`` of int64
         Positions in the bank (across shards, in order).
+
+    Raises
+    ------
+    InputError
+        For NaN/Inf, bad shapes, or ``k``/``chunk_rows`` that are not positive ints.
     """
     if metric not in ("cosine", "l2"):
         raise ValueError(f"metric must be 'cosine' or 'l2', got {metric!r}")
-    q = check_matrix(queries, name="queries")
+    q = check_matrix(queries, name="queries", finite=False)
+    query_peaks = check_finite(q, name="queries")
     name = backend_for(q.device)
-    # The CPU kernels check the bank's finiteness themselves, in the same pass.
+    # The CPU kernels check the bank's finiteness and range themselves, in the same pass.
     kernel_checks = name == "ext" and q.device.type == "cpu"
-    shards = check_bank(bank, finite=not kernel_checks)
+    shards = check_bank(bank, finite=False)
     n_bank = sum(s.shape[0] for s in shards)
     if shards[0].shape[1] != q.shape[1]:
         raise InputError(
             f"queries have {q.shape[1]} features but the bank has {shards[0].shape[1]}"
         )
-    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-        raise InputError(f"k must be a positive int, got {k!r}")
+    k = check_positive_int(k, name="k")
     if k > n_bank:
         raise InputError(f"k={k} is larger than the bank ({n_bank} rows)")
-    if chunk_rows is not None and chunk_rows < 1:
-        raise ValueError(f"chunk_rows must be positive, got {chunk_rows}")
+    if chunk_rows is not None:
+        chunk_rows = check_positive_int(chunk_rows, name="chunk_rows")
     if precision is None:
         precision = knn_precision()
     elif precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {list(PRECISIONS)}, got {precision!r}")
     rows = chunk_rows or default_chunk_rows(q.shape[0], q.shape[1])
-    fast = precision == "bf16" and kernel_checks and q.dtype != torch.float64
-    if name == "ext":
-        with _kernel_finite_check(shards) if kernel_checks else contextlib.nullcontext():
-            if fast and bf16_gemm_native():
-                values, indices = _knn_ext_bf16(q, shards, k, metric, rows)
-            else:
-                values, indices = _knn_ext(q, shards, k, metric, rows)
-    elif name == "faiss":
-        values, indices = _knn_faiss(q, shards, k, metric, rows)
-    else:
-        values, indices = _knn_torch(q, shards, k, metric, rows)
+    # faiss computes in fp32 whatever the input
+    dtype = torch.float32 if name == "faiss" else compute_dtype(q.dtype)
+    dim = q.shape[1]
+    check_representable(query_peaks, dtype, name="queries")
+
+    def scan_bank() -> RowPeaks:
+        peaks = bank_peaks(shards)
+        check_representable(peaks, dtype, name="bank")
+        return peaks
+
+    plan = plan_rescale(metric, dim, dtype, query_peaks, None if kernel_checks else scan_bank())
+    if plan is None:  # l2 queries outside the range: one scale for all, from the bank's range
+        plan = plan_rescale(metric, dim, dtype, query_peaks, scan_bank())
+
+    def search(plan: KnnRescale) -> tuple[torch.Tensor, torch.Tensor] | None:
+        if name == "faiss":
+            return _knn_faiss(q, shards, k, metric, rows, plan)
+        if name == "torch":
+            return _knn_torch(q, shards, k, metric, rows, plan)
+        if not kernel_checks:
+            return _knn_ext(q, shards, k, metric, rows, plan)
+        if precision == "bf16" and plan.identity and q.dtype != torch.float64 \
+                and bf16_gemm_native():
+            return _run_cpu_kernel(shards, dtype,
+                                   lambda: _knn_ext_bf16(q, shards, k, metric, rows))
+        return _run_cpu_kernel(shards, dtype,
+                               lambda: _knn_ext(q, shards, k, metric, rows, plan))
+
+    result = search(plan)
+    if result is None:  # a CPU kernel met a bank row outside the safe range
+        result = search(plan_rescale(metric, dim, dtype, query_peaks, scan_bank()))
+    values, indices = result
     kind = ArrayKind.of(queries)
     return kind.wrap(values), kind.wrap(indices)
 
 
 def _knn_torch(
-    q: torch.Tensor, shards: list[torch.Tensor], k: int, metric: Metric, rows: int
+    q: torch.Tensor, shards: list[torch.Tensor], k: int, metric: Metric, rows: int,
+    plan: KnnRescale,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     dtype = compute_dtype(q.dtype)
-    q = q.to(dtype)
+    q = plan.queries(q, dtype)
     largest = metric == "cosine"
     if largest:
-        q = q / q.norm(dim=1, keepdim=True).clamp_min(NORM_EPS)
+        q = normalise_rows(q)
     else:
         q_sq = (q * q).sum(dim=1, keepdim=True)
     best_values = best_indices = None
     for offset, chunk in chunks(shards, rows):
-        c = chunk.to(device=q.device, dtype=dtype)
+        c = plan.bank(chunk.to(q.device), dtype)
         block = q @ c.T
         if largest:
             block /= c.norm(dim=1).clamp_min(NORM_EPS)
@@ -183,29 +307,31 @@ def _knn_torch(
     best_values, best_indices = sort_heaps(best_values, best_indices, largest=largest)
     if not largest:
         best_values = best_values.sqrt()
-    return best_values, best_indices
+    return plan.values(best_values), best_indices
 
 
 def _knn_ext(
-    q: torch.Tensor, shards: list[torch.Tensor], k: int, metric: Metric, rows: int
+    q: torch.Tensor, shards: list[torch.Tensor], k: int, metric: Metric, rows: int,
+    plan: KnnRescale,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``torch.ops.ood_zoo.knn`` per chunk (tiles of ``rows`` inside), chunks merged here.
 
     On CUDA, 16-bit queries against a bank of the same dtype stay 16-bit, so that the CUDA
     kernel multiplies its tiles on tensor cores (fp32 accumulation); all else computes in fp32
-    (fp64 for fp64 queries).
+    (fp64 for fp64 queries), as do rescaled calls.
     """
     half = q.device.type == "cuda" and q.dtype in (torch.float16, torch.bfloat16)
-    if not (half and all(s.dtype == q.dtype for s in shards)):
-        q = q.to(compute_dtype(q.dtype))
-    q = q.contiguous()
+    dtype = q.dtype if half and plan.identity and all(s.dtype == q.dtype for s in shards) \
+        else compute_dtype(q.dtype)
+    q = plan.queries(q, dtype).contiguous()
 
     def search(chunk: torch.Tensor, kc: int) -> tuple[torch.Tensor, torch.Tensor]:
-        chunk = chunk.to(device=q.device, dtype=q.dtype).contiguous()
+        chunk = plan.bank(chunk.to(q.device), dtype).contiguous()
         return torch.ops.ood_zoo.knn(q, chunk, kc, metric, rows)
 
     stream = stream_rows(rows, q.shape[1], q.element_size())
-    return stream_topk(shards, k, metric == "cosine", stream, search)
+    values, indices = stream_topk(shards, k, metric == "cosine", stream, search)
+    return plan.values(values), indices
 
 
 def _knn_ext_bf16(
@@ -234,13 +360,14 @@ def _knn_ext_bf16(
     values = values.to(torch.float32)
     overflow = (counts < 0).nonzero().squeeze(1)
     if overflow.numel():
-        exact_values, exact_indices = _knn_ext(qf[overflow], shards, k, metric, rows)
+        exact_values, exact_indices = _knn_ext(qf[overflow], shards, k, metric, rows, KnnRescale())
         values[overflow], indices[overflow] = exact_values, exact_indices
     return values, indices
 
 
 def _knn_faiss(
-    q: torch.Tensor, shards: list[torch.Tensor], k: int, metric: Metric, rows: int
+    q: torch.Tensor, shards: list[torch.Tensor], k: int, metric: Metric, rows: int,
+    plan: KnnRescale,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """faiss flat indexes, one per chunk: inner product of normalised fp32 rows, or L2 + sqrt."""
     try:
@@ -251,12 +378,12 @@ def _knn_faiss(
         ) from exc
     faiss.omp_set_num_threads(torch.get_num_threads())
     cosine = metric == "cosine"
-    xq = q.to(device="cpu", dtype=torch.float32)
+    xq = plan.queries(q.cpu(), torch.float32)
     xq = (normalise_rows(xq) if cosine else xq).contiguous().numpy()
     d = q.shape[1]
 
     def search(chunk: torch.Tensor, kc: int) -> tuple[torch.Tensor, torch.Tensor]:
-        xb = chunk.to(device="cpu", dtype=torch.float32)
+        xb = plan.bank(chunk.cpu(), torch.float32)
         xb = (normalise_rows(xb) if cosine else xb).contiguous().numpy()
         index = faiss.IndexFlatIP(d) if cosine else faiss.IndexFlatL2(d)
         index.add(xb)
@@ -268,5 +395,5 @@ def _knn_faiss(
 
     stream = stream_rows(rows, d, 4)
     values, indices = stream_topk(shards, k, cosine, stream, search)
-    return values.to(compute_dtype(q.dtype)), indices
+    return plan.values(values.to(compute_dtype(q.dtype))), indices
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -12,8 +13,19 @@ import torch
 from ..errors import BackendUnavailableError, InputError
 from . import extension
 from ._dispatch import requested_backend, resolve_backend
-from .arrays import ArrayKind, ArrayLike, Bank, check_bank, check_finite, check_matrix
+from .arrays import (
+    ArrayKind,
+    ArrayLike,
+    Bank,
+    RowPeaks,
+    bank_peaks,
+    check_bank,
+    check_finite,
+    check_matrix,
+    check_positive_int,
+)
 from .dense import Metric, knn
+from .magnitude import in_range, times_pow2
 from .streaming import chunks, normalise_rows, sort_heaps
 
 #: Principal directions the index projects on, by default: 64 below 1,024 features, 128 from
@@ -42,6 +54,8 @@ INDEX_MIN_ROWS, INDEX_MIN_DIM = 2048, 256
 _UNIT_ROUNDOFF = 2.0**-24
 #: Bank rows per group of the pruned kernel's bound micro-kernel (kGroup in the C++).
 _GROUP = 16
+#: A bank sample whose largest |value| is beyond ``2**±this`` is rescaled to find the basis.
+_SAMPLE_MAX_EXPONENT = 32
 #: Relative slack on the float64 residual ``|x|² - |c|²`` (its rounding error is ~d 2^-53).
 _FP64_SLACK = 2.0**-40
 
@@ -83,13 +97,20 @@ class KNNIndex:
     exactly computed score reaches the k-th best is never pruned, and the result is the top-k
     of the exact scores over the whole bank.
 
+    **Magnitudes.** That analysis holds for operands inside the fp32 safe range of
+    :mod:`ood_zoo.ops.magnitude` (row norms up to ``2**62``; l2 queries, unless zero, not below
+    ``2**-50``), where nothing overflows and underflow stays far below the margin. The pruned
+    kernel never rescales: a bank beyond the range is searched densely (``mode="pruned"``
+    refuses it), and so is every search whose queries leave the range; :func:`knn` then
+    rescales exactly. So the bound stays rigorous at any magnitude.
+
     **Fallback.** ``mode="auto"`` searches densely (the fused :func:`knn` kernel) when the bank
     keeps more than :data:`INDEX_MAX_RESIDUAL_ENERGY` of its energy outside the subspace, is
-    small (:data:`INDEX_MIN_ROWS`, :data:`INDEX_MIN_DIM`), or the extension is missing; and
-    searches go dense once more than :data:`INDEX_MAX_SURVIVOR_RATE` of the pairs had to be
-    scored (observed on an earlier search with the same ``k``, or on the first
-    :data:`INDEX_PROBE_QUERIES` queries of a large batch). :meth:`stats` says which path ran. CUDA
-    and float64 queries always take :func:`knn`.
+    small (:data:`INDEX_MIN_ROWS`, :data:`INDEX_MIN_DIM`), beyond the safe range, or the
+    extension is missing; and searches go dense once more than :data:`INDEX_MAX_SURVIVOR_RATE`
+    of the pairs had to be scored (observed on an earlier search with the same ``k``, or on the
+    first :data:`INDEX_PROBE_QUERIES` queries of a large batch). :meth:`stats` says which path
+    ran. CUDA and float64 queries always take :func:`knn`.
 
     Parameters
     ----------
@@ -105,6 +126,12 @@ class KNNIndex:
         Bank rows sampled (seeded by ``seed``) to find the principal directions.
     tile_rows : int, optional
         Bank rows per tile of the pruned kernel (by default sized for the cache; for tests).
+
+    Raises
+    ------
+    InputError
+        For NaN/Inf in the bank, ``rank``/``sample_rows``/``tile_rows`` that are not positive
+        ints, a ``seed`` that is not an int, or ``mode="pruned"`` on a bank beyond the range.
     """
 
     def __init__(
@@ -122,11 +149,13 @@ class KNNIndex:
             raise ValueError(f"metric must be 'cosine' or 'l2', got {metric!r}")
         if mode not in ("auto", "pruned", "dense"):
             raise ValueError(f"mode must be 'auto', 'pruned' or 'dense', got {mode!r}")
-        for name, value in (("rank", rank), ("sample_rows", sample_rows),
-                            ("tile_rows", tile_rows)):
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int)
-                                      or value < 1):
-                raise InputError(f"{name} must be a positive int, got {value!r}")
+        rank, tile_rows = (None if value is None else check_positive_int(value, name=name)
+                           for name, value in (("rank", rank), ("tile_rows", tile_rows)))
+        sample_rows = check_positive_int(sample_rows, name="sample_rows")
+        if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) \
+                or not -(2**63) <= seed < 2**64:
+            raise InputError(f"seed must be an int in [-2**63, 2**64), got {seed!r}")
+        seed = int(seed)
         start = time.perf_counter()
         self.metric: Metric = metric
         self.mode = mode
@@ -145,10 +174,8 @@ class KNNIndex:
         reason = self._dense_reason(mode)
         if reason is None:
             limit = INDEX_MAX_RESIDUAL_ENERGY if mode == "auto" else math.inf
-            self._build(sample_rows, seed, max_residual_energy=limit)
-            if self.residual_energy > limit:
-                reason = (f"residual energy {self.residual_energy:.3f} > "
-                          f"{INDEX_MAX_RESIDUAL_ENERGY}")
+            reason = self._build(sample_rows, seed, max_residual_energy=limit)
+            if reason is not None:
                 self.basis = self.bank_res = self.bank_term = self.bank_groups = None
         self.dense_reason = reason
         self.build_seconds = time.perf_counter() - start
@@ -175,16 +202,21 @@ class KNNIndex:
             return f"dimension {self.dim} < {INDEX_MIN_DIM}"
         return None
 
-    def _build(self, sample_rows: int, seed: int, *, max_residual_energy: float) -> None:
+    def _build(self, sample_rows: int, seed: int, *, max_residual_energy: float) -> str | None:
         """Principal directions from a sample; then, if the sample's residual energy is at most
-        ``max_residual_energy``, the projections of the whole bank."""
+        ``max_residual_energy`` and the bank is inside the safe range, the projections of the
+        whole bank. Returns why the index searches densely instead, or None."""
         generator = torch.Generator().manual_seed(seed)
         n_sample = min(self.n_rows, sample_rows)
         rows = torch.randperm(self.n_rows, generator=generator)[:n_sample].sort().values
         sample = _gather_rows(self.shards, rows).to(torch.float64)
         if not bool(torch.isfinite(sample).all()):
-            for shard in self.shards:
-                check_finite(shard, name="bank")
+            bank_peaks(self.shards)  # raises InputError naming the bank row
+        # Everything below is scale-free: a power of two (exact) brings a sample far from unit
+        # magnitude near it, so that the fp32 products of the basis neither overflow nor underflow.
+        exponent = math.frexp(float(sample.abs().max()))[1]
+        if abs(exponent) > _SAMPLE_MAX_EXPONENT:
+            sample = times_pow2(sample, -exponent)
         if self.metric == "cosine":
             sample = normalise_rows(sample)
         self.basis = _principal_directions(sample, self.rank, generator)
@@ -192,7 +224,13 @@ class KNNIndex:
         outside = energy - ((sample @ self.basis) ** 2).sum()
         self.residual_energy = float(outside.clamp_min(0) / energy.clamp_min(1e-300))
         if self.residual_energy > max_residual_energy:
-            return
+            return f"residual energy {self.residual_energy:.3f} > {INDEX_MAX_RESIDUAL_ENERGY}"
+        # one pass over the bank: NaN/Inf, and whether the pruned kernel may take it
+        if not in_range(bank_peaks(self.shards), self.dim, torch.float32, lower=False):
+            if self.mode == "pruned":
+                raise InputError("KNNIndex(mode='pruned'): bank row norms reach beyond the safe "
+                                 "range of the pruned kernel (2**62 ≈ 4.6e18); use mode='auto'")
+            return "bank row norms beyond the safe range (2**62)"
         proj, res, term = [], [], []
         for offset, chunk in chunks(self.shards, _index_build_rows(self.dim)):
             c, r, t = self.project(chunk, unit=self.metric == "cosine", offset=offset)
@@ -202,6 +240,7 @@ class KNNIndex:
         self.bank_groups = self._group_projections(torch.cat(proj))
         self.bank_res = torch.cat(res)
         self.bank_term = torch.cat(term)
+        return None
 
     def project(
         self, x: torch.Tensor, *, unit: bool, offset: int = 0
@@ -272,24 +311,33 @@ class KNNIndex:
             Cosine similarities (descending) or Euclidean distances (ascending), fp32.
         indices : array ``[Q, k]`` of int64
         """
-        q = check_matrix(queries, name="queries")
+        q = check_matrix(queries, name="queries", finite=False)
+        peaks = check_finite(q, name="queries")
         if q.shape[1] != self.dim:
             raise InputError(f"queries have {q.shape[1]} features but the bank has {self.dim}")
-        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-            raise InputError(f"k must be a positive int, got {k!r}")
+        k = check_positive_int(k, name="k")
         if k > self.n_rows:
             raise InputError(f"k={k} is larger than the bank ({self.n_rows} rows)")
         start = time.perf_counter()
         kind = ArrayKind.of(queries)
-        if not self.pruned or q.device.type != "cpu" or q.dtype == torch.float64:
-            why = self.dense_reason or ("float64 queries" if q.dtype == torch.float64
-                                        else f"{q.device} queries")
+        why = self.dense_reason if not self.pruned else self._dense_query_reason(q, peaks)
+        if why is not None:
             values, indices = knn(q, self.shards, k, self.metric)
             self._last_search = {"path": "dense", "reason": why, "queries": q.shape[0]}
         else:
             values, indices = self._search_pruned(q, k)
         self._last_search["seconds"] = time.perf_counter() - start
         return kind.wrap(values), kind.wrap(indices)
+
+    def _dense_query_reason(self, q: torch.Tensor, peaks: RowPeaks) -> str | None:
+        """Why these queries take the dense :func:`knn` (which rescales exactly), or None."""
+        if q.dtype == torch.float64:
+            return "float64 queries"
+        if q.device.type != "cpu":
+            return f"{q.device} queries"
+        if not in_range(peaks, self.dim, torch.float32, lower=self.metric == "l2"):
+            return "queries beyond the safe range"
+        return None
 
     def _search_pruned(self, q: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The pruned search, or the dense one where the survivor rate says pruning won't pay.
