@@ -7,6 +7,7 @@ written to the user's cache.
 from __future__ import annotations
 
 import os
+import re
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -15,8 +16,9 @@ import torch
 import transformers
 from test_features import LABELS, TEMPLATE, TEXTS, make_model, make_tokenizer
 
+from ood_zoo.errors import InputError
 from ood_zoo.features import cache as fcache
-from ood_zoo.features import extract, model_fingerprint
+from ood_zoo.features import extract, model_fingerprint, sequence_log_likelihood
 
 
 @pytest.fixture(autouse=True)
@@ -187,6 +189,25 @@ def test_cache_off_by_flag_env_and_explicit_directory(lm, tmp_cache, tmp_path, m
     assert not (tmp_path / "home").exists()
     with pytest.raises(TypeError, match="cache must be"):
         extract(TEXTS, net, tokenizer, cache=3, progress=False)
+
+
+@pytest.mark.parametrize("where", ["file", "under-file", "env-file"])
+def test_cache_location_that_is_a_file_fails_before_any_work(lm, tmp_path, monkeypatch, where):
+    """Issue 11, root cause 8: ``[Errno 17] File exists`` after computing all the features."""
+    net, tokenizer = lm
+    blocker = tmp_path / "blocker"
+    blocker.write_text("not a directory")
+    cache = {"file": blocker, "under-file": blocker / "features", "env-file": True}[where]
+    if where == "env-file":
+        monkeypatch.setenv("OOD_ZOO_CACHE", str(blocker))
+    counter = CountingForward(net.base_model)
+    message = rf"{re.escape(str(blocker))}.* exists and is not a directory"
+    with pytest.raises(InputError, match=message):
+        extract(TEXTS, net, tokenizer, cache=cache, progress=False)
+    with pytest.raises(InputError, match=message):
+        sequence_log_likelihood(TEXTS, net, tokenizer, cache=cache, progress=False)
+    assert counter.calls == 0
+    assert blocker.read_text() == "not a directory"
 
 
 def test_named_model_directory_hits_without_loading(lm, tmp_cache, tmp_path, monkeypatch):

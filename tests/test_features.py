@@ -21,6 +21,7 @@ from transformers import (
 )
 
 import ood_zoo
+from ood_zoo.errors import InputError
 from ood_zoo.features import (
     PAPER_TEMPLATE,
     Extraction,
@@ -33,8 +34,10 @@ from ood_zoo.features import (
     label_token_ids,
     lm_head,
     load_model,
+    load_pretrained,
     n_hidden_states,
     pool,
+    resolve_device,
     resolve_dtype,
     resolve_layers,
     sequence_log_likelihood,
@@ -504,6 +507,39 @@ def test_sort_by_length_switch_gives_the_same_features(model):
     torch.testing.assert_close(extract(TEXTS, net, tokenizer, sort_by_length=False, **kw).features,
                                extract(TEXTS, net, tokenizer, **kw).features, atol=1e-5,
                                rtol=1e-5)
+
+
+def test_resolve_device():
+    assert resolve_device("cpu") == torch.device("cpu")
+    assert resolve_device(None) == (torch.device("cuda") if torch.cuda.is_available()
+                                    else torch.device("cpu"))
+    missing = f"cuda:{torch.cuda.device_count()}"  # one past the last GPU, or any on a CPU box
+    with pytest.raises(InputError, match=rf"'{missing}' is not available.*available here: cpu"):
+        resolve_device(missing)
+    with pytest.raises(InputError, match="'gpu' is not a torch device"):
+        resolve_device("gpu")
+
+
+def test_unavailable_device_is_refused_before_loading_or_moving(tmp_path, monkeypatch):
+    """Issue 11, root cause 7: torch's bare AssertionError ("Torch not compiled with CUDA")."""
+    net, tokenizer = make_model("llama-lm"), make_tokenizer("llama-lm", "right")
+    missing = f"cuda:{torch.cuda.device_count()}"
+    for call in (extract, sequence_log_likelihood):
+        with pytest.raises(InputError, match=rf"'{missing}' is not available"):
+            call(TEXTS, net, tokenizer, device=missing, progress=False)
+    assert next(net.parameters()).device.type == "cpu"  # not moved
+    net.save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+
+    def no_load(*_a, **_k):
+        raise AssertionError("an unusable device must be refused before the weights load")
+
+    monkeypatch.setattr(LlamaForCausalLM, "from_pretrained", no_load)
+    for call in (extract, sequence_log_likelihood):
+        with pytest.raises(InputError, match=rf"'{missing}' is not available"):
+            call(TEXTS, str(tmp_path), device=missing, progress=False)
+    with pytest.raises(InputError, match=rf"'{missing}' is not available"):
+        load_pretrained(tmp_path, device=missing)
 
 
 def test_device_map_is_only_for_loading(model):

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from .introspect import input_device
-from .models import default_device, load_model
+from .models import default_device, load_model, resolve_device
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -54,27 +54,30 @@ def resolve_model(
     dtype: torch.dtype | None,
     device_map: str | dict[str, Any] | None,
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, torch.device]:
-    """The model (loaded by name or path, or moved in place), its tokenizer and input device."""
+    """The model (loaded by name or path, or moved in place), its tokenizer and input device.
+
+    ``device`` is checked (:func:`~ood_zoo.features.models.resolve_device`) before anything is
+    loaded or moved.
+    """
+    checked = resolve_device(device) if device is not None else None
     if isinstance(model, str | os.PathLike):
-        loaded, own_tokenizer = load_model(model, device=device, dtype=dtype, device_map=device_map)
+        loaded, own_tokenizer = load_model(model, device=checked, dtype=dtype,
+                                           device_map=device_map)
         chosen = own_tokenizer if tokenizer is None else tokenizer
     elif isinstance(model, torch.nn.Module):
         if tokenizer is None:
             raise TypeError("a loaded model needs its tokenizer: extract(texts, model, tokenizer)")
         if device_map is not None:
             raise ValueError("device_map applies when extract loads the model (by name or path)")
-        if device is not None or dtype is not None:
-            model.to(device=device, dtype=dtype)
+        if checked is not None or dtype is not None:
+            model.to(device=checked, dtype=dtype)
         loaded, chosen = model, tokenizer
     else:
         raise TypeError(
             "model must be a transformers model, a local model directory or a registered name, "
             f"got {type(model).__name__}"
         )
-    where = input_device(loaded)
-    if where is None:
-        where = torch.device(device) if device is not None else default_device()
-    return loaded, chosen, where
+    return loaded, chosen, input_device(loaded) or checked or default_device()
 
 
 def tokenizer_fingerprint(tokenizer: PreTrainedTokenizerBase) -> str:

@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 
+from ..errors import InputError
 from ..io import atomic_write_bytes
 from .models import cache_root
 
@@ -42,15 +43,33 @@ def features_dir(cache: bool | str | os.PathLike[str] | None) -> Path | None:
     """The directory that ``extract(cache=...)`` uses, or ``None`` when caching is off.
 
     ``True`` means ``<cache_root()>/features`` (``$OOD_ZOO_CACHE`` or ``~/.cache/ood_zoo``); a
-    path is used as is; ``False``/``None`` or ``$OOD_ZOO_NO_CACHE=1`` turn the cache off.
+    path is used as is; ``False``/``None`` or ``$OOD_ZOO_NO_CACHE=1`` turn the cache off. The
+    directory need not exist yet, but it must be able to: callers ask for it before any work.
+
+    Raises
+    ------
+    TypeError
+        If ``cache`` is neither a bool nor a path.
+    InputError
+        If the directory, or the first of its parents that exists, is not a directory.
     """
     if cache is None or cache is False or os.environ.get(DISABLE_ENV, "") not in ("", "0"):
         return None
     if cache is True:
-        return cache_root() / "features"
-    if isinstance(cache, str | os.PathLike):
-        return Path(cache).expanduser()
-    raise TypeError(f"cache must be True, False or a directory, got {cache!r}")
+        directory = cache_root() / "features"
+    elif isinstance(cache, str | os.PathLike):
+        directory = Path(cache).expanduser()
+    else:
+        raise TypeError(f"cache must be True, False or a directory, got {cache!r}")
+    existing = next(p for p in (directory, *directory.parents)
+                    if p.exists() or p.is_symlink() or p == p.parent)
+    if not existing.is_dir():
+        fix = "set $OOD_ZOO_CACHE to a directory" if cache is True else "pass a directory"
+        raise InputError(
+            f"the features cache directory {str(directory)!r} cannot be used: "
+            f"{str(existing)!r} exists and is not a directory; {fix}, or cache=False"
+        )
+    return directory
 
 
 def texts_sha256(texts: Sequence[str]) -> str:

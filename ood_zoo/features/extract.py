@@ -33,7 +33,14 @@ from ._inputs import (
 from .encode import Template, encode, label_token_ids
 from .introspect import backbone, lm_head, logit_softcap, n_hidden_states
 from .likelihood import sequence_log_likelihood
-from .models import DType, directory_fingerprint, model_fingerprint, model_spec, resolve_dtype
+from .models import (
+    DType,
+    directory_fingerprint,
+    model_fingerprint,
+    model_spec,
+    resolve_device,
+    resolve_dtype,
+)
 from .pooling import POOLING_MODES, Pooling, pool
 
 if TYPE_CHECKING:
@@ -266,7 +273,9 @@ def extract(
     device, dtype : optional
         Where and in which precision to run; ``dtype`` may be a name (``"bfloat16"``). A
         loaded ``model`` is moved there in place (as ``Module.to`` does); a model loaded by name
-        or path defaults to CUDA if available and float32.
+        or path defaults to CUDA if available and float32. A device this torch cannot use is an
+        :class:`~ood_zoo.errors.InputError` before anything loads
+        (:func:`~ood_zoo.features.models.resolve_device`).
     device_map : str or dict, optional
         Passed to ``from_pretrained`` when loading by name or path (needs ``accelerate``).
     sort_by_length : bool
@@ -275,7 +284,8 @@ def extract(
     cache : bool or path
         ``True`` reads and writes the features cache under ``$OOD_ZOO_CACHE/features`` (default
         ``~/.cache/ood_zoo/features``), a path uses that directory, ``False`` (default) turns it
-        off, as does ``$OOD_ZOO_NO_CACHE=1``. See :mod:`ood_zoo.features.cache`.
+        off, as does ``$OOD_ZOO_NO_CACHE=1``. A location that is (or lies under) a file is an
+        :class:`~ood_zoo.errors.InputError` before any work. See :mod:`ood_zoo.features.cache`.
     progress : bool
         Show a tqdm progress bar.
 
@@ -302,6 +312,7 @@ def extract(
     positive_int("max_length", max_length)
     texts = check_texts(texts)
     dtype = resolve_dtype(dtype)
+    device = resolve_device(device) if device is not None else None
     parsed = Template.parse(template) if template is not None else None
     words: tuple[str, ...] | None = None
     if label_words is not None:

@@ -152,14 +152,16 @@ def sequence_log_likelihood(
     batch_size : int
         Texts per forward pass.
     device : str or torch.device, optional
-        Where to run; a loaded model is moved there in place.
+        Where to run; a loaded model is moved there in place. A device this torch cannot use
+        is an :class:`~ood_zoo.errors.InputError` before anything loads.
     sort_by_length : bool
         Batch texts sorted by token length (longest first); results are in input order anyway.
     cache : bool or path
         Keep the result in the features cache (``True``: ``<cache_root()>/features``; a path: that
         directory), keyed by the model and tokenizer fingerprints, template, ``max_length``,
         dtype and the texts, as :func:`~ood_zoo.features.extract` keys features. A corrupt entry
-        is recomputed.
+        is recomputed; a location that is (or lies under) a file is an
+        :class:`~ood_zoo.errors.InputError` before any work.
     progress : bool
         Show a tqdm progress bar.
 
@@ -171,7 +173,8 @@ def sequence_log_likelihood(
     Raises
     ------
     InputError
-        If a text has no token to score (e.g. the empty string).
+        If a text has no token to score (e.g. the empty string), ``device`` is not usable here
+        or ``cache`` is not a directory.
 
     Notes
     -----
@@ -185,6 +188,7 @@ def sequence_log_likelihood(
     max_length = positive_int("max_length", max_length)
     texts = check_texts(texts)
     parsed = Template.parse(template) if template is not None else None
+    store = features_dir(cache)
     if not texts:
         return torch.empty(0, 2, dtype=torch.float64)
     model, tokenizer, where = resolve_model(model, tokenizer, device, None, None)
@@ -194,7 +198,6 @@ def sequence_log_likelihood(
     softcap = logit_softcap(model)
     max_length = token_budget(tokenizer, max_length)
 
-    store = features_dir(cache)
     path = key = None
     if store is not None:
         key = {

@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from ..errors import InputError
 from ..io import sha256_file
 from ..packages import package_file
 from ..registry import get_registry
@@ -46,7 +47,7 @@ if TYPE_CHECKING:
 __all__ = [
     "BUILTIN_MODELS", "cache_root", "default_device", "directory_fingerprint", "load_model",
     "load_pretrained", "load_smollm2", "minilm_dir", "model_fingerprint", "model_spec",
-    "resolve_dtype", "smollm2_cache_dir", "smollm2_gguf",
+    "resolve_device", "resolve_dtype", "smollm2_cache_dir", "smollm2_gguf",
 ]
 
 DType = torch.dtype | str | None
@@ -65,6 +66,50 @@ _DTYPES = {
 def default_device() -> torch.device:
     """CUDA if available, else the CPU."""
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _accelerators() -> dict[str, int]:
+    """How many devices of each accelerator type this torch can use (0: none, or not built)."""
+    return {
+        "cuda": torch.cuda.device_count() if torch.cuda.is_available() else 0,
+        "xpu": torch.xpu.device_count() if torch.xpu.is_available() else 0,
+        "mps": 1 if torch.backends.mps.is_available() else 0,
+    }
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """``device`` as a ``torch.device``, checked to be usable here; ``None`` is
+    :func:`default_device`.
+
+    Raises
+    ------
+    InputError
+        If ``device`` is not a device name, or is a CUDA, XPU or MPS device (or device index)
+        that this torch cannot use; the message lists the devices that are available.
+    """
+    if device is None:
+        return default_device()
+    counts = _accelerators()
+    available = ["cpu"] + [
+        kind if kind == "mps" else f"{kind}:{i}" for kind, n in counts.items() for i in range(n)
+    ]
+    try:
+        where = torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise InputError(
+            f"device {device!r} is not a torch device ({err}); available here: "
+            f"{', '.join(available)}"
+        ) from err
+    n = counts.get(where.type)
+    if n is not None and (n == 0 or (where.index is not None and where.index >= n)):
+        why = (f"this torch ({torch.__version__}) is built without CUDA"
+               if where.type == "cuda" and torch.version.cuda is torch.version.hip is None
+               else f"torch {torch.__version__} sees {n} {where.type} device(s)")
+        raise InputError(
+            f"device {str(where)!r} is not available: {why}; available here: "
+            f"{', '.join(available)}"
+        )
+    return where
 
 
 def resolve_dtype(dtype: DType) -> torch.dtype | None:
@@ -144,7 +189,8 @@ def load_pretrained(
     path : path-like
         A directory written by ``save_pretrained`` (config, weights, tokenizer files).
     device : str or torch.device, optional
-        Default :func:`default_device`. Ignored when ``device_map`` is given.
+        Default :func:`default_device`; checked by :func:`resolve_device` before the weights
+        load. Ignored when ``device_map`` is given.
     dtype : torch.dtype or str, optional
         Default ``torch.float32``.
     device_map : str or dict, optional
@@ -161,6 +207,7 @@ def load_pretrained(
     """
     from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer
 
+    where = resolve_device(device) if device_map is None else None
     directory = Path(path)
     if not directory.is_dir():
         raise FileNotFoundError(f"model directory {str(directory)!r} does not exist")
@@ -171,7 +218,7 @@ def load_pretrained(
         directory, local_files_only=True, dtype=resolve_dtype(dtype) or torch.float32, **extra
     )
     if device_map is None:
-        model.to(device or default_device())
+        model.to(where)
     model.eval()
     setattr(model, FINGERPRINT_ATTR,
             fingerprint or "dir-sha256:" + directory_fingerprint(directory))
