@@ -18,13 +18,16 @@ EPS = np.finfo(np.float64).eps
 
 
 # ----------------------------------------------------------------------------- neighbours
+#: ood_zoo's cosine divides by ``max(|x|, NORM_EPS)`` (``ops.streaming.NORM_EPS``, the convention
+#: of ``torch.nn.functional.normalize``): a zero vector has similarity 0 to everything.
+NORM_EPS = 1e-12
+
+
 def cosine_matrix(queries: np.ndarray, bank: np.ndarray) -> np.ndarray:
-    """``cos(q_i, b_j)``; a zero vector has similarity 0 to everything."""
-    qn = np.linalg.norm(queries, axis=1, keepdims=True)
-    bn = np.linalg.norm(bank, axis=1, keepdims=True)
-    q = np.divide(queries, qn, out=np.zeros_like(queries), where=qn > 0)
-    b = np.divide(bank, bn, out=np.zeros_like(bank), where=bn > 0)
-    return q @ b.T
+    """``<q_i, b_j> / (max(|q_i|, eps) max(|b_j|, eps))`` with ``eps = NORM_EPS``."""
+    qn = np.maximum(np.linalg.norm(queries, axis=1, keepdims=True), NORM_EPS)
+    bn = np.maximum(np.linalg.norm(bank, axis=1, keepdims=True), NORM_EPS)
+    return (queries / qn) @ (bank / bn).T
 
 
 def euclidean_matrix(queries: np.ndarray, bank: np.ndarray) -> np.ndarray:

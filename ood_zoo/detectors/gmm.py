@@ -57,10 +57,20 @@ class GMMDetector(Detector):
                 f"{self.name}: n_components={k} is larger than the number of fit samples "
                 f"({features.shape[0]})"
             )
+        x = to_numpy64(features)
         model = GaussianMixture(
             n_components=k, covariance_type=self.hparams["covariance_type"],
             reg_covar=self.hparams["reg_covar"], random_state=self.hparams["seed"],
-        ).fit(to_numpy64(features))
+        )
+        try:
+            model.fit(x)
+        except ValueError as exc:  # sklearn's EM: e.g. an ill-defined (singular) covariance
+            raise InputError(
+                f"{self.name}: GaussianMixture could not fit these features ({exc}); "
+                f"reg_covar={self.hparams['reg_covar']:g} is absolute and the features reach "
+                f"|x| = {float(abs(x).max()):.3g}: standardise them, raise reg_covar or use "
+                f"fewer components"
+            ) from exc
         self.weights_ = torch.from_numpy(model.weights_).to(torch.float64)
         self.means_ = torch.from_numpy(model.means_).to(torch.float64)
         self.precisions_cholesky_ = torch.from_numpy(model.precisions_cholesky_).to(

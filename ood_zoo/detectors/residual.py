@@ -10,6 +10,7 @@ import torch
 from ..api import Detector, Param, Requirements
 from ..errors import InputError
 from ..ops.arrays import compute_dtype
+from ..ops.magnitude import row_norms
 from ._covariance import class_means, estimate_covariance, residual_moments
 from .chunks import check_state_shapes, map_rows
 
@@ -73,7 +74,7 @@ class ResidualDetector(Detector):
         mean = self.mean_.to(device=device, dtype=dtype)
         basis = self.complement_.to(device=device, dtype=dtype)
         return map_rows(
-            features, lambda x: -((x - mean) @ basis).norm(dim=1),
+            features, lambda x: -row_norms((x - mean) @ basis),
             width=features.shape[1] + basis.shape[1],
         )
 

@@ -97,6 +97,16 @@ def shrink_rows(x: torch.Tensor) -> torch.Tensor:
     return times_pow2(x, -torch.frexp(torch.maximum(high, -low)).exponent.clamp_min(0))
 
 
+def row_norms(x: torch.Tensor) -> torch.Tensor:
+    """The Euclidean norm of each row of ``x`` (float32/float64), with no overflow or underflow
+    in its squares: each row is scaled by the power of two that brings its largest ``|value|``
+    into ``[0.5, 1)`` (exact), normed, and scaled back, as LAPACK's ``nrm2`` guards its sum.
+    Rows of ordinary magnitude give ``x.norm(dim=1)``; a norm beyond the dtype is ``inf``."""
+    low, high = torch.aminmax(x, dim=1, keepdim=True)
+    exponent = torch.frexp(torch.maximum(high, -low)).exponent
+    return times_pow2(times_pow2(x, -exponent).norm(dim=1), exponent[:, 0])
+
+
 def check_representable(peaks: RowPeaks, dtype: torch.dtype, *, name: str) -> None:
     """Refuse values that overflow ``dtype``, the dtype the call computes in.
 

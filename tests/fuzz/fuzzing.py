@@ -15,11 +15,12 @@ an :class:`~ood_zoo.errors.OodZooError`, or a ``ValueError``/``TypeError`` raise
 ood_zoo's own ``raise`` statements) or a finite result that matches a float64 reference
 computed in the test from the values actually given.
 
-:data:`KNOWN` lists the defect classes of issue 11 (and new ones the suite found) that other
-branches are fixing. A case of such a class that fails is recorded as a hypothesis ``event``
-(``--hypothesis-show-statistics`` shows how often) instead of failing the test, so the rest of
-the space is still fuzzed. Each class has a strict xfail in ``test_found.py`` that turns red
-once the fix lands; then delete both. ``OOD_ZOO_FUZZ_KNOWN=0`` tolerates nothing.
+:data:`KNOWN` registers defect classes that are found but not yet fixed (none today: every
+class issue 11 listed and the suite found is fixed). A failing case of such a class is recorded
+as a hypothesis ``event`` (``--hypothesis-show-statistics`` shows how often) instead of failing
+the test, so the rest of the space is still fuzzed; each class has a strict xfail in
+``test_found.py`` that turns red once the fix lands, and then both are deleted.
+``OOD_ZOO_FUZZ_KNOWN=0`` tolerates nothing.
 """
 
 from __future__ import annotations
@@ -71,8 +72,6 @@ EXPONENTS = {"float16": (-4, 4), "bfloat16": (-30, 30), "float32": (-30, 30),
 #: Outside this range of nonzero |x| a clear refusal is as good as a result (issue 11: "or
 #: refuse inputs outside a documented safe range"); inside it valid input must be computed.
 SAFE_MAGNITUDE = (1e-15, 1e15)
-#: ``ood_zoo.ops`` clamps row norms at 1e-12 before dividing (``ops.streaming.NORM_EPS``).
-TINY_NORM = 1e-11
 NUMPY_LAYOUTS = ("c", "fortran", "strided", "transposed", "negative", "memmap", "big-endian")
 TORCH_LAYOUTS = ("c", "strided", "transposed", "requires-grad")
 SPECIALS = (None, "nan", "inf", "-inf")
@@ -98,7 +97,10 @@ def is_clear_error(err: BaseException) -> bool:
     return isinstance(err, ValueError | TypeError) and _raised_by_ood_zoo(err)
 
 
-def assert_clear_error(err: BaseException, *, must: type[BaseException] | None = None) -> None:
+def assert_clear_error(
+    err: BaseException, *,
+    must: type[BaseException] | tuple[type[BaseException], ...] | None = None,
+) -> None:
     """Fail unless ``err`` is a clear error (and, with ``must``, of that type)."""
     if not is_clear_error(err) or (must is not None and not isinstance(err, must)):
         detail = "".join(traceback.format_exception(err)[-6:])
@@ -153,15 +155,6 @@ def in_safe_range(*arrays: np.ndarray) -> bool:
     return True
 
 
-def has_tiny_norm(*arrays: np.ndarray) -> bool:
-    """Some nonzero row of the inputs has a norm below :data:`TINY_NORM`."""
-    for a in arrays:
-        norms = np.linalg.norm(np.where(np.isfinite(a), a, 0.0), axis=-1)
-        if ((norms > 0) & (norms < TINY_NORM)).any():
-            return True
-    return False
-
-
 # ----------------------------------------------------------------------------- known defects
 @dataclass(frozen=True)
 class Known:
@@ -176,40 +169,7 @@ def _layouts(tags: dict[str, Any]) -> set[str]:
 
 
 #: The open defect classes. Keys are named by the strict xfails of ``test_found.py``.
-KNOWN: dict[str, Known] = {
-    "new-tiny-norm": Known(
-        "NEW: the cosine of a nonzero row with norm below 1e-12 (ops.streaming.NORM_EPS, an "
-        "absolute clamp), or whose squares underflow, is pulled toward 0",
-        lambda t: t.get("tiny_norm", False),
-    ),
-    "rc1-magnitude": Known(
-        "issue 11 root cause 1: squared norms overflow (or underflow) outside the safe range",
-        lambda t: not t.get("safe_range", True),
-    ),
-    "new-gmm-scale": Known(
-        "NEW: gmm's reg_covar is absolute; from |x| ~ 1e10 sklearn's 'ill-defined empirical "
-        "covariance' ValueError escapes unwrapped",
-        lambda t: t.get("detector") == "gmm" and t.get("max_abs", 0.0) >= 1e8,
-    ),
-    "rc2-layout": Known(
-        "issue 11 root cause 2: negative strides, big-endian arrays, requires_grad on faiss",
-        lambda t: bool({"negative", "big-endian"} & _layouts(t))
-        or ("requires-grad" in _layouts(t) and t.get("backend") == "faiss"),
-    ),
-    "rc3-param-type": Known(
-        "issue 11 root cause 3: parameter type errors that do not name the parameter",
-        lambda t: t.get("bad_param_type", False),
-    ),
-    "rc4-schema": Known(
-        "issue 11 root cause 4: detector.json is checked field by field, not by a schema",
-        lambda t: t.get("corruption") in ("json-edit", "json-delete-key", "json-nest",
-                                          "flip-json"),
-    ),
-    "rc5-nonfinite-state": Known(
-        "issue 11 root cause 5: non-finite saved state loads and scores",
-        lambda t: t.get("corruption") == "nan-state",
-    ),
-}
+KNOWN: dict[str, Known] = {}  # every class issue 11 named, and those the suite found, is fixed
 
 _TOLERATE = os.environ.get("OOD_ZOO_FUZZ_KNOWN", "1") != "0"
 

