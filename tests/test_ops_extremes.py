@@ -452,3 +452,19 @@ def test_raw_ops_report_rows_beyond_the_range():
     wide_huge[2, 0] = 1e200
     with pytest.raises(RuntimeError, match="bank row 2 is outside the safe range"):
         torch.ops.ood_zoo.knn(q.double(), wide_huge, 2, "l2", 4)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("scale", [1e-30, 1e-12, 1.0, 1e20, 1e30])
+def test_row_norms_match_a_float64_reference_at_any_magnitude(dtype, scale):
+    from ood_zoo.ops.magnitude import row_norms
+
+    rng = np.random.default_rng(7)
+    x = torch.from_numpy(rng.normal(size=(9, 5)) * scale).to(dtype)
+    x[3] = 0.0  # a zero row has norm 0
+    want = np.linalg.norm(x.double().numpy() / scale, axis=1) * scale
+    got = row_norms(x)
+    assert got.dtype == dtype
+    np.testing.assert_allclose(got.double().numpy(), want, rtol=4 * torch.finfo(dtype).eps)
+    if scale == 1.0:  # ordinary magnitudes: the bits of the plain norm
+        assert torch.equal(got, x.norm(dim=1))
