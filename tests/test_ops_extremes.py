@@ -322,6 +322,26 @@ def test_index_bank_beyond_the_range_searches_densely(rng, monkeypatch, metric):
 
 
 @needs_ext_backend
+@pytest.mark.parametrize("metric", ["cosine", "l2"])
+def test_index_one_bank_row_beyond_the_range_outside_the_sample(rng, monkeypatch, metric):
+    """The projection pass measures every row: one huge row the sample misses sends the index
+    dense, and mode="pruned" refuses it."""
+    monkeypatch.delenv("OOD_ZOO_BACKEND", raising=False)
+    d = 256
+    basis = np.linalg.qr(gaussian(rng, d, 6))[0]
+    bank = (3 + gaussian(rng, 3000, 6) @ basis.T).astype(np.float32)
+    bank[2999] *= 1e20
+    index = ops.KNNIndex(bank, metric, sample_rows=512)
+    assert not index.pruned
+    assert "safe range" in index.dense_reason
+    queries = np.concatenate([bank[:3], bank[2999:]])
+    values, indices = index.search(queries, 2)
+    check_knn(values, indices, queries, bank, 2, metric)
+    with pytest.raises(InputError, match="safe range"):
+        ops.KNNIndex(bank, metric, mode="pruned", sample_rows=512)
+
+
+@needs_ext_backend
 @pytest.mark.parametrize(("metric", "magnitude"), [
     ("cosine", 1e30), ("l2", 1e30), ("l2", 1e-30), ("cosine", 1e-30),
 ])

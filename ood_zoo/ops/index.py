@@ -225,22 +225,36 @@ class KNNIndex:
         self.residual_energy = float(outside.clamp_min(0) / energy.clamp_min(1e-300))
         if self.residual_energy > max_residual_energy:
             return f"residual energy {self.residual_energy:.3f} > {INDEX_MAX_RESIDUAL_ENERGY}"
-        # one pass over the bank: NaN/Inf, and whether the pruned kernel may take it
-        if not in_range(bank_peaks(self.shards), self.dim, torch.float32, lower=False):
-            if self.mode == "pruned":
-                raise InputError("KNNIndex(mode='pruned'): bank row norms reach beyond the safe "
-                                 "range of the pruned kernel (2**62 ≈ 4.6e18); use mode='auto'")
-            return "bank row norms beyond the safe range (2**62)"
+        # One pass over the bank: the projections, which also check NaN/Inf and measure every
+        # row's norm (the term: 1/|b| for cosine, |b|² for l2), so the safe range costs no pass.
         proj, res, term = [], [], []
-        for offset, chunk in chunks(self.shards, _index_build_rows(self.dim)):
-            c, r, t = self.project(chunk, unit=self.metric == "cosine", offset=offset)
-            proj.append(c)
-            res.append(r)
-            term.append(t)
+        try:
+            for offset, chunk in chunks(self.shards, _index_build_rows(self.dim)):
+                c, r, t = self.project(chunk, unit=self.metric == "cosine", offset=offset)
+                proj.append(c)
+                res.append(r)
+                term.append(t)
+        except InputError:
+            # a NaN/Inf row (bank_peaks raises naming it), or an l2 row whose |b|² overflows
+            if in_range(bank_peaks(self.shards), self.dim, torch.float32, lower=False):
+                raise
+            return self._beyond_safe_range()
+        terms = torch.cat(term)
+        beyond = (terms < 2.0**-62) if self.metric == "cosine" else (terms > 2.0**124)
+        if bool(beyond.any()):
+            return self._beyond_safe_range()
         self.bank_groups = self._group_projections(torch.cat(proj))
         self.bank_res = torch.cat(res)
-        self.bank_term = torch.cat(term)
+        self.bank_term = terms
         return None
+
+    def _beyond_safe_range(self) -> str:
+        """Why a bank with rows beyond the fp32 safe range is searched densely (or, with
+        ``mode="pruned"``, the error)."""
+        if self.mode == "pruned":
+            raise InputError("KNNIndex(mode='pruned'): bank row norms reach beyond the safe "
+                             "range of the pruned kernel (2**62 ≈ 4.6e18); use mode='auto'")
+        return "bank row norms beyond the safe range (2**62)"
 
     def project(
         self, x: torch.Tensor, *, unit: bool, offset: int = 0
