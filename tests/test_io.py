@@ -738,13 +738,25 @@ def test_a_huge_integer_hyperparameter_is_refused(saved):
         ood_zoo.load(saved)
 
 
-WIDTH_DECLARED = [n for n in BUILTINS if get_registry().get(n).cls.state_widths]
+WIDTH_DECLARED = [
+    n for n in BUILTINS if "n_features_in" in get_registry().get(n).cls.state_widths
+]
 
 
 def test_the_feature_width_is_declared_by_every_builtin_with_a_feature_state():
     assert set(WIDTH_DECLARED) == {
         "cosine", "knn", "lof", "gmm", "residual", "mahalanobis", "relative_mahalanobis"
     }
+    logit_width = {n for n in BUILTINS if "n_logits_in" in get_registry().get(n).cls.state_widths}
+    assert logit_width == {"klm"}
+
+
+def test_n_logits_in_contradicting_the_saved_state_is_refused(tmp_path):
+    detector = _fit(ood_zoo.create("klm"))
+    detector.save(tmp_path)
+    _edit_config(tmp_path, n_logits_in=detector.n_logits_in_ + 1)
+    with pytest.raises(PersistenceError, match=rf"n_logits_in is {detector.n_logits_in_ + 1}"):
+        ood_zoo.load(tmp_path)
 
 
 @pytest.mark.parametrize("name", WIDTH_DECLARED)

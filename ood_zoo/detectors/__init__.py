@@ -10,6 +10,9 @@ name                      class                                       module
 ``msp``                   :class:`MSPDetector`                        :mod:`.logits`
 ``maxlogit``              :class:`MaxLogitDetector`                   :mod:`.logits`
 ``energy``                :class:`EnergyDetector`                     :mod:`.logits`
+``entropy``               :class:`EntropyDetector`                    :mod:`.logits`
+``gen``                   :class:`GENDetector`                        :mod:`.logits`
+``klm``                   :class:`KLMatchingDetector`                 :mod:`.logits`
 ``lof``                   :class:`LOFDetector`                        :mod:`.lof`
 ``gmm``                   :class:`GMMDetector`                        :mod:`.gmm`
 ``residual``              :class:`ResidualDetector`                   :mod:`.residual`
@@ -26,7 +29,14 @@ from .distance import CosineDetector, KNNDetector
 from .gmm import GMMDetector
 from .likelihood import LikelihoodRatioDetector, PerplexityDetector
 from .lof import LOFDetector
-from .logits import EnergyDetector, MaxLogitDetector, MSPDetector
+from .logits import (
+    EnergyDetector,
+    EntropyDetector,
+    GENDetector,
+    KLMatchingDetector,
+    MaxLogitDetector,
+    MSPDetector,
+)
 from .mahalanobis import MahalanobisDetector, RelativeMahalanobisDetector
 from .residual import ResidualDetector
 
@@ -38,6 +48,9 @@ BUILTIN_DETECTORS = (
     MSPDetector,
     MaxLogitDetector,
     EnergyDetector,
+    EntropyDetector,
+    GENDetector,
+    KLMatchingDetector,
     LOFDetector,
     GMMDetector,
     ResidualDetector,
@@ -49,7 +62,10 @@ __all__ = [
     "BUILTIN_DETECTORS",
     "CosineDetector",
     "EnergyDetector",
+    "EntropyDetector",
+    "GENDetector",
     "GMMDetector",
+    "KLMatchingDetector",
     "KNNDetector",
     "LOFDetector",
     "LikelihoodRatioDetector",
