@@ -15,6 +15,7 @@ name                      class                                       module
 ``residual``              :class:`ResidualDetector`                   :mod:`.residual`
 ``perplexity``            :class:`PerplexityDetector`                 :mod:`.likelihood`
 ``likelihood_ratio``      :class:`LikelihoodRatioDetector`            :mod:`.likelihood`
+``fusion``                :class:`FusionDetector`                     :mod:`.fusion`
 ========================  ==========================================  =========================
 
 They are registered through the plugin :mod:`ood_zoo.builtin`.
@@ -23,6 +24,7 @@ They are registered through the plugin :mod:`ood_zoo.builtin`.
 from __future__ import annotations
 
 from .distance import CosineDetector, KNNDetector
+from .fusion import FusionDetector
 from .gmm import GMMDetector
 from .likelihood import LikelihoodRatioDetector, PerplexityDetector
 from .lof import LOFDetector
@@ -43,12 +45,14 @@ BUILTIN_DETECTORS = (
     ResidualDetector,
     PerplexityDetector,
     LikelihoodRatioDetector,
+    FusionDetector,
 )
 
 __all__ = [
     "BUILTIN_DETECTORS",
     "CosineDetector",
     "EnergyDetector",
+    "FusionDetector",
     "GMMDetector",
     "KNNDetector",
     "LOFDetector",
