@@ -39,10 +39,8 @@ def _knn_matrix(queries, bank, metric, normalize):
     """Per-query matrix of 'goodness' (higher = closer) and its score transform."""
     if metric == "cosine":
         return cosine_matrix(queries, bank)
-    if normalize:
-        qn = np.linalg.norm(queries, axis=1, keepdims=True)
-        bn = np.linalg.norm(bank, axis=1, keepdims=True)
-        queries, bank = queries / qn, bank / bn
+    if normalize:  # |u - v| = sqrt(2 - 2 cos) for unit vectors; a zero vector is at sqrt(2)
+        return -np.sqrt(np.maximum(2.0 - 2.0 * cosine_matrix(queries, bank), 0.0))
     return -euclidean_matrix(queries, bank)
 
 
