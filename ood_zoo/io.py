@@ -503,7 +503,7 @@ def load_saved(path: str | Path, find_class: Callable[[str], type[D]]) -> D:
             detector = cls(target_tpr=config["target_tpr"], **config["params"])
         except (TypeError, ValueError) as exc:
             raise PersistenceError(f"{directory}: saved parameters are invalid: {exc}") from exc
-        _check_metadata(config, cls, f"{directory / CONFIG_FILE}")
+        _check_metadata(config, detector, f"{directory / CONFIG_FILE}")
         tensors = _read_tensors(directory, config["tensors"])
     if config["fitted"]:
         try:
@@ -517,8 +517,12 @@ def load_saved(path: str | Path, find_class: Callable[[str], type[D]]) -> D:
     return detector
 
 
-def _check_metadata(config: dict[str, Any], cls: type[Detector], where: str) -> None:
-    """Refuse metadata that contradicts the detector class or the saved tensors' manifest."""
+def _check_metadata(config: dict[str, Any], detector: Detector, where: str) -> None:
+    """Refuse metadata that contradicts the detector or the saved tensors' manifest.
+
+    ``detector`` is the detector built from the saved parameters: its declarations (``requires``,
+    ``state_tensors``) may depend on them, as a fusion's do on its members.
+    """
     entries = config["tensors"]["entries"]
     widths = {"n_features_in": config["n_features_in"], "n_logits_in": config["n_logits_in"]}
     if not config["fitted"]:
@@ -526,20 +530,21 @@ def _check_metadata(config: dict[str, Any], cls: type[Detector], where: str) -> 
                     for key, value in widths.items() if value is not None]
         if entries:
             problems.append(f"it holds tensors {sorted(entries)} but is not fitted")
-        if config["threshold"] is not None and cls.requires.fit:
+        if config["threshold"] is not None and detector.requires.fit:
             problems.append("it has a threshold but is not fitted")
     else:
         problems = []
-        if set(entries) != set(cls.state_tensors):
+        if set(entries) != set(detector.state_tensors):
             problems.append(
-                f"the saved tensors {sorted(entries)} are not the state of {cls.name!r} "
-                f"{sorted(cls.state_tensors)}"
+                f"the saved tensors {sorted(entries)} are not the state of {detector.name!r} "
+                f"{sorted(detector.state_tensors)}"
             )
-        needed = {"n_features_in": cls.requires.features, "n_logits_in": cls.requires.logits}
-        problems += [f"{key} is null but {cls.name!r} is fitted on "
+        needed = {"n_features_in": detector.requires.features,
+                  "n_logits_in": detector.requires.logits}
+        problems += [f"{key} is null but {detector.name!r} is fitted on "
                      f"{key.removeprefix('n_').removesuffix('_in')}"
                      for key, need in needed.items() if need and widths[key] is None]
-        for key, (tensor, axis) in cls.state_widths.items():
+        for key, (tensor, axis) in detector.state_widths.items():
             shape = entries.get(tensor, {}).get("shape", [])
             if widths[key] is not None and (axis >= len(shape) or shape[axis] != widths[key]):
                 problems.append(

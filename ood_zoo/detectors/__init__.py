@@ -18,6 +18,7 @@ name                      class                                       module
 ``residual``              :class:`ResidualDetector`                   :mod:`.residual`
 ``perplexity``            :class:`PerplexityDetector`                 :mod:`.likelihood`
 ``likelihood_ratio``      :class:`LikelihoodRatioDetector`            :mod:`.likelihood`
+``fusion``                :class:`FusionDetector`                     :mod:`.fusion`
 ========================  ==========================================  =========================
 
 They are registered through the plugin :mod:`ood_zoo.builtin`.
@@ -26,6 +27,7 @@ They are registered through the plugin :mod:`ood_zoo.builtin`.
 from __future__ import annotations
 
 from .distance import CosineDetector, KNNDetector
+from .fusion import FusionDetector
 from .gmm import GMMDetector
 from .likelihood import LikelihoodRatioDetector, PerplexityDetector
 from .lof import LOFDetector
@@ -56,6 +58,7 @@ BUILTIN_DETECTORS = (
     ResidualDetector,
     PerplexityDetector,
     LikelihoodRatioDetector,
+    FusionDetector,
 )
 
 __all__ = [
@@ -63,6 +66,7 @@ __all__ = [
     "CosineDetector",
     "EnergyDetector",
     "EntropyDetector",
+    "FusionDetector",
     "GENDetector",
     "GMMDetector",
     "KLMatchingDetector",
