@@ -92,11 +92,14 @@ class RunSession:
         The thread count in force.
     timing : dict of str to float
         Seconds per stage (``<stage>_s``, summed when a stage repeats) and ``total_s``.
+    machine : dict
+        :func:`machine_info` taken on entry, with the run's thread count in force.
     """
 
     def __init__(self, threads: int | None = None, stages: Sequence[str] = ()) -> None:
         self.threads = bench_threads(threads)
         self.timing: dict[str, float] = {f"{name}_s": 0.0 for name in stages}
+        self.machine: dict[str, Any] = {}
         self._previous_threads: int | None = None
         self._start = 0.0
 
@@ -106,6 +109,7 @@ class RunSession:
         os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
         self._previous_threads = torch.get_num_threads()
         torch.set_num_threads(self.threads)
+        self.machine = machine_info()
         self._start = time.perf_counter()
         return self
 
@@ -125,6 +129,6 @@ class RunSession:
             self.timing[key] = self.timing.get(key, 0.0) + time.perf_counter() - tick
 
     def metadata(self) -> dict[str, Any]:
-        """``versions``, ``machine`` and ``timing_s`` for the results file."""
-        return {"versions": package_versions(), "machine": machine_info(),
+        """``versions``, ``machine`` (as of the run) and ``timing_s`` for the results file."""
+        return {"versions": package_versions(), "machine": self.machine,
                 "timing_s": dict(self.timing)}

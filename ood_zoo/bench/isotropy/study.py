@@ -33,7 +33,7 @@ import torch
 from ... import metrics
 from ...analysis import MEASURES, isotropy_measures
 from ...errors import InputError
-from ..session import RunSession, machine_info, package_versions
+from ..session import RunSession
 from ..tables import jsonable
 
 __all__ = [
@@ -425,7 +425,6 @@ def run_study(
                                  "depth": layer / max(1, n_states - 1), **row})
             models.append({**asdict(model), "n_states": n_states,
                            "dim": int(id_feats.shape[2])})
-        machine = machine_info()  # while the run's thread count is in force
     meta = {
         "config": jsonable(asdict(config)),
         "models": models,
@@ -439,9 +438,7 @@ def run_study(
         "detectors": {label: {"detector": d, "params": dict(p)}
                       for label, (d, p) in DETECTORS.items()},
         "threads": session.threads,
-        "versions": package_versions(),
-        "machine": machine,
-        "timing_s": session.timing,
+        **session.metadata(),
     }
     return StudyResult(rows, correlations(rows), meta)
 
