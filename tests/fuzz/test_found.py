@@ -2,9 +2,9 @@
 
 Issue 11's root causes 1-6 and the two NEW classes the suite found (gmm's absolute
 ``reg_covar`` at large magnitudes, the residual norm's overflow) are fixed; each example here
-failed before its fix. A class found later and not yet fixed gets a strict :func:`xfail` here and
-an entry in ``fuzzing.KNOWN`` naming each other, so that the fuzz tests tolerate it until the fix
-turns the xfail red (XPASS) and both are removed.
+failed before its fix. A class found later and not yet fixed gets a strict
+``pytest.mark.xfail`` here, whose reason names its ``fuzzing.KNOWN['key']`` entry, so that the
+fuzz tests tolerate it until the fix turns the xfail red (XPASS) and both are removed.
 """
 
 from __future__ import annotations
@@ -26,12 +26,6 @@ from ood_zoo.io import sha256_file
 pytestmark = pytest.mark.fuzz
 
 BACKENDS = ("torch", "ext", "faiss")
-
-
-def xfail(cause: str, known: str | None) -> pytest.MarkDecorator:
-    """A strict xfail whose reason says what to remove once ``cause`` is fixed."""
-    also = f" and fuzzing.KNOWN[{known!r}]" if known else ""
-    return pytest.mark.xfail(strict=True, reason=f"{cause}; once fixed remove this mark{also}")
 
 
 # ----------------------------------------------------------------------------- root cause 1
