@@ -23,13 +23,19 @@ from ..ops.magnitude import row_norms
 from ._covariance import class_means, estimate_covariance, residual_moments
 from .chunks import check_state_shapes, map_rows, row_chunks, rows_per_chunk
 
-#: The smallest ``|x - μ|`` the ``fdbd`` and ``nci`` scores divide by (a feature at the fit
-#: mean has no direction).
-DISTANCE_FLOOR = 1e-12
-
 
 def _cast(tensor: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return tensor.to(device=like.device, dtype=like.dtype)
+
+
+def distance_to_mean(x: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
+    """``|x - μ|`` per row, floored at ``ε (|x| + |μ|)`` (``ε`` the unit round-off of ``x``'s
+    dtype), the rounding error of ``x - μ`` itself; at least the dtype's smallest normal. Below
+    the floor the difference has no direction, so ``fdbd`` and ``nci`` stay finite there (a
+    query equal to the fit mean included)."""
+    info = torch.finfo(x.dtype)
+    floor = info.eps * (row_norms(x) + row_norms(mean.unsqueeze(0)))
+    return torch.maximum(row_norms(x - mean), floor).clamp_min(info.tiny)
 
 
 class _HeadDetector(Detector):
@@ -174,8 +180,8 @@ class FDBDDetector(_HeadDetector):
     ``score(x) = (1 / (C - 1)) Σ_{c ≠ ŷ} |z_ŷ - z_c| / |w_ŷ - w_c|  /  |x - μ|``,
 
     the mean distance from ``x`` to the decision boundaries between ``ŷ`` and each other class,
-    relative to ``x``'s distance from the fit mean (``|x - μ|`` floored at
-    :data:`DISTANCE_FLOOR`). Higher = more ID (far from the boundaries, relative to the spread).
+    relative to ``x``'s distance from the fit mean (``|x - μ|`` floored at its rounding error,
+    :func:`distance_to_mean`). Higher = more ID (far from the boundaries, relative to the spread).
     pytorch-ood's ``fDBD`` returns the negation: ``score = -fDBD_pood``. Needs ``C >= 2`` and
     distinct head rows. Holds the ``[C, C]`` float64 ``|w_p - w_c|``: meant for class or
     label-token heads, not a whole vocabulary. Liu & Qin, "Fast Decision Boundary based
@@ -222,8 +228,7 @@ class FDBDDetector(_HeadDetector):
             z = self._logits(x)
             top = z.max(dim=1)
             distances = (top.values.unsqueeze(1) - z).abs() / norms[top.indices]
-            spread = row_norms(x - mean).clamp_min(DISTANCE_FLOOR)
-            return distances.sum(dim=1) / (n_classes - 1) / spread
+            return distances.sum(dim=1) / (n_classes - 1) / distance_to_mean(x, mean)
 
         return map_rows(features, reduce, width=features.shape[1] + 3 * n_classes)
 
@@ -245,11 +250,11 @@ class NCIDetector(_HeadDetector):
     ``score(x) = (x - μ_G) · w_ŷ / |x - μ_G|  +  α |x|₁``,
 
     the projection of the centred feature's direction on ``w_ŷ`` (its cosine times ``|w_ŷ|``;
-    ``|x - μ_G|`` floored at :data:`DISTANCE_FLOOR`) plus a feature-norm term. Higher = more
-    ID. pytorch-ood's ``NCI`` returns the negation: ``score = -NCI_pood`` (its default, like
-    ours, is ``α = 0``; it searches ``α`` in 0..1 on held-out OOD data, which ood_zoo never
-    sees). Liu & Qin, "Detecting Out-of-distribution through the Lens of Neural Collapse",
-    CVPR 2025.
+    ``|x - μ_G|`` floored at its rounding error, :func:`distance_to_mean`) plus a feature-norm
+    term. Higher = more ID. pytorch-ood's ``NCI`` returns the negation: ``score = -NCI_pood``
+    (its default, like ours, is ``α = 0``; it searches ``α`` in 0..1 on held-out OOD data,
+    which ood_zoo never sees). Liu & Qin, "Detecting Out-of-distribution through the Lens of
+    Neural Collapse", CVPR 2025.
 
     Attributes
     ----------
@@ -277,8 +282,7 @@ class NCIDetector(_HeadDetector):
             predicted = self._logits(x).argmax(dim=1)
             centred = x - mean
             rows = _cast(self.head_weight_, x)[predicted]
-            spread = row_norms(centred).clamp_min(DISTANCE_FLOOR)
-            score = (centred * rows).sum(dim=1) / spread
+            score = (centred * rows).sum(dim=1) / distance_to_mean(x, mean)
             return score + alpha * x.abs().sum(dim=1) if alpha else score
 
         return map_rows(
