@@ -12,10 +12,10 @@ import pytest
 import torch
 
 from ood_zoo import metrics
+from ood_zoo.bench import fit_probe, probe_head, probe_logits
 from ood_zoo.bench import plots as plots_module
 from ood_zoo.bench import suites as suites_module
 from ood_zoo.bench.pools import draw_pools, tasks
-from ood_zoo.bench.runner import fit_probe, probe_head, probe_logits
 from ood_zoo.bench.suites import ZERO_GRAD, Corpus, Setting, Suite
 from ood_zoo.bench.tables import aggregate
 from ood_zoo.bench.zero_grad import BenchConfig, run_bench, write_outputs
