@@ -15,6 +15,12 @@ A detector subclass declares, as class-level data,
 
 and implements ``_fit`` and ``_score`` on validated tensors. The base class does validation,
 numpy/torch round-tripping, thresholds and persistence, so every detector behaves the same.
+
+A detector whose ``requires.head`` is true uses the linear classifier head ``(W [C, d], b [C])``
+that maps its features to their logits (``fit(..., head=(W, b))``). The base class validates
+the head and sets it, before ``_fit`` runs, as the fitted tensors ``head_weight_`` ``[C, d]``
+and ``head_bias_`` ``[C]`` (on the features' device, float32 or float64); such a detector lists
+both in ``state_tensors``, so a loaded one needs no head to score.
 """
 
 from __future__ import annotations
@@ -29,7 +35,15 @@ import torch
 
 from .errors import InputError, NotFittedError
 from .io import load_detector, save_detector
-from .ops.arrays import ArrayKind, ArrayLike, check_finite, check_labels, check_matrix
+from .ops.arrays import (
+    ArrayKind,
+    ArrayLike,
+    as_tensor,
+    check_finite,
+    check_labels,
+    check_matrix,
+    compute_dtype,
+)
 
 #: Default target true-positive rate of in-distribution samples for :meth:`Detector.predict`.
 DEFAULT_TARGET_TPR = 0.95
@@ -57,6 +71,9 @@ class Requirements:
         Needs ``fit`` before ``score``. Logit detectors such as MSP do not.
     language_model : bool
         Needs the language model itself (e.g. perplexity); such detectors are fed by a runner.
+    head : bool
+        Needs, at fit time, the linear head ``(W [C, d], b [C])`` mapping features to logits
+        ``x Wᵀ + b`` (a classifier's last layer; for an LM, the label tokens' LM-head rows).
     """
 
     features: bool = True
@@ -64,6 +81,7 @@ class Requirements:
     logits: bool = False
     fit: bool = True
     language_model: bool = False
+    head: bool = False
 
     def as_dict(self) -> dict[str, bool]:
         return asdict(self)
@@ -254,14 +272,20 @@ class Detector:
     # ------------------------------------------------------------------ public API
     def fit(
         self, features: ArrayLike | None = None, labels: ArrayLike | None = None,
-        logits: ArrayLike | None = None,
+        logits: ArrayLike | None = None, *,
+        head: tuple[ArrayLike, ArrayLike | None] | None = None,
     ) -> Self:
         """Fit on in-distribution data and place the :meth:`predict` threshold on it.
 
         Inputs a detector does not need (see ``requires``) are ignored, so a runner can pass
-        the same inputs to every detector.
+        the same inputs to every detector. ``head`` is the linear head ``(weight [C, d], bias
+        [C] or None for zeros)`` mapping the features to the logits, for detectors with
+        ``requires.head``; it must be finite, with ``d`` the feature width and ``C`` the logit
+        width where logits are given too.
         """
         x, y, z = self._check_inputs(features, labels, logits, fitting=True)
+        if self.requires.head:
+            self.head_weight_, self.head_bias_ = self._check_head(head, x, z)
         self._fit(x, y, z)
         for attr in self.state_tensors:  # saved tensors are contiguous; score as they will load
             value = getattr(self, attr, None)
@@ -396,6 +420,45 @@ class Detector:
                     f"{self.name}: state_widths declares {key} = {attr}.shape[{axis}], but "
                     f"{key} is {widths.get(key)} and {attr} has shape {shape}"
                 )
+
+    def _check_head(
+        self, head: Any, features: torch.Tensor | None, logits: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The validated head ``(weight [C, d], bias [C])`` on the inputs' device, float32 or
+        float64 (float64 if either part is)."""
+        usage = "pass fit(..., head=(weight [C, d], bias [C] or None))"
+        if head is None:
+            raise InputError(
+                f"{self.name}: needs the linear head mapping features to logits; {usage}"
+            )
+        if not isinstance(head, tuple | list) or len(head) != 2:
+            raise InputError(f"{self.name}: head must be a (weight, bias) pair; {usage}")
+        weight = check_matrix(head[0], name=f"{self.name}: head weight")
+        n_classes, width = weight.shape
+        if features is not None and width != features.shape[1]:
+            raise InputError(
+                f"{self.name}: head weight has shape {tuple(weight.shape)}, but the features "
+                f"have {features.shape[1]} columns (expected [C, {features.shape[1]}])"
+            )
+        if logits is not None and n_classes != logits.shape[1]:
+            raise InputError(
+                f"{self.name}: head weight has {n_classes} rows, but the logits have "
+                f"{logits.shape[1]} columns"
+            )
+        if head[1] is None:
+            bias = torch.zeros(n_classes, dtype=weight.dtype, device=weight.device)
+        else:
+            bias = as_tensor(head[1], name=f"{self.name}: head bias")
+            if not bias.is_floating_point() or tuple(bias.shape) != (n_classes,):
+                raise InputError(
+                    f"{self.name}: head bias must be a floating [C] = [{n_classes}] array, got "
+                    f"{bias.dtype} of shape {tuple(bias.shape)}"
+                )
+            check_finite(bias, name=f"{self.name}: head bias")
+        dtype = compute_dtype(torch.promote_types(weight.dtype, bias.dtype))
+        device = _device(features, logits)
+        return (weight.to(device=device, dtype=dtype, copy=True),
+                bias.to(device=device, dtype=dtype, copy=True))
 
     def _check_fitted(self) -> None:
         if self.requires.fit and not self.is_fitted_:

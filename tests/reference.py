@@ -231,3 +231,105 @@ def residual_scores(x, queries, dim) -> tuple[np.ndarray, np.ndarray]:
     s_full = np.zeros(x.shape[1])
     s_full[: s.size] = s
     return -np.linalg.norm(resid, axis=1), s_full
+
+
+# ----------------------------------------------------------------------------- classifier head
+def head_logits(x, weight, bias) -> np.ndarray:
+    """``x Wᵀ + b`` in float64."""
+    return np.asarray(x, np.float64) @ np.asarray(weight, np.float64).T + bias
+
+
+def vim_dim(d: int) -> int:
+    """ViM's width rule: 1000 if ``d >= 2048``, 512 if ``d >= 768``, else ``d // 2``."""
+    return 1000 if d >= 2048 else 512 if d >= 768 else d // 2
+
+
+def vim_parts(fit, weight, bias, dim):
+    """``(origin u = -W⁺b, complement Q [d, d - dim], α, ascending eigenvalues)`` of ViM."""
+    origin = -np.linalg.pinv(weight) @ bias
+    centred = fit - origin
+    values, vectors = np.linalg.eigh(centred.T @ centred / len(fit))
+    complement = vectors[:, : fit.shape[1] - dim]
+    alpha = (head_logits(fit, weight, bias).max(axis=1).mean()
+             / np.linalg.norm(centred @ complement, axis=1).mean())
+    return origin, complement, alpha, values
+
+
+def vim_scores(fit, weight, bias, queries, dim) -> np.ndarray:
+    """``logsumexp(z) - α |(q - u) Q|``."""
+    origin, complement, alpha, _ = vim_parts(fit, weight, bias, dim)
+    z = head_logits(queries, weight, bias)
+    top = z.max(axis=1, keepdims=True)
+    energy = (top + np.log(np.exp(z - top).sum(axis=1, keepdims=True)))[:, 0]
+    return energy - alpha * np.linalg.norm((queries - origin) @ complement, axis=1)
+
+
+def fdbd_scores(fit, weight, bias, queries) -> np.ndarray:
+    """Mean over ``c != argmax`` of ``|z_top - z_c| / |w_top - w_c|``, over ``|q - mean(fit)|``."""
+    z = head_logits(queries, weight, bias)
+    out = np.empty(len(queries))
+    for i, row in enumerate(z):
+        top = int(np.argmax(row))
+        gaps = [abs(row[top] - row[c]) / np.linalg.norm(weight[top] - weight[c])
+                for c in range(len(row)) if c != top]
+        out[i] = np.mean(gaps) / np.linalg.norm(queries[i] - fit.mean(axis=0))
+    return out
+
+
+def nci_scores(fit, weight, bias, queries, alpha=0.0) -> np.ndarray:
+    """``(q - μ) · w_argmax / |q - μ| + α |q|₁`` with ``μ = mean(fit)``."""
+    centred = queries - fit.mean(axis=0)
+    rows = np.asarray(weight, np.float64)[head_logits(queries, weight, bias).argmax(axis=1)]
+    return ((centred * rows).sum(axis=1) / np.linalg.norm(centred, axis=1)
+            + alpha * np.abs(queries).sum(axis=1))
+
+
+def head_scores(name, hp, fit, queries, weight, bias):
+    """The reference of ``vim``/``fdbd``/``nci``, or ``None`` where rounding decides the answer:
+    a near-tied argmax (fdbd, nci), a query within 1e-3 of its own size of the fit mean (fdbd,
+    nci), or ViM's subspace split inside a near-degenerate eigenvalue cluster."""
+    z = head_logits(queries, weight, bias)
+    if name in ("fdbd", "nci"):
+        if z.shape[1] > 1:
+            two = np.sort(z, axis=1)[:, -2:]
+            if np.any(two[:, 1] - two[:, 0] <= 1e-6 * (np.abs(z).max() + 1e-300)):
+                return None
+        mean = fit.mean(axis=0)
+        spread = np.linalg.norm(queries - mean, axis=1)
+        if np.any(spread <= 1e-3 * (np.linalg.norm(queries, axis=1) + np.linalg.norm(mean))):
+            return None
+        if name == "fdbd":
+            return fdbd_scores(fit, weight, bias, queries)
+        return nci_scores(fit, weight, bias, queries, hp["alpha"])
+    n, d = fit.shape
+    dim = hp["dim"] or min(vim_dim(d), max(0, (n - 1) // 2))
+    _, _, _, values = vim_parts(fit, weight, bias, dim)
+    if dim > 0 and values[d - dim] - values[d - dim - 1] <= 1e-3 * values[-1]:
+        return None
+    return vim_scores(fit, weight, bias, queries, dim)
+
+
+def head_error_scale(name, hp, fit, queries, weight, bias) -> float:
+    """A bound on ``|score|`` error per unit round-off and feature: the magnitude of the terms
+    that are rounded times the amplification of the divisions."""
+    w_max = float(np.abs(weight).max())
+    q_norms = np.linalg.norm(queries, axis=1)
+    terms = q_norms * np.linalg.norm(weight, axis=1).max() + float(np.abs(bias).max())
+    if name == "vim":
+        n, d = fit.shape
+        dim = hp["dim"] or min(vim_dim(d), max(0, (n - 1) // 2))
+        origin, _complement, alpha, values = vim_parts(fit, weight, bias, dim)
+        gap = values[d - dim] - values[d - dim - 1] if dim else values[-1]
+        residual = np.linalg.norm(queries - origin, axis=1) + np.linalg.norm(origin)
+        fit_terms = np.linalg.norm(fit - origin, axis=1).max() + np.linalg.norm(origin)
+        return float(terms.max() + abs(alpha) * residual.max()
+                     * (1 + fit_terms**2 / gap)) * 1e2
+    mean = fit.mean(axis=0)
+    spread = np.linalg.norm(queries - mean, axis=1)
+    amplify = 1 + (q_norms + np.linalg.norm(mean)) / spread
+    if name == "fdbd":
+        pairs = [np.linalg.norm(weight[p] - weight[c]) for p in range(len(weight))
+                 for c in range(len(weight)) if p != c]
+        return float(np.max(terms / (min(pairs) * spread) * amplify))
+    return float(np.max(w_max * np.sqrt(fit.shape[1]) * amplify
+                        + hp["alpha"] * np.abs(queries).sum(axis=1)))

@@ -394,6 +394,7 @@ def test_memmap_input_works(name, tmp_path):
             _memmap(tmp_path, getattr(data, split).features, f"{split}-features"),
             getattr(data, split).labels,
             _memmap(tmp_path, getattr(data, split).logits, f"{split}-logits"),
+            getattr(data, split).head,
         )
         for split in ("fit", "id")
     }

@@ -5,12 +5,14 @@ from __future__ import annotations
 import csv
 import json
 import zlib
+from dataclasses import replace
 
 import numpy as np
 import pytest
 import torch
 
 from ood_zoo import metrics
+from ood_zoo.bench import fit_probe, probe_head, probe_logits
 from ood_zoo.bench import plots as plots_module
 from ood_zoo.bench import suites as suites_module
 from ood_zoo.bench.pools import draw_pools, tasks
@@ -360,3 +362,37 @@ def test_outputs_without_matplotlib(result, tmp_path, monkeypatch, capsys):
     assert "matplotlib" in payload["plots"]["skipped"]
     assert (tmp_path / "table.txt").is_file()
     assert (tmp_path / "results.csv").is_file()
+
+
+# ---------------------------------------------------------------------------- the linear head
+def test_head_detectors_get_the_label_head_at_the_final_layer():
+    plain = synthetic_extractor()
+    weight = torch.from_numpy(np.random.default_rng(2).normal(size=(len(WORDS), DIM))).float()
+
+    def with_head(key: str, texts):
+        out = plain(key, texts)
+        return replace(out, label_logits=out.layer(-1) @ weight.T,
+                       label_head_weight=weight, label_head_bias=torch.zeros(len(WORDS)))
+
+    names = ("vim", "fdbd", "nci", "msp")
+    suite = tiny_suite().select(["sent", "far"])
+    got = run_bench(config(detectors=names, seeds=(1,)), extractor=with_head, suite=suite)
+    assert {r["detector"] for r in got.rows} >= set(names)
+    assert not [r for r in got.rows if r["error"]]
+    assert all(0 <= r["auroc"] <= 1 for r in got.rows)
+    without = run_bench(config(detectors=names, seeds=(1,)), extractor=plain, suite=suite)
+    errors = {r["detector"]: r["error"] for r in without.rows if r["error"]}
+    assert errors.keys() == {"vim", "fdbd", "nci"}
+    assert all("needs the linear head" in e for e in errors.values())
+
+
+def test_probe_head_folds_the_scaler():
+    rng = np.random.default_rng(3)
+    for n_classes in (2, 3):
+        x = torch.from_numpy(rng.normal(size=(60, 5)) * [1, 10, 0.1, 3, 1] + 4).float()
+        labels = np.arange(60) % n_classes
+        probe = fit_probe(x, labels)
+        weight, bias = probe_head(probe)
+        assert weight.shape == (n_classes, 5)
+        torch.testing.assert_close(x @ weight.T + bias, probe_logits(probe, x),
+                                   atol=1e-4, rtol=1e-4)

@@ -35,7 +35,7 @@ from ood_zoo.finetune import load_fine_tuned
 TEMPLATE = "input : {text} output :"
 #: Detectors that work on the tiny banks here (knn, lof and gmm need more fit samples).
 DETECTORS = ("cosine", "mahalanobis", "msp", "energy", "maxlogit", "msp_vocab", "perplexity",
-             "likelihood_ratio")
+             "likelihood_ratio", "vim", "fdbd", "nci")
 ADJECTIVES = {"positive": "great", "negative": "bad", "neutral": "very"}
 
 

@@ -80,6 +80,27 @@ def test_doctor_reports_backend_threads_and_cuda(capsys):
     assert report["cuda"]["available"] == torch.cuda.is_available()
 
 
+def test_fit_takes_the_linear_head(feature_files, tmp_path, capsys):
+    train = np.load(feature_files["train"])
+    weight = np.random.default_rng(0).normal(size=(3, train.shape[1]))
+    np.save(tmp_path / "w.npy", weight)
+    np.save(tmp_path / "b.npy", np.arange(3.0))
+    features = ["--features", str(feature_files["train"])]
+    code, _, err = run_cli("fit", "vim", *features, "--head-weight", str(tmp_path / "w.npy"),
+                           "--head-bias", str(tmp_path / "b.npy"), "--out", str(tmp_path / "vim"),
+                           capsys=capsys)
+    assert code == 0, err
+    direct = ood_zoo.create("vim").fit(train, head=(weight, np.arange(3.0)))
+    np.testing.assert_array_equal(ood_zoo.load(tmp_path / "vim").score(train), direct.score(train))
+    code, _, err = run_cli("fit", "nci", *features, "--out", str(tmp_path / "nci"), capsys=capsys)
+    assert code == 2
+    assert "needs the linear head" in err
+    code, _, err = run_cli("fit", "nci", *features, "--head-bias", str(tmp_path / "b.npy"),
+                           "--out", str(tmp_path / "nci"), capsys=capsys)
+    assert code == 2
+    assert "--head-bias needs --head-weight" in err
+
+
 def test_fit_score_evaluate_round_trip(feature_files, tmp_path, capsys):
     model = tmp_path / "maha"
     code, _, err = run_cli(

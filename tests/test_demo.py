@@ -13,7 +13,14 @@ import pytest
 import torch
 
 import ood_zoo
-from ood_zoo.bench import DetectorInputs, fit_probe, probe_logits, run_detectors, usable_detectors
+from ood_zoo.bench import (
+    DetectorInputs,
+    fit_probe,
+    probe_head,
+    probe_logits,
+    run_detectors,
+    usable_detectors,
+)
 from ood_zoo.bench.session import DEFAULT_THREADS, bench_threads
 from ood_zoo.registry import BUILTIN_PLUGIN, Registry
 
@@ -73,7 +80,7 @@ def test_run_detectors_reports_errors_as_rows_and_skips_lm_detectors():
     registry.register_plugin(Plugin(), "test-plugin")
     (bank_x, test_x, far_x), y = gaussian_sets()
     probe = fit_probe(bank_x, y)
-    bank = DetectorInputs(bank_x, probe_logits(probe, bank_x), y)
+    bank = DetectorInputs(bank_x, probe_logits(probe, bank_x), y, head=probe_head(probe))
     test = DetectorInputs(test_x, probe_logits(probe, test_x))
     far = DetectorInputs(far_x, probe_logits(probe, far_x))
     near = DetectorInputs(test_x + 0.1, probe_logits(probe, test_x + 0.1))

@@ -548,6 +548,22 @@ def test_device_map_is_only_for_loading(model):
         extract(TEXTS, net, make_tokenizer(kind, "right"), device_map="auto", progress=False)
 
 
+def test_label_head_maps_final_features_to_label_logits(lm):
+    tokenizer = make_tokenizer("llama-lm", "right")
+    kw = {"template": TEMPLATE, "label_words": LABELS, "progress": False}
+    out = extract(TEXTS, lm, tokenizer, layers="all", pooling="last", **kw)
+    weight, bias = out.label_head(-1)
+    assert weight.shape == (len(LABELS), out.features.shape[-1])
+    torch.testing.assert_close(out.layer(-1) @ weight.T + bias, out.label_logits,
+                               atol=1e-5, rtol=1e-5)
+    flipped = out.for_labels(LABELS[::-1]).label_head(N_LAYERS)
+    torch.testing.assert_close(flipped[0], weight.flip(0))
+    assert out.label_head(0) is None  # only the final hidden state feeds the LM head
+    assert extract(TEXTS, lm, tokenizer, pooling="mean", **kw).label_head(-1) is None
+    vim = ood_zoo.create("vim").fit(out.layer(-1), head=(weight, bias))
+    assert vim.score(out.layer(-1)).shape == (len(TEXTS),)
+
+
 # ---------------------------------------------------------------------------- the bundle
 
 

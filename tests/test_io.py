@@ -745,7 +745,8 @@ WIDTH_DECLARED = [
 
 def test_the_feature_width_is_declared_by_every_builtin_with_a_feature_state():
     assert set(WIDTH_DECLARED) == {
-        "cosine", "knn", "lof", "gmm", "residual", "mahalanobis", "relative_mahalanobis"
+        "cosine", "knn", "lof", "gmm", "residual", "mahalanobis", "relative_mahalanobis",
+        "vim", "fdbd", "nci",
     }
     logit_width = {n for n in BUILTINS if "n_logits_in" in get_registry().get(n).cls.state_widths}
     assert logit_width == {"klm"}

@@ -8,8 +8,9 @@ class-stratified split gives the fit set (the "bank") and a disjoint ID test set
 
 Features come from all-MiniLM-L6-v2 (mean pooling, its native pooling, last layer), extracted
 once. Logit detectors (MSP, MaxLogit, Energy) get the logits of a logistic-regression probe fit on
-the bank. Every registered detector is fit on the bank and scored; the table reports AUROC, FPR at
-95% ID recall and AUPR-In/Out (ID is the positive class, higher score = more ID).
+the bank, the head detectors (ViM, fDBD, NCI) its linear head. Every registered detector is fit
+on the bank and scored; the table reports AUROC, FPR at 95% ID recall and AUPR-In/Out (ID is the
+positive class, higher score = more ID).
 
 This is a smoke-scale check of the whole pipeline, not a benchmark of the paper's LLMs.
 """
@@ -27,7 +28,14 @@ from .. import metrics
 from ..data import chitchat, rotten_tomatoes, split, subsample
 from ..features import extract, load_model, model_spec
 from ..registry import get_registry
-from .runner import DetectorInputs, fit_probe, probe_logits, run_detectors, usable_detectors
+from .runner import (
+    DetectorInputs,
+    fit_probe,
+    probe_head,
+    probe_logits,
+    run_detectors,
+    usable_detectors,
+)
 from .session import RunSession
 from .tables import json_bytes, write_files
 
@@ -128,7 +136,8 @@ def run_demo(
             probe_c = float(probe[-1].C)
             probe_accuracy = float(np.mean(probe.predict(test_x.double().numpy())
                                            == test_set.labels))
-            bank = DetectorInputs(bank_x, probe_logits(probe, bank_x), bank_set.labels)
+            bank = DetectorInputs(bank_x, probe_logits(probe, bank_x), bank_set.labels,
+                                  head=probe_head(probe))
             id_test = DetectorInputs(test_x, probe_logits(probe, test_x))
             oods = {name: DetectorInputs(x, probe_logits(probe, x))
                     for name, x in zip(ood_texts, ood_xs, strict=True)}

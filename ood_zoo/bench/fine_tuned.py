@@ -359,17 +359,21 @@ def _detect(
         def make(pool_key: str, idx: np.ndarray) -> DetectorInputs:
             part = outputs[pool_key].rows(idx)
             x = part.layer(-1)
+            head = None
             if run is not None and discriminative:
                 logits = run.head_logits(x)
+                weight = run.head.weight.detach().float().cpu()
+                head = (weight, torch.zeros(weight.shape[0]))
             elif kind == "vocab":
                 logits = part.for_labels(class_words).label_log_probs()
             else:
                 logits = part.for_labels(class_words).label_logits
+                head = part.for_labels(class_words).label_head(-1)
             stats = part.lm_stats
             if kind == "ratio":
                 assert base is not None
                 stats = likelihood_ratio_inputs(stats, base[pool_key].rows(idx).lm_stats)
-            return DetectorInputs(x, logits, lm_stats=stats)
+            return DetectorInputs(x, logits, lm_stats=stats, head=head)
 
         return make
 

@@ -26,6 +26,7 @@ __all__ = [
     "ROW_COLUMNS",
     "DetectorInputs",
     "fit_probe",
+    "probe_head",
     "probe_logits",
     "run_detectors",
     "run_msp_vocab",
@@ -61,12 +62,17 @@ class DetectorInputs:
         language model (``requires.language_model``) get as their ``features``: ``[n, 2]``
         :func:`~ood_zoo.features.sequence_log_likelihood` for ``perplexity``, ``[n, 3]``
         :func:`~ood_zoo.features.likelihood_ratio_inputs` for ``likelihood_ratio``.
+    head : tuple of torch.Tensor or None
+        ``(weight [C, d], bias [C])``, the linear head mapping ``features`` to ``logits``
+        (:meth:`ood_zoo.features.Extraction.label_head`, :func:`probe_head`), for the
+        detectors with ``requires.head``; the fit set's is the one used.
     """
 
     features: torch.Tensor
     logits: torch.Tensor | None = None
     labels: np.ndarray | None = None
     lm_stats: torch.Tensor | None = None
+    head: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def __len__(self) -> int:
         return int(self.features.shape[0])
@@ -124,6 +130,23 @@ def probe_logits(probe: Any, features: torch.Tensor) -> torch.Tensor:
     if margin.ndim == 1:
         margin = np.stack([np.zeros_like(margin), margin], axis=1)
     return torch.from_numpy(margin).float()
+
+
+def probe_head(probe: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """The linear head ``(weight [C, d], bias [C])`` of a :func:`fit_probe` pipeline on the raw
+    features, float32: :func:`probe_logits` is ``x Wᵀ + b``.
+
+    The ``StandardScaler`` is folded in exactly: with coefficients ``A`` and intercepts ``c`` on
+    the standardised features ``(x - m) / s``, ``W = A / s`` and ``b = c - W m``. For ``C = 2``
+    the rows are ``[0, W]`` and ``[0, b]``, matching :func:`probe_logits`'s ``[0, margin]``.
+    """
+    scaler, head = probe[0], probe[-1]
+    weight = np.asarray(head.coef_, dtype=np.float64) / np.asarray(scaler.scale_, np.float64)
+    bias = np.asarray(head.intercept_, dtype=np.float64) - weight @ np.asarray(scaler.mean_)
+    if weight.shape[0] == 1:
+        weight = np.concatenate([np.zeros_like(weight), weight])
+        bias = np.concatenate([np.zeros_like(bias), bias])
+    return torch.from_numpy(weight).float(), torch.from_numpy(bias).float()
 
 
 def usable_detectors(
@@ -186,9 +209,10 @@ def run_detectors(
 ) -> list[dict[str, Any]]:
     """Fit each detector on ``bank`` and evaluate it on ``id_test`` against each OOD set.
 
-    Every detector gets the same inputs: features, labels and logits (it uses what its
-    ``requires`` declares) and its default hyperparameters. Detectors that need the language
-    model get the sets' ``lm_stats`` as features; without them (in any set) they are skipped.
+    Every detector gets the same inputs: features, labels, logits and the linear head (it uses
+    what its ``requires`` declares) and its default hyperparameters. Detectors that need the
+    language model get the sets' ``lm_stats`` as features; without them (in any set) they are
+    skipped.
 
     Parameters
     ----------
@@ -227,7 +251,8 @@ def run_detectors(
         try:
             detector = registry.create(name)
             start = time.perf_counter()
-            detector.fit(_features(bank, uses_lm), labels=bank.labels, logits=bank.logits)
+            detector.fit(_features(bank, uses_lm), labels=bank.labels, logits=bank.logits,
+                         head=bank.head)
             fit_s = time.perf_counter() - start
         except Exception as exc:
             failure = _error(exc, "fit")

@@ -27,7 +27,11 @@ vocabulary** and the max over the label tokens, not renormalised; it is reported
 ``msp_vocab``: the ``maxlogit`` detector on the label tokens' vocabulary log-probabilities
 ``logit_c - logsumexp(vocab)``, i.e. the log of the paper's MSP (same AUROC, FPR95 and AUPR).
 *Encoders* (MiniLM): a linear probe fit on the bank (:func:`~ood_zoo.bench.runner.fit_probe`)
-gives the class logits.
+gives the class logits. The head detectors (``vim``, ``fdbd``, ``nci``) get the linear map behind
+those logits: the label tokens' LM-head rows at the final layer with last-token pooling
+(:meth:`~ood_zoo.features.Extraction.label_head`), the probe's weights folded through its
+scaler (:func:`~ood_zoo.bench.runner.probe_head`); with none (other layers and poolings, the
+sweep) they report an error row, as the logit detectors do without logits.
 
 Pools and tasks come from :mod:`ood_zoo.bench.pools`, the detectors run in
 :func:`~ood_zoo.bench.runner.run_detectors`, and the tables are written with
@@ -70,6 +74,7 @@ from .runner import (
     MSP_VOCAB,
     DetectorInputs,
     fit_probe,
+    probe_head,
     probe_logits,
     run_detectors,
     run_msp_vocab,
@@ -451,10 +456,12 @@ def _evaluate(
     first.layer(config.layer)
     main_index = config.layer % first.n_states
 
-    def inputs_at(layer: int, logits: Callable[[Extraction], torch.Tensor | None]) -> MakeInputs:
+    def inputs_at(layer: int, logits: Callable[[Extraction], torch.Tensor | None],
+                  head: tuple[torch.Tensor, torch.Tensor] | None = None) -> MakeInputs:
         def make(pool_key: str, idx: np.ndarray) -> DetectorInputs:
             part = extractions[pool_key].rows(idx)
-            return DetectorInputs(part.layer(layer), logits(part), lm_stats=part.lm_stats)
+            return DetectorInputs(part.layer(layer), logits(part), lm_stats=part.lm_stats,
+                                  head=head)
 
         return make
 
@@ -473,7 +480,7 @@ def _evaluate(
             if keep:
                 scores[ood][det] = (a, b)
 
-        found = run_detectors(*task.inputs(inputs_at(main_index, main.logits)),
+        found = run_detectors(*task.inputs(inputs_at(main_index, main.logits, main.head)),
                               registry=registry, detectors=main_names, on_scores=on_scores)
         if main.vocab is not None and want_vocab_msp:
             found += run_msp_vocab(*task.inputs(inputs_at(main_index, main.vocab)),
@@ -490,26 +497,29 @@ def _evaluate(
 @dataclass(frozen=True)
 class _Logits:
     """How one task's logits are read from a pool's extraction: ``logits`` for the logit
-    detectors, ``vocab`` (causal LMs) for the paper's MSP."""
+    detectors, ``vocab`` (causal LMs) for the paper's MSP; ``head``, the linear map from the
+    layer's features to ``logits``, where there is one."""
 
     logits: Callable[[Extraction], torch.Tensor | None]
     vocab: Callable[[Extraction], torch.Tensor] | None = None
+    head: tuple[torch.Tensor, torch.Tensor] | None = None
 
 
 def _main_logits(suite: Suite, pool: Pool, extraction: Extraction, task: Task,
                  layer: int) -> _Logits:
-    """The label-token logits of the task's ID classes for a causal LM; else a linear probe's,
-    fit on the bank (none for a one-class task)."""
+    """The label-token logits of the task's ID classes for a causal LM (with their LM-head rows
+    at the final layer); else a linear probe's, fit on the bank (none for a one-class task)."""
     if extraction.label_logits is not None:
         words = label_words(suite, pool)
         columns = [words[pool.label_names.index(c)] for c in task.id_classes]
         return _Logits(lambda part: part.for_labels(columns).label_logits,
-                       lambda part: part.for_labels(columns).label_log_probs())
+                       lambda part: part.for_labels(columns).label_log_probs(),
+                       extraction.for_labels(columns).label_head(layer))
     if len(task.id_classes) < 2:
         return _Logits(lambda part: None)
     probe = fit_probe(extraction.rows(task.bank_idx).layer(layer), task.bank_labels,
                       seed=task.seed)
-    return _Logits(lambda part: probe_logits(probe, part.layer(layer)))
+    return _Logits(lambda part: probe_logits(probe, part.layer(layer)), head=probe_head(probe))
 
 
 # ---------------------------------------------------------------------------- outputs

@@ -128,10 +128,15 @@ def cmd_fit(args: argparse.Namespace) -> int:
     from ..registry import create
 
     detector = create(args.detector, **parse_params(args.param))
+    if args.head_bias is not None and args.head_weight is None:
+        raise CommandError("--head-bias needs --head-weight")
+    head = None if args.head_weight is None else (
+        read_array(args.head_weight), optional_array(args.head_bias))
     detector.fit(
         optional_array(args.features, args.key),
         optional_array(args.labels),
         optional_array(args.logits, args.logits_key),
+        head=head,
     )
     if args.calibration_features or args.calibration_logits:
         detector.calibrate(
@@ -270,6 +275,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     fit.add_argument("--features", help="ID features [n, d] (.npy or .safetensors)")
     fit.add_argument("--labels", help="ID class labels [n] (.npy)")
     fit.add_argument("--logits", help="ID logits [n, C]")
+    fit.add_argument("--head-weight", help="linear head weight [C, d] mapping features to logits "
+                     "(.npy; for vim, fdbd, nci)")
+    fit.add_argument("--head-bias", help="linear head bias [C] (.npy; default zeros)")
     fit.add_argument("--calibration-features", help="held-out ID features for the threshold")
     fit.add_argument("--calibration-logits", help="held-out ID logits for the threshold")
     fit.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",

@@ -19,6 +19,9 @@ name                      class                                       module
 ``perplexity``            :class:`PerplexityDetector`                 :mod:`.likelihood`
 ``likelihood_ratio``      :class:`LikelihoodRatioDetector`            :mod:`.likelihood`
 ``fusion``                :class:`FusionDetector`                     :mod:`.fusion`
+``vim``                   :class:`ViMDetector`                        :mod:`.head`
+``fdbd``                  :class:`FDBDDetector`                       :mod:`.head`
+``nci``                   :class:`NCIDetector`                        :mod:`.head`
 ========================  ==========================================  =========================
 
 They are registered through the plugin :mod:`ood_zoo.builtin`.
@@ -29,6 +32,7 @@ from __future__ import annotations
 from .distance import CosineDetector, KNNDetector
 from .fusion import FusionDetector
 from .gmm import GMMDetector
+from .head import FDBDDetector, NCIDetector, ViMDetector
 from .likelihood import LikelihoodRatioDetector, PerplexityDetector
 from .lof import LOFDetector
 from .logits import (
@@ -59,6 +63,9 @@ BUILTIN_DETECTORS = (
     PerplexityDetector,
     LikelihoodRatioDetector,
     FusionDetector,
+    ViMDetector,
+    FDBDDetector,
+    NCIDetector,
 )
 
 __all__ = [
@@ -66,6 +73,7 @@ __all__ = [
     "CosineDetector",
     "EnergyDetector",
     "EntropyDetector",
+    "FDBDDetector",
     "FusionDetector",
     "GENDetector",
     "GMMDetector",
@@ -76,7 +84,9 @@ __all__ = [
     "MSPDetector",
     "MahalanobisDetector",
     "MaxLogitDetector",
+    "NCIDetector",
     "PerplexityDetector",
     "RelativeMahalanobisDetector",
     "ResidualDetector",
+    "ViMDetector",
 ]

@@ -35,6 +35,7 @@ def union_requirements(members: Sequence[type[Detector] | Detector]) -> Requirem
         labels=any(m.requires.labels for m in members),
         logits=any(m.requires.logits for m in members),
         fit=True,
+        head=any(m.requires.head for m in members),
     )
 
 
@@ -132,7 +133,8 @@ class FusionDetector(Detector):
 
     Members are resolved by name in the process-wide registry
     (:func:`ood_zoo.registry.get_registry`) and fed the fusion's validated inputs; the fusion
-    needs every input any member needs. Members that need the language model are refused.
+    needs every input any member needs (the linear head too, passed on to the members that use
+    it and saved in their state). Members that need the language model are refused.
     ``members``, ``member_params`` and ``weights`` may be given as a list, a mapping and a list
     of numbers; they are kept (and saved) as the strings below. ``requires``,
     ``state_tensors`` and ``nonfinite_state`` are set per instance, from the members; the
@@ -221,7 +223,8 @@ class FusionDetector(Detector):
         fit_scores = []
         for i, member in enumerate(self.member_detectors):
             x, z = self._member_inputs(member, features, logits)
-            member.fit(x, labels if member.requires.labels else None, z)
+            head = (self.head_weight_, self.head_bias_) if member.requires.head else None
+            member.fit(x, labels if member.requires.labels else None, z, head=head)
             fit_scores.append(member._fit_scores(x, z, rows).to("cpu", torch.float64))
             for tensor in member.state_tensors:
                 setattr(self, member_state_name(i, tensor), getattr(member, tensor))

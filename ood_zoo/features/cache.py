@@ -33,7 +33,7 @@ __all__ = [
 ]
 
 #: Stored in every entry's header; bump when the layout or the key changes meaning.
-FORMAT = "ood_zoo.features/2"
+FORMAT = "ood_zoo.features/3"
 
 #: Set to ``1`` to turn the cache off everywhere, whatever ``extract(cache=...)`` says.
 DISABLE_ENV = "OOD_ZOO_NO_CACHE"

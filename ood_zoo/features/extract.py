@@ -111,6 +111,12 @@ class Extraction:
     lm_stats : torch.Tensor or None
         ``[n, 2]`` float64 ``(log p(text | prompt), n_tokens)``
         (:func:`~ood_zoo.features.sequence_log_likelihood`), with ``extract(lm_stats=True)``.
+    label_head_weight, label_head_bias : torch.Tensor or None
+        ``[C, d]`` and ``[C]`` float32: the LM head's rows of the label tokens (bias zeros if
+        the head has none), which map the final hidden state at the logits' position to
+        ``label_logits``; recorded only where that state is the final layer's feature
+        (``pooling="last"``, no special token after the prompt, no logit soft-capping). See
+        :meth:`label_head`.
 
     Notes
     -----
@@ -130,6 +136,8 @@ class Extraction:
     label_token_ids: tuple[int, ...] = ()
     label_words: tuple[str, ...] = ()
     lm_stats: torch.Tensor | None = None
+    label_head_weight: torch.Tensor | None = None
+    label_head_bias: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         slices = 1 if self.features.dim() == 2 else self.features.shape[1]
@@ -140,6 +148,11 @@ class Extraction:
         if not columns == len(self.label_words) == len(self.label_token_ids):
             raise ValueError(f"{columns} label-logit columns for the label words "
                              f"{list(self.label_words)} and token ids {list(self.label_token_ids)}")
+        if (self.label_head_weight is None) != (self.label_head_bias is None) or (
+            self.label_head_weight is not None and self.label_head_weight.shape[0] != columns
+        ):
+            raise ValueError(f"the label head must have one weight row and one bias per "
+                             f"label-logit column ({columns})")
 
     def __len__(self) -> int:
         return int(self.features.shape[0])
@@ -158,6 +171,16 @@ class Extraction:
                              f"{self.n_states} hidden states)")
         return self.features if self.features.dim() == 2 else (
             self.features[:, self.layers.index(index)])
+
+    def label_head(self, layer: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The linear head ``(weight [C, d], bias [C])`` with ``layer(layer) @ weight.T + bias =
+        label_logits``, or ``None`` where there is none: ``layer`` is not the final hidden
+        state, or the head was not recorded (see :attr:`label_head_weight`)."""
+        if self.label_head_weight is None or self.label_head_bias is None:
+            return None
+        if layer % self.n_states != self.n_states - 1:
+            return None
+        return self.label_head_weight, self.label_head_bias
 
     def label_log_probs(self) -> torch.Tensor:
         """``[n, C]`` log-probabilities of the label tokens under the full-vocabulary softmax:
@@ -189,9 +212,13 @@ class Extraction:
             raise ValueError(f"label words {missing or list(words)} were not extracted "
                              f"(have {list(self.label_words)})")
         columns = [self.label_words.index(w) for w in words]
+        def pick(tensor: torch.Tensor | None) -> torch.Tensor | None:
+            return None if tensor is None else tensor[columns]
+
         return replace(self, label_logits=self.label_logits[:, columns],
                        label_token_ids=tuple(self.label_token_ids[c] for c in columns),
-                       label_words=tuple(words))
+                       label_words=tuple(words), label_head_weight=pick(self.label_head_weight),
+                       label_head_bias=pick(self.label_head_bias))
 
 
 def _model_identity(
@@ -398,6 +425,8 @@ def _bundle(
         vocab_logsumexp=tensors["vocab_logsumexp"],
         label_token_ids=tuple(int(i) for i in tensors["label_token_ids"].tolist()),
         label_words=words,
+        label_head_weight=tensors.get("label_head_weight"),
+        label_head_bias=tensors.get("label_head_bias"),
         lm_stats=lm_stats,
     )
 
@@ -497,4 +526,11 @@ def _run(
         tensors.update(
             label_logits=label_logits, vocab_logsumexp=vocab_lse, label_token_ids=ids_on_device
         )
+        if head is not None and pooling == "last" and n_trailing == 0 and not softcap:
+            # the final layer's feature is the state the logits were read from: a linear head
+            rows = head.weight[ids_on_device.to(head.weight.device)]
+            bias = head.bias[ids_on_device.to(head.weight.device)] if head.bias is not None else (
+                torch.zeros(len(token_ids)))
+            tensors.update(label_head_weight=rows.detach().float().cpu().contiguous(),
+                           label_head_bias=bias.detach().float().cpu().contiguous())
     return tensors

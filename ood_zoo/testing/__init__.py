@@ -2,7 +2,7 @@
 
 Every detector in ood_zoo, built in or shipped by a third party, is expected to pass these
 checks. They read the detector's ``requires`` to decide what to feed it (features, class labels,
-logits), fit it on small synthetic data and check
+logits, the linear head), fit it on small synthetic data and check
 
 ``check_api_shape``
     the class attributes (a non-empty ``name`` and ``version``, a :class:`~ood_zoo.api.Requirements`
@@ -23,9 +23,9 @@ logits), fit it on small synthetic data and check
     directory into another detector class raises :class:`~ood_zoo.errors.PersistenceError`.
 ``check_bad_input_errors``
     NaN, Inf, a wrong rank, an empty array, a feature (or logit) width other than the fitted
-    one, and labels of the wrong length or missing when required all raise
-    :class:`~ood_zoo.errors.InputError`; scoring before ``fit`` raises
-    :class:`~ood_zoo.errors.NotFittedError` when ``requires.fit``.
+    one, labels of the wrong length or missing when required, and a missing, non-finite or
+    misshapen head when required all raise :class:`~ood_zoo.errors.InputError`; scoring before
+    ``fit`` raises :class:`~ood_zoo.errors.NotFittedError` when ``requires.fit``.
 
 Each check raises ``AssertionError`` with a message naming the detector, the check and what went
 wrong; an unexpected exception from the detector is reported the same way, chained to its cause.
@@ -34,7 +34,9 @@ The synthetic data (:func:`make_synthetic_inputs`): ID samples are ``n_classes``
 clusters (unit variance) whose means lie on orthogonal axes at distance 8 from the origin, with
 their class labels; OOD samples are one more cluster of the same shape on another orthogonal axis,
 so it is far from the ID data both in angle and in Euclidean distance. Logits, for detectors that
-need them, are confident for ID (8 on the true class plus noise) and flat for OOD (noise only).
+need them, are those of a linear head (the unit class axes, a small bias) on the features: about 8
+on an ID sample's class, N(0, 1) noise elsewhere and everywhere for OOD; the head itself goes to
+the detectors that need it (``requires.head``).
 A detector that needs other data passes its own ``make_inputs``.
 
 Usage, for a plugin author (in the plugin's test suite)::

@@ -371,7 +371,11 @@ def check_bad_input_errors(
     cls: type[Detector], *, make_inputs: MakeInputs | None = None,
     params: Mapping[str, Any] | None = None,
 ) -> None:
-    """Bad inputs raise ``InputError``; scoring before ``fit`` raises ``NotFittedError``."""
+    """Bad inputs raise ``InputError``; scoring before ``fit`` raises ``NotFittedError``.
+
+    Bad inputs: NaN/Inf, wrong rank, empty or missing features and logits, widths other than at
+    fit time, bad labels, and (``requires.head``) a missing, non-finite or misshapen head.
+    """
     if not data_checks_apply(cls, make_inputs):
         return
     c = Checker(cls, "check_bad_input_errors")
@@ -425,6 +429,24 @@ def check_bad_input_errors(
             kwargs = {**test.score_kwargs(requires), "logits": test.logits[:-1].copy()}
             with c.expect(InputError, "score() with fewer logit rows than feature rows"):
                 detector.score(**kwargs)
+
+    if requires.head and fit.head is not None:
+        weight, bias = fit.head
+        nan_weight = weight.copy()
+        nan_weight[0, 0] = np.nan
+        nan_bias = bias.copy()
+        nan_bias[-1] = np.inf
+        for what, broken in (
+            ("missing", None),
+            ("not a pair", weight),
+            ("holding NaN in its weight", (nan_weight, bias)),
+            ("holding Inf in its bias", (weight, nan_bias)),
+            ("with a 1-D weight", (weight[0].copy(), bias[:1].copy())),
+            ("with one weight column more", (np.concatenate([weight, weight[:, :1]], 1), bias)),
+            ("with one bias entry short", (weight, bias[:-1].copy())),
+        ):
+            with c.expect(InputError, f"fit() with the head {what}"):
+                new_detector(c, params).fit(**{**fit.fit_kwargs(requires), "head": broken})
 
     if requires.labels:
         labels = fit.labels

@@ -30,11 +30,16 @@ MakeInputs = Callable[[], "SyntheticInputs"]
 
 @dataclass(frozen=True)
 class Split:
-    """One set of samples: features ``[n, d]``, class labels ``[n]`` and logits ``[n, C]``."""
+    """One set of samples: features ``[n, d]``, class labels ``[n]`` and logits ``[n, C]``.
+
+    ``head``, if given, is the linear head ``(weight [C, d], bias [C])`` behind the logits,
+    passed to ``fit`` of detectors with ``requires.head``.
+    """
 
     features: np.ndarray
     labels: np.ndarray
     logits: np.ndarray
+    head: tuple[np.ndarray, np.ndarray] | None = None
 
     def __len__(self) -> int:
         return int(self.features.shape[0])
@@ -46,6 +51,9 @@ class Split:
         kwargs = self.score_kwargs(requires, convert)
         if requires.labels:
             kwargs["labels"] = self.labels
+        if requires.head and self.head is not None:
+            convert = convert or (lambda a: a)
+            kwargs["head"] = tuple(convert(part) for part in self.head)
         return kwargs
 
     def score_kwargs(
@@ -61,8 +69,10 @@ class Split:
         return kwargs
 
     def astype(self, dtype: Any) -> Split:
-        """This split with features and logits cast to numpy ``dtype``."""
-        return replace(self, features=self.features.astype(dtype), logits=self.logits.astype(dtype))
+        """This split with features, logits and head cast to numpy ``dtype``."""
+        head = None if self.head is None else tuple(part.astype(dtype) for part in self.head)
+        return replace(self, features=self.features.astype(dtype), logits=self.logits.astype(dtype),
+                       head=head)
 
 
 @dataclass(frozen=True)
@@ -86,15 +96,21 @@ def make_synthetic_inputs(
     """Gaussian ID clusters with labels and a far OOD cluster, as float32 numpy arrays.
 
     Class ``c``'s mean is ``separation * e_c`` (``e_c`` the ``c``-th axis of a random rotation);
-    the OOD mean is ``separation * e_{n_classes}``. Every cluster has identity covariance. ID
-    logits are ``separation`` on the true class plus N(0, 0.5²) noise; OOD logits are the noise
-    only. Labels are int64.
+    the OOD mean is ``separation * e_{n_classes}``. Every cluster has identity covariance. The
+    logits are those of a linear head ``W = [e_0 .. e_{C-1}]ᵀ``, bias ``b`` drawn from
+    N(0, 0.1²): ``x Wᵀ + b``, about ``separation`` on an ID sample's class and N(0, 1) elsewhere
+    (and everywhere for OOD). Every split carries the head. Labels are int64.
     """
     if dim < n_classes + 1:
         raise ValueError(f"dim must be at least n_classes + 1 = {n_classes + 1}, got {dim}")
     rng = np.random.default_rng(seed)
     rotation, _ = np.linalg.qr(rng.normal(size=(dim, dim)))
     axes = rotation.T[: n_classes + 1] * separation  # orthogonal means, ID classes then OOD
+    weight = rotation.T[:n_classes].astype(np.float32)
+    bias = rng.normal(scale=0.1, size=n_classes).astype(np.float32)
+
+    def logits_of(features: np.ndarray) -> np.ndarray:
+        return (features.astype(np.float64) @ weight.T + bias).astype(np.float32)
 
     def cluster(mean: np.ndarray, n: int) -> np.ndarray:
         return mean + rng.normal(size=(n, dim))
@@ -102,21 +118,15 @@ def make_synthetic_inputs(
     def split(n_per_class: int) -> Split:
         labels = np.repeat(np.arange(n_classes), n_per_class)
         features = np.concatenate([cluster(axes[c], n_per_class) for c in range(n_classes)])
-        logits = rng.normal(scale=0.5, size=(labels.size, n_classes))
-        logits[np.arange(labels.size), labels] += separation
         order = rng.permutation(labels.size)
-        return Split(
-            features[order].astype(np.float32), labels[order].astype(np.int64),
-            logits[order].astype(np.float32),
-        )
+        x = features[order].astype(np.float32)
+        return Split(x, labels[order].astype(np.int64), logits_of(x), (weight, bias))
 
     fit, held_out = split(n_fit_per_class), split(n_test_per_class)
     n_ood = n_classes * n_test_per_class
-    ood = Split(
-        cluster(axes[n_classes], n_ood).astype(np.float32),
-        rng.integers(0, n_classes, size=n_ood).astype(np.int64),
-        rng.normal(scale=0.5, size=(n_ood, n_classes)).astype(np.float32),
-    )
+    x_ood = cluster(axes[n_classes], n_ood).astype(np.float32)
+    ood = Split(x_ood, rng.integers(0, n_classes, size=n_ood).astype(np.int64), logits_of(x_ood),
+                (weight, bias))
     return SyntheticInputs(fit=fit, id=held_out, ood=ood)
 
 

@@ -131,6 +131,11 @@ def test_fit_score_evaluate_exit_cleanly_and_match_the_api(name, seed, fit_forma
     if "labels" in fit_kwargs:
         np.save(work / "labels.npy", fit_kwargs["labels"])
         argv += ["--labels", str(work / "labels.npy")]
+    if "head" in fit_kwargs:
+        np.save(work / "head-weight.npy", fit_kwargs["head"][0])
+        np.save(work / "head-bias.npy", fit_kwargs["head"][1])
+        argv += ["--head-weight", str(work / "head-weight.npy"),
+                 "--head-bias", str(work / "head-bias.npy")]
     tags = {"layouts": {f.removeprefix("npy-") for f in (fit_format, score_format)}}
     with tolerate_known(tags):
         status, out, err = run(*argv)

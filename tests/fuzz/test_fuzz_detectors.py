@@ -18,6 +18,7 @@ import reference as ref
 import torch
 from fuzzing import (
     SPECIALS,
+    TORCH_DTYPES,
     assert_clear_error,
     assert_finite,
     attempt,
@@ -84,7 +85,12 @@ def detector_cases(draw: st.DrawFn) -> dict:
 
 
 def make_arrays(case: dict, cls: type) -> dict:
-    """float64 fit/score inputs for what ``cls.requires`` asks for."""
+    """float64 fit/score inputs for what ``cls.requires`` asks for.
+
+    ``fit``/``score`` are the features (or the logits of a logit-only detector); a detector on
+    features that also needs logits or the linear head gets a random head ``(W, b)`` and the
+    logits ``x Wᵀ + b`` of the features (``fit_logits``/``score_logits``, ``head``).
+    """
     rng = np.random.default_rng(case["seed"])
     n, nq, s = case["n"], case["nq"], case["scale"]
     req = cls.requires
@@ -109,11 +115,22 @@ def make_arrays(case: dict, cls: type) -> dict:
                                  rng.integers(0, case["n_classes"], n - case["n_classes"])])
         rng.shuffle(labels)
         labels = labels * 7 - 3  # arbitrary, non-contiguous class codes
-    return {"fit": fit, "score": queries, "labels": labels}
+    arrays = {"fit": fit, "score": queries, "labels": labels}
+    if req.logits or req.head:
+        weight = rng.normal(size=(case["n_logits"], case["d"]))
+        bias = rng.normal(size=case["n_logits"]) * s
+        arrays["head"] = (weight, bias)
+        if req.logits:
+            arrays["fit_logits"], arrays["score_logits"] = fit @ weight.T + bias, (
+                queries @ weight.T + bias)
+    return arrays
 
 
-def reference_scores(name: str, hp: dict, fit: np.ndarray, queries: np.ndarray, labels):
+def reference_scores(name: str, hp: dict, fit: np.ndarray, queries: np.ndarray, labels,
+                     head: tuple[np.ndarray, np.ndarray] | None = None):
     """float64 reference scores of the detectors that have one, else ``None``."""
+    if name in ("vim", "fdbd", "nci"):
+        return ref.head_scores(name, hp, fit, queries, *head)
     if name == "cosine":
         return ref.knn_scores(fit, queries, 1, "cosine")
     if name == "knn":
@@ -143,9 +160,11 @@ def reference_scores(name: str, hp: dict, fit: np.ndarray, queries: np.ndarray, 
 
 
 def tolerance(name: str, hp: dict, want: np.ndarray, fit: np.ndarray, queries: np.ndarray,
-              u: float) -> tuple[float, float]:
+              u: float, head: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[float, float]:
     """``(atol, rtol)`` for the reference comparison."""
     d = fit.shape[1]
+    if name in ("vim", "fdbd", "nci"):
+        return 64 * d * u * ref.head_error_scale(name, hp, fit, queries, *head), 64 * d * u
     if name == "cosine" or (name == "knn" and hp["metric"] == "cosine"):
         return 64 * d * u, 0.0
     if name == "knn":  # L2 from expanded squares: ~sqrt(u) of the norms near distance 0
@@ -174,18 +193,33 @@ def test_every_detector_fits_and_scores_or_refuses_clearly(case):
     place_special(arrays[case["special_at"]], case["special"], rng)
     fit = lay_out(arrays["fit"], case["dtype"], *case["fit_layout"])
     queries = lay_out(arrays["score"], case["dtype"], *case["query_layout"])
-    fit_bad = not np.isfinite(fit.truth).all()
-    score_bad = not np.isfinite(queries.truth).all()
     req = cls.requires
     det = ood_zoo.create(name, target_tpr=case["target_tpr"], **case["params"])
     role = "features" if req.features or req.language_model else "logits"
-    fit_kwargs = {role: fit.value}
+    fit_kwargs, score_kwargs = {role: fit.value}, {role: queries.value}
+    fit_truths, score_truths = [fit.truth], [queries.truth]
+    if "fit_logits" in arrays:  # features and logits
+        fit_logits = lay_out(arrays["fit_logits"], case["dtype"], *case["fit_layout"])
+        query_logits = lay_out(arrays["score_logits"], case["dtype"], *case["query_layout"])
+        fit_kwargs["logits"], score_kwargs["logits"] = fit_logits.value, query_logits.value
+        fit_truths.append(fit_logits.truth)
+        score_truths.append(query_logits.truth)
+    head = None
+    if req.head:
+        weight = lay_out(arrays["head"][0], case["dtype"], *case["fit_layout"])
+        bias = torch.from_numpy(arrays["head"][1]).to(TORCH_DTYPES[case["dtype"]])
+        fit_kwargs["head"] = (weight.value,
+                              bias if case["fit_layout"][0] == "torch" else bias.numpy())
+        head = (weight.truth, bias.double().numpy())
+        fit_truths += list(head)
     if req.labels:
         fit_kwargs["labels"] = arrays["labels"]
+    fit_bad = not all(np.isfinite(t).all() for t in fit_truths)
+    score_bad = not all(np.isfinite(t).all() for t in score_truths)
     tags = {
         "detector": name, "layouts": {fit.layout, queries.layout},
         "max_abs": float(np.abs(fit.truth[np.isfinite(fit.truth)]).max(initial=0.0)),
-        "safe_range": in_safe_range(fit.truth, queries.truth),
+        "safe_range": in_safe_range(*fit_truths, *score_truths),
     }
     with tolerate_known(tags), warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -198,7 +232,7 @@ def test_every_detector_fits_and_scores_or_refuses_clearly(case):
                           f"{re.sub(r'[0-9]+', '#', str(err))[:60]}")
                 return
             assert not fit_bad, "NaN/Inf fit data was accepted"
-        scores, err = attempt(det.score, **{role: queries.value})
+        scores, err = attempt(det.score, **score_kwargs)
         if err is not None:
             assert_clear_error(err, must=InputError if score_bad else None)
             assert score_bad or not tags["safe_range"], f"valid queries refused: {err}"
@@ -211,12 +245,13 @@ def test_every_detector_fits_and_scores_or_refuses_clearly(case):
         want_dtype = "float64" if case["dtype"] == "float64" else "float32"
         assert str(scores.dtype).removeprefix("torch.") == want_dtype, scores.dtype
         if det.threshold_ is not None:
-            decided = to_float64(det.predict(**{role: queries.value})).astype(bool)
+            decided = to_float64(det.predict(**score_kwargs)).astype(bool)
             np.testing.assert_array_equal(decided, got >= det.threshold_)
-        want = reference_scores(name, det.hparams, fit.truth, queries.truth, arrays["labels"])
+        want = reference_scores(name, det.hparams, fit.truth, queries.truth, arrays["labels"],
+                                head)
         if want is not None:
             atol, rtol = tolerance(name, det.hparams, want, fit.truth, queries.truth,
-                                   unit_roundoff(case["dtype"]))
+                                   unit_roundoff(case["dtype"]), head)
             close(got, want, atol=atol, rtol=rtol, what=f"{name} scores")
     for warning in caught:  # in the statistics, not in every run's warnings summary
         event(f"warning ({name}): {str(warning.message)[:60]}")
