@@ -57,6 +57,10 @@ class Requirements:
         Needs ``fit`` before ``score``. Logit detectors such as MSP do not.
     language_model : bool
         Needs the language model itself (e.g. perplexity); such detectors are fed by a runner.
+    layered : bool
+        Its features are per-layer hidden states ``[n, L, d]`` (``extract(layers="all")``), not
+        ``[n, d]``; validated the same way (floating, finite, non-empty), the width ``d`` being
+        the last axis.
     """
 
     features: bool = True
@@ -64,6 +68,7 @@ class Requirements:
     logits: bool = False
     fit: bool = True
     language_model: bool = False
+    layered: bool = False
 
     def as_dict(self) -> dict[str, bool]:
         return asdict(self)
@@ -193,7 +198,7 @@ class Detector:
         Score threshold used by :meth:`predict`; ``None`` until fit data or a calibration set
         has been seen.
     n_features_in_, n_logits_in_ : int or None
-        Feature and logit widths seen at fit time.
+        Feature and logit widths seen at fit time (the last axis of layered features).
     """
 
     name: ClassVar[str] = ""
@@ -268,7 +273,7 @@ class Detector:
             if not isinstance(value, torch.Tensor):
                 raise TypeError(f"{self.name}: _fit did not set state tensor {attr!r}")
             setattr(self, attr, value.contiguous())
-        self.n_features_in_ = None if x is None else int(x.shape[1])
+        self.n_features_in_ = None if x is None else int(x.shape[-1])
         self.n_logits_in_ = None if z is None else int(z.shape[1])
         self._check_state_widths()
         self.is_fitted_ = True
@@ -411,7 +416,7 @@ class Detector:
                 raise InputError(f"{self.name}: needs features, got None")
             x = check_matrix(
                 features, name="features", n_features=None if fitting else self.n_features_in_,
-                finite=not (fitting and self.checks_finite_fit_features),
+                finite=not (fitting and self.checks_finite_fit_features), layered=req.layered,
             )
         if req.logits:
             if logits is None:

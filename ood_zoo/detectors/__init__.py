@@ -19,6 +19,7 @@ name                      class                                       module
 ``perplexity``            :class:`PerplexityDetector`                 :mod:`.likelihood`
 ``likelihood_ratio``      :class:`LikelihoodRatioDetector`            :mod:`.likelihood`
 ``fusion``                :class:`FusionDetector`                     :mod:`.fusion`
+``layers``                :class:`LayersDetector`                     :mod:`.layers`
 ========================  ==========================================  =========================
 
 They are registered through the plugin :mod:`ood_zoo.builtin`.
@@ -29,6 +30,7 @@ from __future__ import annotations
 from .distance import CosineDetector, KNNDetector
 from .fusion import FusionDetector
 from .gmm import GMMDetector
+from .layers import LayersDetector
 from .likelihood import LikelihoodRatioDetector, PerplexityDetector
 from .lof import LOFDetector
 from .logits import (
@@ -59,6 +61,7 @@ BUILTIN_DETECTORS = (
     PerplexityDetector,
     LikelihoodRatioDetector,
     FusionDetector,
+    LayersDetector,
 )
 
 __all__ = [
@@ -72,6 +75,7 @@ __all__ = [
     "KLMatchingDetector",
     "KNNDetector",
     "LOFDetector",
+    "LayersDetector",
     "LikelihoodRatioDetector",
     "MSPDetector",
     "MahalanobisDetector",

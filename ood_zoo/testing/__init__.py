@@ -35,7 +35,9 @@ clusters (unit variance) whose means lie on orthogonal axes at distance 8 from t
 their class labels; OOD samples are one more cluster of the same shape on another orthogonal axis,
 so it is far from the ID data both in angle and in Euclidean distance. Logits, for detectors that
 need them, are confident for ID (8 on the true class plus noise) and flat for OOD (noise only).
-A detector that needs other data passes its own ``make_inputs``.
+Detectors on layered features (``requires.layered``) get the same data seen through three
+layers, ``[n, 3, d]`` (:func:`make_layered_inputs`). A detector that needs other data passes its
+own ``make_inputs``.
 
 Usage, for a plugin author (in the plugin's test suite)::
 
@@ -83,6 +85,7 @@ from .inputs import (
     Split,
     SyntheticInputs,
     default_make_inputs,
+    make_layered_inputs,
     make_likelihood_inputs,
     make_synthetic_inputs,
 )
@@ -104,6 +107,7 @@ __all__ = [
     "check_score_direction",
     "default_make_inputs",
     "detector_checks",
+    "make_layered_inputs",
     "make_likelihood_inputs",
     "make_synthetic_inputs",
 ]
