@@ -12,8 +12,10 @@ ood_zoo score ``s`` enters it as ``-s``): ``mean`` is ``-StdNormalizedAggregator
 shifted by the constant ``mean_l μ_l/σ_l``; ``fisher`` is ``log(1 - FisherAggregator)`` on
 ``-s``, up to the empirical CDF (OODEEL interpolates ``i / (n + 2)`` between fit scores padded
 with two bounds and clamps outside them; ood_zoo uses the mid-rank CDF with hyperbolic tails of
-:func:`~ood_zoo.detectors.fusion.empirical_cdf`). OODEEL has no ``max`` aggregator. The measured
-differences are in ``tests/test_layers.py``.
+:func:`~ood_zoo.detectors.fusion.empirical_cdf`). OODEEL has no ``max`` aggregator. Measured
+on the same five correlated per-layer score arrays (4,000 fit rows, 390 queries from the fit
+distribution; ``tests/test_layers.py``): ``mean`` max abs difference 2.1e-10; ``fisher`` combined
+p-values 6.9e-3 (Brown's ``c`` and ``f`` within 1.8%, Spearman 0.999996), from the two CDFs.
 """
 
 from __future__ import annotations

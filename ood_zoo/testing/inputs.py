@@ -123,14 +123,17 @@ def make_synthetic_inputs(
     return SyntheticInputs(fit=fit, id=held_out, ood=ood)
 
 
-def make_layered_inputs(*, n_layers: int = 3, noise: float = 0.3, seed: int = 0) -> SyntheticInputs:
+def make_layered_inputs(
+    *, n_layers: int = 3, noise: float = 0.3, seed: int = 0, **synthetic: Any,
+) -> SyntheticInputs:
     """:func:`make_synthetic_inputs` seen through ``n_layers`` layers: ``[n, L, d]`` features.
 
     Layer ``l`` holds the samples rotated by a random orthogonal matrix of its own, plus
     N(0, (l · noise)²) noise, so the layers agree on which samples are ID but differ in values.
-    Labels and logits are those of the one underlying data set.
+    Labels and logits are those of the one underlying data set, made by
+    ``make_synthetic_inputs(seed=seed, **synthetic)``.
     """
-    base = make_synthetic_inputs(seed=seed)
+    base = make_synthetic_inputs(seed=seed, **synthetic)
     rng = np.random.default_rng(seed + 1)
     dim = base.fit.features.shape[1]
     rotations = [np.linalg.qr(rng.normal(size=(dim, dim)))[0] for _ in range(n_layers)]
