@@ -329,3 +329,17 @@ def test_parity_with_oodeel(toy_registry, oodeel_aggregators):
     np.testing.assert_allclose(fisher.brown_.numpy(), [peer.c, peer.kprime], rtol=0.02)  # 1.8%
     # Spearman measured 0.999996
     assert scipy.stats.spearmanr(ours, theirs).statistic > 0.999
+
+
+@pytest.mark.cuda  # skipped by tests/conftest.py where no GPU is present
+@pytest.mark.parametrize("combine", COMBINATIONS)
+def test_cuda_input_matches_cpu(combine):
+    fit, labels, queries = (torch.from_numpy(a) for a in layered_data(6))
+    cpu = ood_zoo.create("layers", detector="mahalanobis", combine=combine).fit(fit, labels)
+    want = cpu.score(queries)
+    gpu = ood_zoo.create("layers", detector="mahalanobis", combine=combine)
+    gpu.fit(fit.cuda(), labels.cuda())
+    for detector in (gpu, cpu):  # fitted on the GPU, and fitted on the CPU scoring GPU queries
+        got = detector.score(queries.cuda())
+        assert got.device.type == "cuda"
+        torch.testing.assert_close(got.cpu(), want, rtol=1e-9, atol=1e-9)
