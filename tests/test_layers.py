@@ -194,6 +194,17 @@ def test_mahalanobis_per_layer_end_to_end_and_save_load(combine, tmp_path):
     assert loaded.threshold_ == detector.threshold_
 
 
+def test_an_inner_detector_with_per_instance_state(tmp_path):
+    """A fusion's state depends on its members: the instance's declarations are the ones used."""
+    fit, _, queries = layered_data(5)
+    detector = ood_zoo.create("layers", detector="fusion", detector_params={"members": "cosine"})
+    assert not detector.requires.labels
+    assert "inner_member0_bank_" in detector.state_tensors
+    got = detector.fit(fit).score(queries)
+    loaded = ood_zoo.load(detector.save(tmp_path / "saved"))
+    np.testing.assert_array_equal(loaded.score(queries), got)
+
+
 def test_fitting_reuses_the_one_extraction_per_layer():
     fit, _, queries = layered_data(2)
     both = ood_zoo.create("layers", layers="1", combine="mean").fit(fit)

@@ -220,7 +220,10 @@ class LayersDetector(Detector):
             layers=parse_layers(layers), combine=combine, **kwargs,
         )
         (inner,) = registered_classes([self.hparams["detector"]], "layers", "inner")
-        req = inner.requires
+        # One instance checks the parameters now, and gives the declarations of these
+        # parameters (a fusion's requires and state depend on its members).
+        template = inner(**inner_params)
+        req = template.requires
         if not req.features or req.logits or req.language_model or req.layered:
             raise ValueError(
                 f"layers: detector {inner.name!r} does not score plain [n, d] features alone "
@@ -229,11 +232,11 @@ class LayersDetector(Detector):
             )
         self.inner_class = inner
         self.inner_params = inner_params
+        self.inner_state_tensors = template.state_tensors
         self.inner_detectors: list[Detector] = []
-        inner(**inner_params)  # the parameters are checked now, not at fit time
         self.requires = Requirements(features=True, labels=req.labels, layered=True)
-        self.state_tensors = layers_state_names(inner)
-        self.nonfinite_state = tuple(inner_state_name(t) for t in inner.nonfinite_state)
+        self.state_tensors = layers_state_names(template)
+        self.nonfinite_state = tuple(inner_state_name(t) for t in template.nonfinite_state)
 
     # ------------------------------------------------------------------ fitting
     def _fit(self, features, labels, logits):
@@ -261,7 +264,7 @@ class LayersDetector(Detector):
 
     def _stack_inner_states(self) -> None:
         """Stack each inner state tensor over the layers; the inner detectors keep views."""
-        for tensor in self.inner_class.state_tensors:
+        for tensor in self.inner_state_tensors:
             parts = [getattr(inner, tensor) for inner in self.inner_detectors]
             shapes = {tuple(p.shape) for p in parts}
             if len(shapes) != 1:
@@ -337,7 +340,7 @@ class LayersDetector(Detector):
         if self.reference_.shape[1] == 0 or not bool(
                 (self.reference_[:, 1:] >= self.reference_[:, :-1]).all()):
             raise ValueError(f"{self.name}: 'reference_' must be non-empty, sorted per layer")
-        stacked = {t: tensors[inner_state_name(t)] for t in self.inner_class.state_tensors}
+        stacked = {t: tensors[inner_state_name(t)] for t in self.inner_state_tensors}
         if any(s.dim() == 0 or s.shape[0] != k for s in stacked.values()):
             raise ValueError(f"{self.name}: inner state tensors must have one entry per layer")
         self.inner_detectors = []
