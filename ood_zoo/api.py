@@ -74,6 +74,10 @@ class Requirements:
     head : bool
         Needs, at fit time, the linear head ``(W [C, d], b [C])`` mapping features to logits
         ``x Wᵀ + b`` (a classifier's last layer; for an LM, the label tokens' LM-head rows).
+    layered : bool
+        Its features are per-layer hidden states ``[n, L, d]`` (``extract(layers="all")``), not
+        ``[n, d]``; validated the same way (floating, finite, non-empty), the width ``d`` being
+        the last axis.
     """
 
     features: bool = True
@@ -82,6 +86,7 @@ class Requirements:
     fit: bool = True
     language_model: bool = False
     head: bool = False
+    layered: bool = False
 
     def as_dict(self) -> dict[str, bool]:
         return asdict(self)
@@ -211,7 +216,7 @@ class Detector:
         Score threshold used by :meth:`predict`; ``None`` until fit data or a calibration set
         has been seen.
     n_features_in_, n_logits_in_ : int or None
-        Feature and logit widths seen at fit time.
+        Feature and logit widths seen at fit time (the last axis of layered features).
     """
 
     name: ClassVar[str] = ""
@@ -292,7 +297,7 @@ class Detector:
             if not isinstance(value, torch.Tensor):
                 raise TypeError(f"{self.name}: _fit did not set state tensor {attr!r}")
             setattr(self, attr, value.contiguous())
-        self.n_features_in_ = None if x is None else int(x.shape[1])
+        self.n_features_in_ = None if x is None else int(x.shape[-1])
         self.n_logits_in_ = None if z is None else int(z.shape[1])
         self._check_state_widths()
         self.is_fitted_ = True
@@ -474,7 +479,7 @@ class Detector:
                 raise InputError(f"{self.name}: needs features, got None")
             x = check_matrix(
                 features, name="features", n_features=None if fitting else self.n_features_in_,
-                finite=not (fitting and self.checks_finite_fit_features),
+                finite=not (fitting and self.checks_finite_fit_features), layered=req.layered,
             )
         if req.logits:
             if logits is None:

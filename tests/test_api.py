@@ -285,8 +285,9 @@ def test_calibrate_checks_its_inputs():
 
 
 def _data(cls: type[Detector]) -> kit.SyntheticInputs:
-    """DATA, or the kit's synthetic language-model statistics for detectors that take them."""
-    return DATA if not cls.requires.language_model else kit.default_make_inputs(cls)()
+    """DATA, or the kit's own inputs for detectors on LM statistics or layered features."""
+    special = cls.requires.language_model or cls.requires.layered
+    return DATA if not special else kit.default_make_inputs(cls)()
 
 
 @pytest.mark.parametrize("name", ood_zoo.list_detectors())

@@ -344,6 +344,7 @@ def test_outputs_written(result, tmp_path):
     assert "Layer sweep" in table_md
     pngs = sorted(p.name for p in (tmp_path / "plots").glob("*.png"))
     assert "layer_sweep.png" in pngs
+    assert "layer_sweep_heatmap.png" in pngs
     assert "far_sent-far.png" in pngs
     assert all((tmp_path / "plots" / p).read_bytes()[:4] == b"\x89PNG" for p in pngs)
     assert len(status["plots"]["files"]) == len(pngs)

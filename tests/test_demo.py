@@ -90,7 +90,10 @@ def test_run_detectors_reports_errors_as_rows_and_skips_lm_detectors():
     lm = {n for n, r in registry.detectors.items() if r.cls.requires.language_model}
     assert lm >= {"needs_lm", "perplexity", "likelihood_ratio"}
     assert not lm & set(usable)
-    assert skipped == dict.fromkeys(lm, "needs the language model itself")  # no lm_stats here
+    layered = {n for n, r in registry.detectors.items() if r.cls.requires.layered}
+    assert "layers" in layered
+    assert skipped == {**dict.fromkeys(lm, "needs the language model itself"),  # no lm_stats here
+                       **dict.fromkeys(layered, "needs per-layer features [n, L, d]")}
 
     rows = run_detectors(bank, test, {"far": far, "near": near}, registry=registry)
     assert {(r["ood_set"], r["detector"]) for r in rows} == {

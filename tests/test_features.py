@@ -26,6 +26,7 @@ from ood_zoo.features import (
     PAPER_TEMPLATE,
     Extraction,
     Template,
+    avg_avg,
     backbone,
     default_pooling,
     default_template,
@@ -180,6 +181,69 @@ def test_pool_on_a_padded_llama_batch(side):
             expected.append(net(**single).last_hidden_state[0, -1])
     got = pool(hidden, batch["attention_mask"], "last")
     torch.testing.assert_close(got, torch.stack(expected), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("side", ["left", "right"])
+@pytest.mark.parametrize("skip_first", [False, True])
+def test_avg_avg_reads_only_real_tokens(side, skip_first):
+    torch.manual_seed(1)
+    layers = [[torch.randn(n, 3) for n in (4, 1, 2)] for _ in range(3)]
+    batches = [padded(rows, side) for rows in layers]
+    got = avg_avg([h for h, _ in batches], batches[0][1], skip_first=skip_first)
+
+    def token_mean(row: torch.Tensor) -> torch.Tensor:  # a one-token text keeps its only token
+        return (row[1:] if skip_first and len(row) > 1 else row).mean(0)
+
+    want = torch.stack([torch.stack([token_mean(r) for r in rows]) for rows in layers]).mean(0)
+    torch.testing.assert_close(got, want)
+    assert avg_avg([h.bfloat16() for h, _ in batches], batches[0][1],
+                   skip_first=skip_first).dtype == torch.float32
+    with pytest.raises(ValueError, match="several layers"):
+        pool(batches[0][0], batches[0][1], "avg_avg")
+    with pytest.raises(ValueError, match="at least one"):
+        avg_avg([], batches[0][1], skip_first=skip_first)
+
+
+@pytest.mark.parametrize("kind", ["llama-lm", "bert"])
+def test_avg_avg_extract_matches_the_hidden_states(kind):
+    """The block outputs' token means (a causal LM's first token left out), averaged over the
+    blocks, from a padded batch, as ``model(..., output_hidden_states=True)`` gives them."""
+    net, tokenizer = make_model(kind), make_tokenizer(kind, "right")
+    got = extract(TEXTS, net, tokenizer, pooling="avg_avg", batch_size=4, progress=False)
+    assert got.features.shape == (len(TEXTS), 32)
+    assert got.layers == (N_LAYERS,)
+    start = 1 if kind == "llama-lm" else 0
+    want = []
+    with torch.inference_mode():
+        for text in TEXTS:
+            states = net(**tokenizer([text], return_tensors="pt"),
+                         output_hidden_states=True).hidden_states
+            assert len(states) == N_LAYERS + 1
+            want.append(torch.stack([h[0, start:].mean(0) for h in states[1:]]).mean(0))
+    torch.testing.assert_close(got.features, torch.stack(want), atol=1e-5, rtol=1e-5)
+
+
+def test_avg_avg_one_token_decoder_text_keeps_its_token():
+    net, tokenizer = make_model("llama-lm"), make_tokenizer("llama-lm", "right")
+    got = extract(["great"], net, tokenizer, pooling="avg_avg", max_length=1, progress=False)
+    with torch.inference_mode():
+        states = net(**tokenizer(["great"], return_tensors="pt"),
+                     output_hidden_states=True).hidden_states
+    want = torch.stack([h[0, 0] for h in states[1:]]).mean(0)  # <s> alone
+    torch.testing.assert_close(got.features[0], want, atol=1e-5, rtol=1e-5)
+
+
+def test_avg_avg_takes_no_layers_and_is_cached_apart(tmp_path):
+    net, tokenizer = make_model("llama-lm"), make_tokenizer("llama-lm", "right")
+    for layers in ("all", [0, -1], 2, True):
+        with pytest.raises(ValueError, match="takes no layers"):
+            extract(TEXTS, net, tokenizer, pooling="avg_avg", layers=layers, progress=False)
+    kw = {"cache": tmp_path, "progress": False}
+    mean = extract(TEXTS, net, tokenizer, pooling="mean", **kw).features
+    both = extract(TEXTS, net, tokenizer, pooling="avg_avg", **kw).features
+    assert not torch.allclose(mean, both)
+    torch.testing.assert_close(extract(TEXTS, net, tokenizer, pooling="avg_avg", **kw).features,
+                               both)
 
 
 # ---------------------------------------------------------------------------- extract()

@@ -60,8 +60,9 @@ DATA = make_synthetic_inputs(seed=11)
 
 
 def _data(cls: type[Detector]):
-    """DATA, or the kit's synthetic language-model statistics for detectors that take them."""
-    return DATA if not cls.requires.language_model else default_make_inputs(cls)()
+    """DATA, or the kit's own inputs for detectors on LM statistics or layered features."""
+    special = cls.requires.language_model or cls.requires.layered
+    return DATA if not special else default_make_inputs(cls)()
 
 
 def _fit(detector: Detector, split=DATA.fit, dtype=np.float32) -> Detector:
@@ -814,7 +815,7 @@ def _poison(directory: Path, state_name: str, value: float) -> None:
 
 @pytest.mark.parametrize("name", [n for n in BUILTINS if get_registry().get(n).cls.state_tensors])
 def test_non_finite_saved_state_is_refused_for_every_builtin(name, tmp_path):
-    detector = _fit(ood_zoo.create(name))
+    detector = _fit(ood_zoo.create(name), _data(get_registry().get(name).cls).fit)
     floating = [n for n, t in detector.state_dict().items()
                 if t.is_floating_point() and t.numel()]
     assert floating

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from ood_zoo.bench.plots import slug
+from ood_zoo.bench.plots import layer_heatmap, plot_layer_heatmap, slug
 from ood_zoo.bench.report import ReportPaths, build_report
 from ood_zoo.cli import main
 from ood_zoo.errors import InputError
@@ -183,6 +183,30 @@ def test_markdown_twin_has_the_same_tables(tmp_path):
     assert all((paths.md.parent / image).is_file() for image in images)
     assert not _absent(md, "plots/gone.png is missing")
     assert not _absent(html_text, "plots/gone.png is missing")
+
+
+def test_layer_heatmap_sits_next_to_the_layer_sweep(tmp_path):
+    payload = _bench(tmp_path / "suite")
+    sweep = payload["layer_sweep"]["table"]
+    sweep.append({**sweep[0], "setting": "far:x>y", "auroc": 0.2})  # a second far setting, L0
+    groups = layer_heatmap(sweep)
+    assert list(groups) == ["far", "near"]
+    detectors, layers, grid = groups["far"]
+    assert detectors == ["cosine", "mahalanobis"]
+    assert layers == [0, 1, 2]
+    np.testing.assert_allclose(grid, [[0.35, 0.61, 0.72], [0.5, 0.61, 0.72]])  # mean over far
+    sparse = layer_heatmap([{**sweep[0], "setting": "s", "layer": 3},
+                            {**sweep[1], "setting": "s", "detector": "knn"}])  # knn at layer 1
+    np.testing.assert_array_equal(sparse["all"][2], [[np.nan, 0.5], [0.61, np.nan]])
+    path = plot_layer_heatmap(sweep, tmp_path / "suite" / "plots" / "layer_sweep_heatmap.png")
+    assert Path(path).read_bytes()[:4] == b"\x89PNG"
+    payload["plots"]["files"].append("plots/layer_sweep_heatmap.png")
+    (tmp_path / "suite" / "results.json").write_text(json.dumps(payload))
+    _, _, md, _ = _build(tmp_path / "suite")
+    images = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", md)
+    sweep_at = images.index("plots/layer_sweep.png")
+    assert images[sweep_at + 1] == "plots/layer_sweep_heatmap.png"
+    assert md.index("Layer sweep") < md.index("plots/layer_sweep_heatmap.png")
 
 
 def test_extra_grouping_columns_render_generically(tmp_path):

@@ -34,7 +34,8 @@ def layered_bank(seed: int = 0, n_per_class: int = 20, d: int = 8):
 
 def test_auto_reads_every_block_output_but_not_the_embeddings():
     config = auto_configuration(31)
-    assert config.detector == "layers" and config.layers == tuple(range(1, 31))
+    assert config.detector == "layers"
+    assert config.layers == tuple(range(1, 31))
     assert config.params == {"detector": "cosine", "combine": "fisher"}
     assert auto_configuration(1).layers == (0,)
     labels = [c.label for c in candidate_configurations(4)]
@@ -88,7 +89,8 @@ def test_selection_without_two_classes_keeps_the_first_candidate():
     one_class = np.zeros_like(labels)
     candidates = [Configuration("first", "cosine", (0,)), Configuration("second", "cosine", (1,))]
     chosen, values = select_by_class_holdout(candidates, x, one_class, ood_zoo.get_registry())
-    assert chosen.label == "first" and values == {"first": None, "second": None}
+    assert chosen.label == "first"
+    assert values == {"first": None, "second": None}
 
 
 def test_oracle_takes_each_settings_best_cosine_layer():
@@ -100,5 +102,7 @@ def test_oracle_takes_each_settings_best_cosine_layer():
         {"setting": "b", "detector": "cosine", "layer": 4, "auroc": 0.6},
     ]
     rows = {r["setting"]: r for r in oracle_rows(sweep)}
-    assert rows["a"]["auroc"] == 0.9 and rows["a"]["chosen"] == "cosine@L2"
-    assert rows["b"]["auroc"] == 0.6 and rows["b"]["detector"] == ORACLE
+    assert rows["a"]["auroc"] == 0.9
+    assert rows["a"]["chosen"] == "cosine@L2"
+    assert rows["b"]["auroc"] == 0.6
+    assert rows["b"]["detector"] == ORACLE

@@ -1,4 +1,5 @@
-"""Plots of a benchmark run: ROC curves and score histograms per setting, and the layer sweep.
+"""Plots of a benchmark run: ROC curves and score histograms per setting, the layer sweep and its
+heat map (detector × layer).
 
 Needs matplotlib (``pip install 'ood_zoo[plots]'``). Without it, :func:`write_plots` prints one
 clear message and returns the reason; the tables and results files are written regardless.
@@ -22,8 +23,8 @@ from .. import metrics
 from ..io import atomic_write_bytes
 
 __all__ = [
-    "MISSING_MATPLOTLIB", "PLOT_DETECTORS", "figure_class", "plot_layer_sweep", "plot_setting",
-    "plot_training", "save_png", "slug", "write_plots",
+    "MISSING_MATPLOTLIB", "PLOT_DETECTORS", "figure_class", "layer_heatmap", "plot_layer_heatmap",
+    "plot_layer_sweep", "plot_setting", "plot_training", "save_png", "slug", "write_plots",
 ]
 
 MISSING_MATPLOTLIB = (
@@ -136,6 +137,65 @@ def plot_layer_sweep(
     return save_png(fig, path)
 
 
+def layer_heatmap(
+    sweep_table: Sequence[Mapping[str, Any]],
+) -> dict[str, tuple[list[str], list[int], np.ndarray]]:
+    """The layer sweep's AUROC as ``{group: (detectors, layers, values [detector, layer])}``.
+
+    A setting's group is its name up to the first ``:`` (``far``, ``near``), or ``all`` without
+    one; a cell is the mean AUROC over the group's settings that have it, NaN if none.
+    """
+    cells: dict[str, dict[tuple[str, int], list[float]]] = defaultdict(lambda: defaultdict(list))
+    for row in sweep_table:
+        if row.get("auroc") is None:
+            continue
+        setting = str(row["setting"])
+        group = setting.split(":", 1)[0] if ":" in setting else "all"
+        cells[group][(row["detector"], int(row["layer"]))].append(float(row["auroc"]))
+    out = {}
+    for group, values in cells.items():
+        detectors = list(dict.fromkeys(d for d, _ in values))
+        layers = sorted({layer for _, layer in values})
+        grid = np.full((len(detectors), len(layers)), np.nan)
+        for (detector, layer), aurocs in values.items():
+            grid[detectors.index(detector), layers.index(layer)] = float(np.mean(aurocs))
+        out[group] = (detectors, layers, grid)
+    return out
+
+
+def plot_layer_heatmap(sweep_table: Sequence[Mapping[str, Any]], path: Path) -> str:
+    """AUROC per detector (rows) and layer (columns), one panel per setting group
+    (:func:`layer_heatmap`), on one colour scale from chance (0.5) to 1; the best layer of each
+    row is outlined."""
+    figure_cls = figure_class()
+    groups = layer_heatmap(sweep_table)
+    widest = max((len(layers) for _, layers, _ in groups.values()), default=1)
+    tallest = max((len(detectors) for detectors, _, _ in groups.values()), default=1)
+    fig = figure_cls(figsize=(2.5 + 0.32 * widest, (1.2 + 0.38 * tallest) * max(1, len(groups))))
+    axes = fig.subplots(max(1, len(groups)), 1, squeeze=False, gridspec_kw={"hspace": 0.35})[:, 0]
+    image = None
+    for axis, (group, (detectors, layers, grid)) in zip(axes, groups.items(), strict=False):
+        image = axis.imshow(grid, vmin=0.5, vmax=1.0, cmap="viridis", aspect="auto",
+                            interpolation="nearest")
+        axis.set_xticks(range(len(layers)), [str(layer) for layer in layers], fontsize=7)
+        axis.set_yticks(range(len(detectors)), detectors, fontsize=8)
+        axis.set_title(f"{group}: AUROC per layer (mean over settings)")
+        for row, values in enumerate(grid):
+            if np.isfinite(values).any():
+                best = int(np.nanargmax(values))
+                axis.add_patch(_outline(best, row))
+    axes[-1].set_xlabel("hidden state (0 = embeddings)")
+    if image is not None:
+        fig.colorbar(image, ax=list(axes), label="AUROC", shrink=0.9)
+    return save_png(fig, path)
+
+
+def _outline(column: int, row: int) -> Any:
+    from matplotlib.patches import Rectangle
+
+    return Rectangle((column - 0.5, row - 0.5), 1, 1, fill=False, edgecolor="white", linewidth=1.5)
+
+
 def plot_training(training: Sequence[Mapping[str, Any]], path: Path) -> str:
     """Fine-tuning curves: train loss (left) and dev accuracy (right) per epoch, one line per
     run, with the reporting epoch marked."""
@@ -172,7 +232,8 @@ def write_plots(
     training: Sequence[Mapping[str, Any]] = (),
 ) -> dict[str, Any]:
     """Every plot of a run into ``directory``: one per setting (the ``detectors`` it has
-    scores of), then the layer sweep and the fine-tuning curves when there are any.
+    scores of), then the layer sweep with its heat map and the fine-tuning curves when there are
+    any.
 
     Returns
     -------
@@ -192,6 +253,7 @@ def write_plots(
     if sweep_table:
         files.append(plot_layer_sweep(sweep_table, directory / "layer_sweep.png",
                                       n_states=n_states))
+        files.append(plot_layer_heatmap(sweep_table, directory / "layer_sweep_heatmap.png"))
     if training:
         files.append(plot_training(training, directory / "training.png"))
     return {"files": files}

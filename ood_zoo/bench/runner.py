@@ -169,6 +169,8 @@ def usable_detectors(
         columns = getattr(record.cls, "stats_columns", None) if record is not None else None
         if record is None:
             skipped[name] = "not registered"
+        elif record.cls.requires.layered:
+            skipped[name] = "needs per-layer features [n, L, d]"
         elif record.cls.requires.language_model and lm_columns is None:
             skipped[name] = "needs the language model itself"
         elif record.cls.requires.language_model and columns and len(columns) != lm_columns:

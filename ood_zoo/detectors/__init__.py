@@ -22,6 +22,7 @@ name                      class                                       module
 ``vim``                   :class:`ViMDetector`                        :mod:`.head`
 ``fdbd``                  :class:`FDBDDetector`                       :mod:`.head`
 ``nci``                   :class:`NCIDetector`                        :mod:`.head`
+``layers``                :class:`LayersDetector`                     :mod:`.layers`
 ========================  ==========================================  =========================
 
 They are registered through the plugin :mod:`ood_zoo.builtin`.
@@ -33,6 +34,7 @@ from .distance import CosineDetector, KNNDetector
 from .fusion import FusionDetector
 from .gmm import GMMDetector
 from .head import FDBDDetector, NCIDetector, ViMDetector
+from .layers import LayersDetector
 from .likelihood import LikelihoodRatioDetector, PerplexityDetector
 from .lof import LOFDetector
 from .logits import (
@@ -66,6 +68,7 @@ BUILTIN_DETECTORS = (
     ViMDetector,
     FDBDDetector,
     NCIDetector,
+    LayersDetector,
 )
 
 __all__ = [
@@ -80,6 +83,7 @@ __all__ = [
     "KLMatchingDetector",
     "KNNDetector",
     "LOFDetector",
+    "LayersDetector",
     "LikelihoodRatioDetector",
     "MSPDetector",
     "MahalanobisDetector",

@@ -16,9 +16,8 @@ from typing import Any, ClassVar
 import torch
 
 from ..api import Detector, Param, Requirements
-from ..errors import UnknownDetectorError
 from ..ops.arrays import compute_dtype
-from ..registry import get_registry
+from ._members import parse_json_object, registered_classes
 from .chunks import check_state_shapes
 from .distance import CosineDetector
 from .mahalanobis import MahalanobisDetector
@@ -93,19 +92,13 @@ def _split_names(members: str | Sequence[str]) -> str:
 
 
 def _canonical_member_params(member_params: str | Mapping[str, Any]) -> str:
-    if isinstance(member_params, str):
-        try:
-            member_params = json.loads(member_params)
-        except ValueError as exc:
-            raise ValueError(f"fusion: member_params is not valid JSON: {exc}") from None
-    if not isinstance(member_params, Mapping) or not all(
-        isinstance(v, Mapping) for v in member_params.values()
-    ):
+    parsed = parse_json_object(member_params, "fusion", "member_params")
+    if not all(isinstance(v, Mapping) for v in parsed.values()):
         raise ValueError(
             f"fusion: member_params must map member names to parameter dicts, got "
             f"{member_params!r}"
         )
-    return json.dumps(member_params, sort_keys=True)
+    return json.dumps(parsed, sort_keys=True)
 
 
 def _canonical_weights(weights: str | Sequence[float]) -> str:
@@ -167,14 +160,7 @@ class FusionDetector(Detector):
         names = self.hparams["members"].split(",")
         if names == [""] or "" in names:
             raise ValueError(f"fusion: members must name at least one detector, got {members!r}")
-        registry = get_registry()
-        unknown = sorted({n for n in names if n not in registry.detectors})
-        if unknown:
-            known = ", ".join(registry.detectors)
-            raise UnknownDetectorError(
-                f"fusion: unknown member detector(s) {unknown}; registered detectors: {known}"
-            )
-        classes = [registry.get(n).cls for n in names]
+        classes = registered_classes(names, "fusion", "member")
         needs_lm = sorted({cls.name for cls in classes if cls.requires.language_model})
         if needs_lm:
             raise ValueError(

@@ -48,7 +48,7 @@ from .models import (
     smollm2_cache_dir,
     smollm2_gguf,
 )
-from .pooling import POOLING_MODES, pool
+from .pooling import POOLING_MODES, avg_avg, pool
 
 __all__ = [
     "BUILTIN_MODELS",
@@ -57,6 +57,7 @@ __all__ = [
     "Extraction",
     "ModelSpec",
     "Template",
+    "avg_avg",
     "backbone",
     "cache_root",
     "default_pooling",

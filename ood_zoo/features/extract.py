@@ -31,7 +31,7 @@ from ._inputs import (
     tokenizer_fingerprint,
 )
 from .encode import Template, encode, label_token_ids
-from .introspect import backbone, lm_head, logit_softcap, n_hidden_states
+from .introspect import backbone, is_causal_lm, lm_head, logit_softcap, n_hidden_states
 from .likelihood import sequence_log_likelihood
 from .models import (
     DType,
@@ -41,7 +41,7 @@ from .models import (
     resolve_device,
     resolve_dtype,
 )
-from .pooling import POOLING_MODES, Pooling, pool
+from .pooling import POOLING_MODES, Pooling, avg_avg, pool
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -274,10 +274,14 @@ def extract(
         ``i``, ``-1`` the last block. A model with ``L`` blocks has ``L + 1`` hidden states
         (SmolLM2-135M: 31). In transformers' Llama the last entry is taken after the final
         RMSNorm, the paper's embedding (§2).
-    pooling : {"mean", "last", "first"}
+    pooling : {"mean", "last", "first", "avg_avg"}
         How token states become one vector (:func:`ood_zoo.features.pooling.pool`). Use
         ``"last"`` for decoder LMs: their first position is an attention sink that dominates a
-        mean.
+        mean. ``"avg_avg"`` (:func:`ood_zoo.features.pooling.avg_avg`) averages the token means
+        of every block's output, hidden states ``1..L`` (the embedding output, context-free, is
+        left out), leaving out the first real token in a causal LM (:func:`is_causal_lm`); it
+        takes no ``layers`` (leave the default), and ``features`` is ``[n, d]`` with
+        ``layers == (n_states - 1,)``, the last state averaged.
     batch_size : int
         Texts per forward pass.
     max_length : int
@@ -335,6 +339,9 @@ def extract(
     """
     if pooling not in POOLING_MODES:
         raise ValueError(f"unknown pooling {pooling!r}; choose one of {list(POOLING_MODES)}")
+    if pooling == "avg_avg" and (isinstance(layers, bool) or layers != -1):
+        raise ValueError(f"pooling 'avg_avg' averages every block's hidden state, so it takes no "
+                         f"layers; leave layers at its default -1, got {layers!r}")
     positive_int("batch_size", batch_size)
     positive_int("max_length", max_length)
     texts = check_texts(texts)
@@ -460,6 +467,7 @@ def _run(
     head = lm_head(model, purpose="label_words") if words is not None else None
     token_ids = label_token_ids(tokenizer, words, template) if words is not None else []
     softcap = logit_softcap(model)
+    skip_first = is_causal_lm(model)  # avg_avg leaves a decoder's attention sink out
 
     encoded, n_trailing = encode(texts, tokenizer, max_length=token_budget(tokenizer, max_length),
                                  template=template)
@@ -503,7 +511,9 @@ def _run(
                 if out is None:
                     out = torch.empty(len(texts), len(selected), states[0].shape[-1])
                 index = torch.tensor(rows)
-                pooled = [pool(states[i], batch["attention_mask"], pooling) for i in selected]
+                mask = batch["attention_mask"]
+                pooled = [avg_avg(states[1:], mask, skip_first=skip_first)] if (
+                    pooling == "avg_avg") else [pool(states[i], mask, pooling) for i in selected]
                 out[index] = torch.stack(pooled, dim=1).float().cpu()
                 if head is not None:
                     final = outputs.last_hidden_state  # after the final norm

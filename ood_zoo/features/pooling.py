@@ -15,6 +15,12 @@ Modes
     all-MiniLM-L6-v2.
 ``first``
     The hidden state of the first real token: ``[CLS]`` in BERT-style encoders.
+``avg_avg``
+    Avg-Avg (Chen et al., "Holistic Sentence Embeddings for Better Out-of-Distribution
+    Detection", Findings of EMNLP 2022): the token mean of every block's output, averaged over
+    the blocks (:func:`avg_avg`). It pools several layers at once, so it is a mode of
+    :func:`~ood_zoo.features.extract`, not of :func:`pool`. In a causal decoder the first real
+    token (the attention sink, see below) is left out of the token means.
 
 Notes
 -----
@@ -32,16 +38,18 @@ vector for every text, so it is useful only as a diagnostic there.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Final, Literal
 
 import torch
 
-__all__ = ["POOLING_MODES", "Pooling", "pool"]
+__all__ = ["POOLING_MODES", "Pooling", "avg_avg", "pool"]
 
-Pooling = Literal["last", "mean", "first"]
+Pooling = Literal["last", "mean", "first", "avg_avg"]
 
-#: The supported pooling modes.
-POOLING_MODES: Final[tuple[str, ...]] = ("last", "mean", "first")
+#: The supported pooling modes of :func:`~ood_zoo.features.extract`; all but ``avg_avg`` (which
+#: pools several layers, :func:`avg_avg`) are modes of :func:`pool`.
+POOLING_MODES: Final[tuple[str, ...]] = ("last", "mean", "first", "avg_avg")
 
 
 def pool(
@@ -70,10 +78,12 @@ def pool(
     Raises
     ------
     ValueError
-        On an unknown mode, mismatched shapes, or a sequence with no real token.
+        On an unknown mode (or ``avg_avg``), mismatched shapes, or a sequence with no real token.
     """
     if mode not in POOLING_MODES:
         raise ValueError(f"unknown pooling mode {mode!r}; choose one of {list(POOLING_MODES)}")
+    if mode == "avg_avg":
+        raise ValueError("pooling 'avg_avg' pools several layers: call avg_avg(states, mask)")
     if hidden.ndim != 3:
         raise ValueError(f"hidden must be [B, T, D], got shape {tuple(hidden.shape)}")
     if attention_mask.shape != hidden.shape[:2]:
@@ -98,3 +108,39 @@ def pool(
     else:  # first
         index = torch.where(real, positions, hidden.shape[1]).amin(dim=1)
     return hidden[torch.arange(hidden.shape[0], device=hidden.device), index]
+
+
+def avg_avg(
+    states: Sequence[torch.Tensor], attention_mask: torch.Tensor, *, skip_first: bool,
+) -> torch.Tensor:
+    """Avg-Avg: the mean over ``states`` (layers) of each layer's token mean.
+
+    ``avg_avg(h_1..h_L)[b] = (1/L) Σ_l mean_{t ∈ T_b} h_l[b, t]``, ``T_b`` the real tokens of
+    sequence ``b``, without its first real token when ``skip_first`` (a causal decoder's
+    attention sink), except in a one-token sequence, which keeps its only token. Chen et al.,
+    "Holistic Sentence Embeddings for Better Out-of-Distribution Detection", Findings of EMNLP
+    2022.
+
+    Parameters
+    ----------
+    states : sequence of torch.Tensor
+        The layers' hidden states, each ``[B, T, D]`` (at least one).
+    attention_mask : torch.Tensor
+        ``[B, T]``, nonzero at real tokens, as for :func:`pool`.
+    skip_first : bool
+        Leave each sequence's first real token out of the token means.
+
+    Returns
+    -------
+    torch.Tensor
+        ``[B, D]``, float32 for half-precision input, else the states' dtype.
+    """
+    if not states:
+        raise ValueError("avg_avg needs at least one layer's hidden states")
+    keep = attention_mask.to(device=states[0].device) != 0
+    if skip_first:
+        positions = torch.arange(keep.shape[1], device=keep.device).expand_as(keep)
+        first = torch.where(keep, positions, keep.shape[1]).amin(dim=1, keepdim=True)
+        rest = keep & (positions != first)
+        keep = torch.where(rest.any(dim=1, keepdim=True), rest, keep)
+    return torch.stack([pool(hidden, keep, "mean") for hidden in states]).mean(dim=0)

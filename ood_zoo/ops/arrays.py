@@ -109,27 +109,31 @@ def check_matrix(
     n_features: int | None = None,
     allow_empty: bool = False,
     finite: bool = True,
+    layered: bool = False,
 ) -> torch.Tensor:
     """Validate a 2-D floating feature matrix and return it as a tensor (no copy, no upcast).
 
     ``finite=False`` leaves the NaN/Inf check to the caller (one that reads every value anyway).
+    ``layered=True`` expects per-layer features ``[n_samples, n_layers, n_features]`` instead.
 
-    Checks the rank, the dtype, emptiness, the feature dimension against ``n_features`` and that
-    every value is finite. The finiteness check runs in bounded-memory row chunks.
+    Checks the rank, the dtype, emptiness, the feature dimension (the last axis) against
+    ``n_features`` and that every value is finite. The finiteness check runs in bounded-memory
+    row chunks.
     """
     tensor = as_tensor(array, name=name)
     if not tensor.is_floating_point():
         raise InputError(f"{name}: expected floating-point values, got dtype {tensor.dtype}")
-    if tensor.dim() != 2:
+    rank, axes = (3, "n_samples, n_layers, n_features") if layered else (2, "n_samples, n_features")
+    if tensor.dim() != rank:
         raise InputError(
-            f"{name}: expected a 2-D array of shape [n_samples, n_features], "
+            f"{name}: expected a {rank}-D array of shape [{axes}], "
             f"got {tensor.dim()}-D with shape {tuple(tensor.shape)}"
         )
-    if not allow_empty and (tensor.shape[0] == 0 or tensor.shape[1] == 0):
+    if not allow_empty and 0 in tensor.shape:
         raise InputError(f"{name}: empty input of shape {tuple(tensor.shape)}")
-    if n_features is not None and tensor.shape[1] != n_features:
+    if n_features is not None and tensor.shape[-1] != n_features:
         raise InputError(
-            f"{name}: has {tensor.shape[1]} features, but the detector was fitted with "
+            f"{name}: has {tensor.shape[-1]} features, but the detector was fitted with "
             f"{n_features}"
         )
     if finite:
@@ -158,7 +162,7 @@ def check_finite(tensor: torch.Tensor, *, name: str) -> RowPeaks:
 
     One bounded-memory pass (``aminmax`` per row chunk, which propagates NaN) both checks the
     values and measures their range, so the peaks cost nothing over the check. A 1-D tensor counts
-    as one row.
+    as one row; a 3-D tensor is checked by its first axis (its peaks are then per row and column).
     """
     rows = tensor.reshape(1, -1) if tensor.dim() == 1 else tensor
     peaks = RowPeaks()

@@ -36,8 +36,9 @@ their class labels; OOD samples are one more cluster of the same shape on anothe
 so it is far from the ID data both in angle and in Euclidean distance. Logits, for detectors that
 need them, are those of a linear head (the unit class axes, a small bias) on the features: about 8
 on an ID sample's class, N(0, 1) noise elsewhere and everywhere for OOD; the head itself goes to
-the detectors that need it (``requires.head``).
-A detector that needs other data passes its own ``make_inputs``.
+the detectors that need it (``requires.head``). Detectors on layered features
+(``requires.layered``) get the same data seen through three layers, ``[n, 3, d]``
+(:func:`make_layered_inputs`). A detector that needs other data passes its own ``make_inputs``.
 
 Usage, for a plugin author (in the plugin's test suite)::
 
@@ -85,6 +86,7 @@ from .inputs import (
     Split,
     SyntheticInputs,
     default_make_inputs,
+    make_layered_inputs,
     make_likelihood_inputs,
     make_synthetic_inputs,
 )
@@ -106,6 +108,7 @@ __all__ = [
     "check_score_direction",
     "default_make_inputs",
     "detector_checks",
+    "make_layered_inputs",
     "make_likelihood_inputs",
     "make_synthetic_inputs",
 ]

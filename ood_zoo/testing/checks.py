@@ -398,10 +398,10 @@ def check_bad_input_errors(
             broken = array.copy()
             broken[len(broken) // 2, 0] = value
             yield what, broken
-        yield "a 1-D array", array[0].copy()
-        yield "a 3-D array", array[None].copy()
+        yield f"a {array.ndim - 1}-D array", array[0].copy()
+        yield f"a {array.ndim + 1}-D array", array[None].copy()
         yield "zero rows", array[:0].copy()
-        yield "zero columns", array[:, :0].copy()
+        yield "zero columns", array[..., :0].copy()
 
     for field in inputs:
         for what, broken in bad_values(getattr(fit, field)):
@@ -417,8 +417,8 @@ def check_bad_input_errors(
             with c.expect(InputError, f"score() with {field} holding {what}"):
                 detector.score(**kwargs)
         array = getattr(test, field)
-        wider = np.concatenate([array, array[:, :1]], axis=1)
-        narrower = array[:, :-1].copy()
+        wider = np.concatenate([array, array[..., :1]], axis=-1)  # the width is the last axis
+        narrower = array[..., :-1].copy()
         for what, broken in (("one column more", wider), ("one column less", narrower)):
             kwargs = {**test.score_kwargs(requires), field: broken}
             with c.expect(InputError, f"score() with {field} of {what} than at fit time"):

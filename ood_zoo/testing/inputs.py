@@ -1,7 +1,8 @@
 """The conformance kit's synthetic data, chosen from a detector's ``requires``.
 
 Gaussian ID clusters with labels and logits and a far OOD cluster (:func:`make_synthetic_inputs`),
-or per-text language-model statistics (:func:`make_likelihood_inputs`).
+the same per layer for detectors on layered features (:func:`make_layered_inputs`), or per-text
+language-model statistics (:func:`make_likelihood_inputs`).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ __all__ = [
     "Split",
     "SyntheticInputs",
     "default_make_inputs",
+    "make_layered_inputs",
     "make_likelihood_inputs",
     "make_synthetic_inputs",
 ]
@@ -30,7 +32,8 @@ MakeInputs = Callable[[], "SyntheticInputs"]
 
 @dataclass(frozen=True)
 class Split:
-    """One set of samples: features ``[n, d]``, class labels ``[n]`` and logits ``[n, C]``.
+    """One set of samples: features ``[n, d]`` (``[n, L, d]`` if layered), class labels ``[n]``
+    and logits ``[n, C]``.
 
     ``head``, if given, is the linear head ``(weight [C, d], bias [C])`` behind the logits,
     passed to ``fit`` of detectors with ``requires.head``.
@@ -130,6 +133,30 @@ def make_synthetic_inputs(
     return SyntheticInputs(fit=fit, id=held_out, ood=ood)
 
 
+def make_layered_inputs(
+    *, n_layers: int = 3, noise: float = 0.3, seed: int = 0, **synthetic: Any,
+) -> SyntheticInputs:
+    """:func:`make_synthetic_inputs` seen through ``n_layers`` layers: ``[n, L, d]`` features.
+
+    Layer ``l`` holds the samples rotated by a random orthogonal matrix of its own, plus
+    N(0, (l · noise)²) noise, so the layers agree on which samples are ID but differ in values.
+    Labels and logits are those of the one underlying data set, made by
+    ``make_synthetic_inputs(seed=seed, **synthetic)``.
+    """
+    base = make_synthetic_inputs(seed=seed, **synthetic)
+    rng = np.random.default_rng(seed + 1)
+    dim = base.fit.features.shape[1]
+    rotations = [np.linalg.qr(rng.normal(size=(dim, dim)))[0] for _ in range(n_layers)]
+
+    def layered(split: Split) -> Split:
+        shape = split.features.shape
+        slices = [split.features @ rotation + rng.normal(scale=layer * noise, size=shape)
+                  for layer, rotation in enumerate(rotations)]
+        return replace(split, features=np.stack(slices, axis=1).astype(np.float32))
+
+    return SyntheticInputs(fit=layered(base.fit), id=layered(base.id), ood=layered(base.ood))
+
+
 def make_likelihood_inputs(
     *,
     columns: tuple[str, ...] = SEQUENCE_STATS,
@@ -165,13 +192,16 @@ def make_likelihood_inputs(
 def default_make_inputs(cls: type[Detector]) -> MakeInputs | None:
     """The kit's synthetic data for ``cls``, or ``None`` if it cannot make any.
 
-    :func:`make_synthetic_inputs` for detectors on features and logits;
+    :func:`make_synthetic_inputs` for detectors on features and logits,
+    :func:`make_layered_inputs` for those on layered features;
     :func:`make_likelihood_inputs` for language-model detectors whose ``stats_columns`` is
     ``SEQUENCE_STATS`` or ``RATIO_STATS``; ``None`` for other language-model detectors.
     """
     requires = getattr(cls, "requires", None)
     if not isinstance(requires, Requirements):
         return None
+    if requires.layered:
+        return make_layered_inputs
     if not requires.language_model:
         return make_synthetic_inputs
     columns = getattr(cls, "stats_columns", None)

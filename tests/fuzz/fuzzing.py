@@ -42,7 +42,7 @@ from hypothesis import strategies as st
 
 import ood_zoo
 from ood_zoo.errors import OodZooError
-from ood_zoo.testing import default_make_inputs, make_synthetic_inputs
+from ood_zoo.testing import default_make_inputs, make_layered_inputs, make_synthetic_inputs
 
 _EXAMPLES = os.environ.get("OOD_ZOO_FUZZ_EXAMPLES")
 _HEALTH = [HealthCheck.too_slow, HealthCheck.filter_too_much, HealthCheck.data_too_large]
@@ -194,7 +194,7 @@ def detector_inputs(name: str, seed: int) -> tuple[dict[str, Any], dict[str, np.
     make = default_make_inputs(cls)
     if make is None:
         raise ValueError(f"{name}: the conformance kit has no synthetic data for it")
-    if make is make_synthetic_inputs:
+    if make in (make_synthetic_inputs, make_layered_inputs):
         inputs = make(dim=6, n_fit_per_class=25, n_test_per_class=4, seed=seed)
     else:
         inputs = make(n_fit=40, n_test=8, seed=seed)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 import warnings
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -19,6 +20,7 @@ import torch
 from fuzzing import (
     SPECIALS,
     TORCH_DTYPES,
+    Given,
     assert_clear_error,
     assert_finite,
     attempt,
@@ -106,8 +108,9 @@ def make_arrays(case: dict, cls: type) -> dict:
         fit = rng.normal(size=(n, case["n_logits"])) * s
         return {"fit": fit, "score": rng.normal(size=(nq, case["n_logits"])) * s,
                 "labels": None}
-    fit, rng = base_values(case["seed"], (n, case["d"]), s)
-    queries = np.concatenate([rng.normal(size=(nq, case["d"])) * s + fit.mean(axis=0),
+    d = case["d"] * (1 + case["seed"] % 3 if req.layered else 1)  # layered: L·d, see layered()
+    fit, rng = base_values(case["seed"], (n, d), s)
+    queries = np.concatenate([rng.normal(size=(nq, d)) * s + fit.mean(axis=0),
                               fit[:2]])
     labels = None
     if req.labels:
@@ -124,6 +127,15 @@ def make_arrays(case: dict, cls: type) -> dict:
             arrays["fit_logits"], arrays["score_logits"] = fit @ weight.T + bias, (
                 queries @ weight.T + bias)
     return arrays
+
+
+def layered(given: Given, case: dict, cls: type) -> Given:
+    """For detectors on layered features, ``[n, L·d]`` values seen as ``[n, L, d]``: 1-3 layers,
+    from the seed (no draw of its own, so the other detectors' cases stay as they were)."""
+    if not cls.requires.layered:
+        return given
+    shape = (given.truth.shape[0], 1 + case["seed"] % 3, -1)
+    return replace(given, value=given.value.reshape(shape), truth=given.truth.reshape(shape))
 
 
 def reference_scores(name: str, hp: dict, fit: np.ndarray, queries: np.ndarray, labels,
@@ -191,8 +203,8 @@ def test_every_detector_fits_and_scores_or_refuses_clearly(case):
     arrays = make_arrays(case, cls)
     rng = np.random.default_rng(case["seed"] + 1)
     place_special(arrays[case["special_at"]], case["special"], rng)
-    fit = lay_out(arrays["fit"], case["dtype"], *case["fit_layout"])
-    queries = lay_out(arrays["score"], case["dtype"], *case["query_layout"])
+    fit = layered(lay_out(arrays["fit"], case["dtype"], *case["fit_layout"]), case, cls)
+    queries = layered(lay_out(arrays["score"], case["dtype"], *case["query_layout"]), case, cls)
     req = cls.requires
     det = ood_zoo.create(name, target_tpr=case["target_tpr"], **case["params"])
     role = "features" if req.features or req.language_model else "logits"

@@ -74,10 +74,10 @@ def queries_for(det, original: dict, seed: int) -> dict:
     key = next(iter(original))
     array = original[key]
     width = det.n_features_in_ if key == "features" else det.n_logits_in_
-    if width is None or width == array.shape[1]:
+    if width is None or width == array.shape[-1]:  # the width is the last axis (layered too)
         return original
     rng = np.random.default_rng(seed)
-    return {key: rng.normal(size=(array.shape[0], width)).astype(array.dtype)}
+    return {key: rng.normal(size=(*array.shape[:-1], width)).astype(array.dtype)}
 
 
 def corrupt(directory: Path, corruption: str, data: st.DataObject) -> dict:
