@@ -17,6 +17,9 @@ name                      class                                       module
 ``gmm``                   :class:`GMMDetector`                        :mod:`.gmm`
 ``residual``              :class:`ResidualDetector`                   :mod:`.residual`
 ``perplexity``            :class:`PerplexityDetector`                 :mod:`.likelihood`
+``renyi``                 :class:`RenyiDetector`                      :mod:`.likelihood`
+``fisher_rao``            :class:`FisherRaoDetector`                  :mod:`.likelihood`
+``self_certainty``        :class:`SelfCertaintyDetector`              :mod:`.likelihood`
 ``likelihood_ratio``      :class:`LikelihoodRatioDetector`            :mod:`.likelihood`
 ``fusion``                :class:`FusionDetector`                     :mod:`.fusion`
 ========================  ==========================================  =========================
@@ -29,7 +32,13 @@ from __future__ import annotations
 from .distance import CosineDetector, KNNDetector
 from .fusion import FusionDetector
 from .gmm import GMMDetector
-from .likelihood import LikelihoodRatioDetector, PerplexityDetector
+from .likelihood import (
+    FisherRaoDetector,
+    LikelihoodRatioDetector,
+    PerplexityDetector,
+    RenyiDetector,
+    SelfCertaintyDetector,
+)
 from .lof import LOFDetector
 from .logits import (
     EnergyDetector,
@@ -57,6 +66,9 @@ BUILTIN_DETECTORS = (
     GMMDetector,
     ResidualDetector,
     PerplexityDetector,
+    RenyiDetector,
+    FisherRaoDetector,
+    SelfCertaintyDetector,
     LikelihoodRatioDetector,
     FusionDetector,
 )
@@ -66,6 +78,7 @@ __all__ = [
     "CosineDetector",
     "EnergyDetector",
     "EntropyDetector",
+    "FisherRaoDetector",
     "FusionDetector",
     "GENDetector",
     "GMMDetector",
@@ -78,5 +91,7 @@ __all__ = [
     "MaxLogitDetector",
     "PerplexityDetector",
     "RelativeMahalanobisDetector",
+    "RenyiDetector",
     "ResidualDetector",
+    "SelfCertaintyDetector",
 ]
