@@ -242,7 +242,7 @@ def run_detectors(
     """
     registry = registry or get_registry()
     sets = (bank, id_test, *ood_sets.values())
-    layouts = {s.lm_columns for s in sets}
+    layouts = {s.lm_columns for s in sets if s.lm_stats is not None}
     if len(layouts) > 1:
         raise ValueError(f"the sets' lm_stats have different columns: {sorted(layouts)}")
     lm_columns = None if any(s.lm_stats is None for s in sets) else bank.lm_columns
