@@ -35,7 +35,7 @@ from ood_zoo.finetune import load_fine_tuned
 TEMPLATE = "input : {text} output :"
 #: Detectors that work on the tiny banks here (knn, lof and gmm need more fit samples).
 DETECTORS = ("cosine", "mahalanobis", "msp", "energy", "maxlogit", "msp_vocab", "perplexity",
-             "likelihood_ratio", "vim", "fdbd", "nci")
+             "renyi", "fisher_rao", "self_certainty", "likelihood_ratio", "vim", "fdbd", "nci")
 ADJECTIVES = {"positive": "great", "negative": "bad", "neutral": "very"}
 
 
@@ -103,7 +103,8 @@ def test_every_variant_setting_seed_and_shot_is_measured(result):
     for row in res.rows:
         by_variant.setdefault(row["variant"], set()).add(row["detector"])
     for detectors in by_variant.values():
-        assert {"cosine", "mahalanobis", "msp", "energy", "maxlogit", "perplexity"} <= detectors
+        assert {"cosine", "mahalanobis", "msp", "energy", "maxlogit", "perplexity", "renyi",
+                "fisher_rao", "self_certainty"} <= detectors
         assert detectors <= set(DETECTORS)
     assert "likelihood_ratio" not in by_variant["zero-grad"]
     assert "likelihood_ratio" in by_variant["generative"]

@@ -37,6 +37,7 @@ from ood_zoo.features import (
     load_model,
     load_pretrained,
     n_hidden_states,
+    next_token_statistics,
     pool,
     resolve_device,
     resolve_dtype,
@@ -665,12 +666,16 @@ def test_extraction_layers_rows_and_label_columns(lm):
         single.label_log_probs()
 
 
-def test_lm_stats_are_the_sequence_log_likelihood(lm):
+def test_lm_stats_are_the_next_token_statistics(lm):
+    """``lm_stats`` are ``next_token_statistics``, whose first and last columns are the
+    ``sequence_log_likelihood``."""
     tokenizer = make_tokenizer("llama-lm", "right")
     kw = {"template": TEMPLATE, "max_length": 12, "batch_size": 4, "progress": False}
     out = extract(TEXTS, lm, tokenizer, pooling="last", label_words=LABELS, lm_stats=True, **kw)
     assert out.lm_stats.dtype == torch.float64
-    torch.testing.assert_close(out.lm_stats, sequence_log_likelihood(TEXTS, lm, tokenizer, **kw))
+    torch.testing.assert_close(out.lm_stats, next_token_statistics(TEXTS, lm, tokenizer, **kw))
+    torch.testing.assert_close(out.lm_stats[:, [0, -1]],
+                               sequence_log_likelihood(TEXTS, lm, tokenizer, **kw))
     with pytest.raises(ValueError, match="LM head"):
         extract(TEXTS, make_model("llama"), tokenizer, lm_stats=True, progress=False)
 

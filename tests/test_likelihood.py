@@ -27,8 +27,13 @@ from ood_zoo import testing as kit
 from ood_zoo.bench.runner import DetectorInputs, run_detectors, usable_detectors
 from ood_zoo.bench.zero_grad import BenchConfig, ModelExtractor, run_bench
 from ood_zoo.detectors import LikelihoodRatioDetector, PerplexityDetector
-from ood_zoo.detectors.likelihood import RATIO_STATS
-from ood_zoo.features import likelihood_ratio_inputs, sequence_log_likelihood
+from ood_zoo.detectors.likelihood import RATIO_STATS, SEQUENCE_STATS
+from ood_zoo.features import (
+    NEXT_TOKEN_STATS,
+    likelihood_ratio_inputs,
+    next_token_statistics,
+    sequence_log_likelihood,
+)
 from ood_zoo.registry import Registry
 
 try:  # tests/ as a package, or on sys.path (pytest's default rootdir-relative import)
@@ -397,7 +402,8 @@ def _sets(columns: int) -> tuple[DetectorInputs, DetectorInputs, dict[str, Detec
         tuned = base + counts * rng.normal(per_token, 0.3, size=n)
         stats = np.stack([tuned, base, counts] if columns == 3 else [tuned, counts], axis=1)
         x = torch.from_numpy(rng.normal(size=(n, 4))).float()
-        return DetectorInputs(x, None, labels, torch.from_numpy(stats))
+        layout = RATIO_STATS if columns == 3 else SEQUENCE_STATS
+        return DetectorInputs(x, None, labels, torch.from_numpy(stats), lm_columns=layout)
 
     bank = one(1.0, 60, np.zeros(60, dtype=np.int64))
     return bank, one(1.0, 40), {"ood": one(-1.0, 40)}
@@ -419,17 +425,19 @@ def test_run_detectors_feeds_lm_statistics(columns):
                                 reduce(oods["ood"].lm_stats).numpy())
     assert rows[runs]["auroc"] == pytest.approx(expected["auroc"], abs=1e-12)
     assert rows[runs]["auroc"] > 0.95
-    _, reasons = usable_detectors(registry, names, columns)
+    layout = id_test.lm_columns
+    _, reasons = usable_detectors(registry, names, layout)
     assert reasons == {skipped: f"takes [n, {5 - columns}] language-model statistics ("
                                 f"{', '.join(registry.get(skipped).cls.stats_columns)}); "
-                                f"this run has [n, {columns}]"}
+                                f"this run has [n, {columns}] ({', '.join(layout)})"}
     without = DetectorInputs(oods["ood"].features)  # one set lacks statistics: skip, not error
     rows = run_detectors(bank, id_test, {"ood": without}, registry=registry, detectors=names)
     assert {r["detector"] for r in rows} == {"cosine"}
 
 
 def _with_lm_stats(extract):
-    """The synthetic bench extractor plus LM statistics: 'sent' texts are the likely ones."""
+    """The synthetic bench extractor plus LM statistics (``NEXT_TOKEN_STATS``): 'sent' texts
+    are the likely ones, with the more peaked next-token distributions."""
 
     def wrapped(key: str, texts):
         out = extract(key, texts)
@@ -438,7 +446,8 @@ def _with_lm_stats(extract):
                                  dtype=torch.float64)
         noise = torch.tensor([zlib.crc32(t.encode()) % 7 / 70 for t in texts],
                              dtype=torch.float64)
-        stats = torch.stack([counts * (per_token + noise), counts], 1)
+        divergences = [counts * (-per_token * scale + noise) for scale in (-2.0, -0.2, -3.0)]
+        stats = torch.stack([counts * (per_token + noise), *divergences, counts], 1)
         return dataclasses.replace(out, lm_stats=stats)
 
     return wrapped
@@ -476,9 +485,13 @@ def test_model_extractor_computes_and_caches_lm_statistics(lm, tmp_path, monkeyp
     extractor = ModelExtractor(config, TEMPLATE, ["bad", "great"])
     assert extractor.describe()["lm_stats"]
     first = extractor("texts", TEXTS).lm_stats
-    want = sequence_log_likelihood(TEXTS, lm, tokenizer, template=TEMPLATE, max_length=12,
-                                   progress=False)
+    want = next_token_statistics(TEXTS, lm, tokenizer, template=TEMPLATE, max_length=12,
+                                 progress=False)
+    assert first.shape == (len(TEXTS), len(NEXT_TOKEN_STATS))
     torch.testing.assert_close(first, want, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(first[:, [0, -1]], sequence_log_likelihood(
+        TEXTS, lm, tokenizer, template=TEMPLATE, max_length=12, progress=False),
+        rtol=1e-6, atol=1e-6)
     assert extractor.describe()["label_token_ids"] == word_ids(tokenizer, ["bad", "great"])
 
     def refuse(*args, **kwargs):

@@ -14,8 +14,9 @@ The second experiment of Liu et al., "How Good Are LLMs at Out-of-Distribution D
 
 Every registered detector runs on each variant's final-layer last-token features, fit on the ID
 *validation* part (the paper's bank; in K-shot runs K examples per class of it). ``perplexity``
-reads each variant's own model likelihood of the text; ``likelihood_ratio`` (fine-tuned
-variants) reads ``log p_ft(x) - log p_base(x)``.
+reads each variant's own model likelihood of the text, ``renyi``, ``fisher_rao`` and
+``self_certainty`` its next-token distributions; ``likelihood_ratio`` (fine-tuned variants)
+reads ``log p_ft(x) - log p_base(x)``.
 
 Pools and tasks are the zero-grad suite's (:mod:`ood_zoo.bench.pools`): one pool per corpus,
 split per seed into train / validation / test parts, held-out classes drawn with the paper's RNG.
@@ -46,6 +47,7 @@ import numpy as np
 import torch
 
 from .. import metrics
+from ..detectors.likelihood import RATIO_STATS
 from ..features import Extraction, extract, is_causal_lm, likelihood_ratio_inputs, load_model
 from ..finetune import FineTuned, TrainConfig, fine_tune
 from ..finetune.train import OBJECTIVES
@@ -369,11 +371,12 @@ def _detect(
             else:
                 logits = part.for_labels(class_words).label_logits
                 head = part.for_labels(class_words).label_head(-1)
-            stats = part.lm_stats
             if kind == "ratio":
                 assert base is not None
-                stats = likelihood_ratio_inputs(stats, base[pool_key].rows(idx).lm_stats)
-            return DetectorInputs(x, logits, lm_stats=stats, head=head)
+                stats = likelihood_ratio_inputs(part.lm_stats, base[pool_key].rows(idx).lm_stats)
+                return DetectorInputs(x, logits, lm_stats=stats, lm_columns=RATIO_STATS,
+                                      head=head)
+            return DetectorInputs(x, logits, lm_stats=part.lm_stats, head=head)
 
         return make
 

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from .. import metrics
+from ..features import NEXT_TOKEN_STATS
 from ..registry import Registry, get_registry
 
 __all__ = [
@@ -58,10 +59,13 @@ class DetectorInputs:
     labels : numpy.ndarray or None
         ``[n]`` integer class labels (the fit set only).
     lm_stats : torch.Tensor or None
-        ``[n, k]`` per-text language-model statistics, which the detectors that need the
-        language model (``requires.language_model``) get as their ``features``: ``[n, 2]``
-        :func:`~ood_zoo.features.sequence_log_likelihood` for ``perplexity``, ``[n, 3]``
-        :func:`~ood_zoo.features.likelihood_ratio_inputs` for ``likelihood_ratio``.
+        ``[n, len(lm_columns)]`` per-text language-model statistics. A detector that needs the
+        language model (``requires.language_model``) gets the columns named in its
+        ``stats_columns`` as its ``features`` (:meth:`lm_features`).
+    lm_columns : tuple of str
+        The names of ``lm_stats``' columns: :data:`~ood_zoo.features.NEXT_TOKEN_STATS` (what
+        ``extract(lm_stats=True)`` gives), or e.g. ``RATIO_STATS`` for
+        :func:`~ood_zoo.features.likelihood_ratio_inputs`.
     head : tuple of torch.Tensor or None
         ``(weight [C, d], bias [C])``, the linear head mapping ``features`` to ``logits``
         (:meth:`ood_zoo.features.Extraction.label_head`, :func:`probe_head`), for the
@@ -72,10 +76,29 @@ class DetectorInputs:
     logits: torch.Tensor | None = None
     labels: np.ndarray | None = None
     lm_stats: torch.Tensor | None = None
+    lm_columns: tuple[str, ...] = NEXT_TOKEN_STATS
     head: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def __post_init__(self) -> None:
+        if self.lm_stats is not None and (
+                self.lm_stats.dim() != 2 or self.lm_stats.shape[1] != len(self.lm_columns)):
+            raise ValueError(f"lm_stats of shape {tuple(self.lm_stats.shape)} do not have the "
+                             f"{len(self.lm_columns)} columns {self.lm_columns}")
 
     def __len__(self) -> int:
         return int(self.features.shape[0])
+
+    def lm_features(self, columns: Sequence[str]) -> torch.Tensor:
+        """The ``lm_stats`` columns named ``columns``, in that order (all of them if empty)."""
+        if self.lm_stats is None:
+            raise ValueError("these inputs have no language-model statistics")
+        missing = [c for c in columns if c not in self.lm_columns]
+        if missing:
+            raise ValueError(f"lm_stats have no column {missing[0]!r}; they have "
+                             f"{self.lm_columns}")
+        if not columns or tuple(columns) == self.lm_columns:
+            return self.lm_stats
+        return self.lm_stats[:, [self.lm_columns.index(c) for c in columns]]
 
 
 #: The inverse L2 strengths :func:`fit_probe` chooses from.
@@ -151,14 +174,14 @@ def probe_head(probe: Any) -> tuple[torch.Tensor, torch.Tensor]:
 
 def usable_detectors(
     registry: Registry | None = None, names: Sequence[str] | None = None,
-    lm_columns: int | None = None,
+    lm_columns: Sequence[str] | None = None,
 ) -> tuple[list[str], dict[str, str]]:
     """The detectors a runner can feed, and those it skips with the reason.
 
     Detectors that need the language model itself (``requires.language_model``) are usable
-    only with ``lm_columns``, the width of the runner's language-model statistics
-    (:attr:`DetectorInputs.lm_stats`), and only if the columns they declare in ``stats_columns`` (if
-    any) are that many.
+    only with ``lm_columns``, the column names of the runner's language-model statistics
+    (:attr:`DetectorInputs.lm_columns`), and only if these include every column they declare
+    in ``stats_columns`` (a detector that declares none gets all of them).
     """
     registry = registry or get_registry()
     records = registry.detectors
@@ -173,19 +196,22 @@ def usable_detectors(
             skipped[name] = "needs per-layer features [n, L, d]"
         elif record.cls.requires.language_model and lm_columns is None:
             skipped[name] = "needs the language model itself"
-        elif record.cls.requires.language_model and columns and len(columns) != lm_columns:
+        elif record.cls.requires.language_model and columns and not set(columns) <= set(
+                lm_columns):
             skipped[name] = (
                 f"takes [n, {len(columns)}] language-model statistics ({', '.join(columns)}); "
-                f"this run has [n, {lm_columns}]"
+                f"this run has [n, {len(lm_columns)}] ({', '.join(lm_columns)})"
             )
         else:
             usable.append(name)
     return usable, skipped
 
 
-def _features(inputs: DetectorInputs, language_model: bool) -> torch.Tensor | None:
-    """What a detector gets as ``features``: the LM statistics if it needs the language model."""
-    return inputs.lm_stats if language_model else inputs.features
+def _features(inputs: DetectorInputs, cls: type) -> torch.Tensor | None:
+    """What a detector gets as ``features``: its LM statistics if it needs the language model."""
+    if cls.requires.language_model:
+        return inputs.lm_features(getattr(cls, "stats_columns", ()))
+    return inputs.features
 
 
 def _numpy(scores: Any) -> np.ndarray:
@@ -213,7 +239,8 @@ def run_detectors(
 
     Every detector gets the same inputs: features, labels, logits and the linear head (it uses
     what its ``requires`` declares) and its default hyperparameters. Detectors that need the
-    language model get the sets' ``lm_stats`` as features; without them (in any set) they are
+    language model get the columns of the sets' ``lm_stats`` that they name in
+    ``stats_columns`` as features; without statistics (in any set) or those columns they are
     skipped.
 
     Parameters
@@ -240,8 +267,11 @@ def run_detectors(
         exception that stopped this detector; its metrics are then ``None``).
     """
     registry = registry or get_registry()
-    stats = [s.lm_stats for s in (bank, id_test, *ood_sets.values())]
-    lm_columns = None if any(t is None for t in stats) else int(stats[0].shape[1])
+    sets = (bank, id_test, *ood_sets.values())
+    layouts = {s.lm_columns for s in sets if s.lm_stats is not None}
+    if len(layouts) > 1:
+        raise ValueError(f"the sets' lm_stats have different columns: {sorted(layouts)}")
+    lm_columns = None if any(s.lm_stats is None for s in sets) else bank.lm_columns
     names, _ = usable_detectors(registry, detectors, lm_columns)
     rows: list[dict[str, Any]] = []
     for name in names:
@@ -249,11 +279,11 @@ def run_detectors(
         id_scores = None
         id_s = 0.0
         failure: str | None = None
-        uses_lm = registry.get(name).cls.requires.language_model
+        cls = registry.get(name).cls
         try:
             detector = registry.create(name)
             start = time.perf_counter()
-            detector.fit(_features(bank, uses_lm), labels=bank.labels, logits=bank.logits,
+            detector.fit(_features(bank, cls), labels=bank.labels, logits=bank.logits,
                          head=bank.head)
             fit_s = time.perf_counter() - start
         except Exception as exc:
@@ -261,7 +291,7 @@ def run_detectors(
         if failure is None:
             try:
                 start = time.perf_counter()
-                id_scores = detector.score(_features(id_test, uses_lm), logits=id_test.logits)
+                id_scores = detector.score(_features(id_test, cls), logits=id_test.logits)
                 id_s = time.perf_counter() - start
             except Exception as exc:
                 failure = _error(exc, "score ID")
@@ -271,7 +301,7 @@ def run_detectors(
             if failure is None:
                 try:
                     start = time.perf_counter()
-                    ood_scores = detector.score(_features(ood, uses_lm), logits=ood.logits)
+                    ood_scores = detector.score(_features(ood, cls), logits=ood.logits)
                     row["score_s"] = id_s + time.perf_counter() - start
                     result = metrics.evaluate(id_scores, ood_scores)
                     row.update({key: result[key] for key in _METRIC_KEYS})

@@ -7,9 +7,9 @@
 2. **Features, once.** Every pool goes through the model once: hidden states of *all* layers,
    pooled (``[n, L, d]``), plus, for a causal LM, the next-token logits of every ID label word and
    the log-sum-exp over the whole vocabulary at the prompt's last position. A causal LM also
-   scores each text in a second pass (:func:`~ood_zoo.features.sequence_log_likelihood`, same
-   template and truncation) for the ``perplexity`` detector. Every setting, seed, layer and
-   detector reuses them.
+   scores each text in a second pass (:func:`~ood_zoo.features.next_token_statistics`, same
+   template and truncation) for the ``perplexity``, ``renyi``, ``fisher_rao`` and
+   ``self_certainty`` detectors. Every setting, seed, layer and detector reuses them.
 3. **Seeds × ID tasks × detectors.** Per seed each ID pool is split anew; each registered detector
    is fit on the bank (the ID *validation* part, as in the paper; ``bank="train"`` for the train
    part) and scored on the ID test part against each OOD set of the suite. The layer sweep refits
@@ -39,9 +39,10 @@ Pools and tasks come from :mod:`ood_zoo.bench.pools`, the detectors run in
 
 Language-model detectors
 ------------------------
-``perplexity`` gets the base model's ``(log p(text | prompt), n_tokens)`` per text (decoders
-only; cached like the features). ``likelihood_ratio`` needs a fine-tuned model as well and is
-skipped here.
+``perplexity`` gets the base model's ``(log p(text | prompt), n_tokens)`` per text, ``renyi``,
+``fisher_rao`` and ``self_certainty`` the sums of their next-token divergences from uniform
+(decoders only; :data:`~ood_zoo.features.NEXT_TOKEN_STATS`, cached like the features).
+``likelihood_ratio`` needs a fine-tuned model as well and is skipped here.
 """
 
 from __future__ import annotations
@@ -60,6 +61,7 @@ import torch
 
 from .. import metrics
 from ..features import (
+    NEXT_TOKEN_STATS,
     Extraction,
     default_pooling,
     extract,
@@ -264,7 +266,7 @@ class ModelExtractor:
             "features_cache": self.config.cache,
             "logits": ("label-token logits of the LM (first sub-token of each label word)"
                        if self.causal else "linear probe fit on the bank"),
-            "lm_stats": ("sequence_log_likelihood of each text in the template (base model)"
+            "lm_stats": ("next_token_statistics of each text in the template (base model)"
                          if self.causal else None),
         }
 
@@ -312,7 +314,8 @@ class BenchResult:
 
 
 def _check_detectors(
-    registry: Registry, names: Sequence[str] | None, what: str, lm_columns: int | None = None,
+    registry: Registry, names: Sequence[str] | None, what: str,
+    lm_columns: Sequence[str] | None = None,
 ) -> tuple[list[str], dict[str, str]]:
     if names is not None:
         unknown = [n for n in names if n not in registry.detectors and n != MSP_VOCAB]
@@ -381,7 +384,7 @@ def run_bench(
         with session.stage("extract"):
             extractions = {key: extractor(key, pool.texts) for key, pool in pools.items()}
         stats = [e.lm_stats for e in extractions.values()]
-        lm_columns = None if any(t is None for t in stats) else int(stats[0].shape[1])
+        lm_columns = None if any(t is None for t in stats) else NEXT_TOKEN_STATS
         main_names, skipped_detectors = _check_detectors(
             registry, config.detectors, "main", lm_columns
         )

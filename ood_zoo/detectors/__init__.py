@@ -17,6 +17,9 @@ name                      class                                       module
 ``gmm``                   :class:`GMMDetector`                        :mod:`.gmm`
 ``residual``              :class:`ResidualDetector`                   :mod:`.residual`
 ``perplexity``            :class:`PerplexityDetector`                 :mod:`.likelihood`
+``renyi``                 :class:`RenyiDetector`                      :mod:`.likelihood`
+``fisher_rao``            :class:`FisherRaoDetector`                  :mod:`.likelihood`
+``self_certainty``        :class:`SelfCertaintyDetector`              :mod:`.likelihood`
 ``likelihood_ratio``      :class:`LikelihoodRatioDetector`            :mod:`.likelihood`
 ``fusion``                :class:`FusionDetector`                     :mod:`.fusion`
 ``vim``                   :class:`ViMDetector`                        :mod:`.head`
@@ -35,7 +38,13 @@ from .fusion import FusionDetector
 from .gmm import GMMDetector
 from .head import FDBDDetector, NCIDetector, ViMDetector
 from .layers import LayersDetector
-from .likelihood import LikelihoodRatioDetector, PerplexityDetector
+from .likelihood import (
+    FisherRaoDetector,
+    LikelihoodRatioDetector,
+    PerplexityDetector,
+    RenyiDetector,
+    SelfCertaintyDetector,
+)
 from .lof import LOFDetector
 from .logits import (
     EnergyDetector,
@@ -63,6 +72,9 @@ BUILTIN_DETECTORS = (
     GMMDetector,
     ResidualDetector,
     PerplexityDetector,
+    RenyiDetector,
+    FisherRaoDetector,
+    SelfCertaintyDetector,
     LikelihoodRatioDetector,
     FusionDetector,
     ViMDetector,
@@ -77,6 +89,7 @@ __all__ = [
     "EnergyDetector",
     "EntropyDetector",
     "FDBDDetector",
+    "FisherRaoDetector",
     "FusionDetector",
     "GENDetector",
     "GMMDetector",
@@ -91,6 +104,8 @@ __all__ = [
     "NCIDetector",
     "PerplexityDetector",
     "RelativeMahalanobisDetector",
+    "RenyiDetector",
     "ResidualDetector",
+    "SelfCertaintyDetector",
     "ViMDetector",
 ]

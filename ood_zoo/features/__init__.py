@@ -9,11 +9,12 @@ torch.Size([1, 384])
 >>> out = extract(texts, "smollm2-135m", layers="all", pooling="last", template=PAPER_TEMPLATE,
 ...               label_words=["negative", "positive"], lm_stats=True, cache=True)  # doctest: +SKIP
 >>> out.layer(-1).shape, out.label_log_probs().shape                # doctest: +SKIP
->>> out.lm_stats.shape  # (log p(text | prompt), n_tokens) per text   # doctest: +SKIP
+>>> out.lm_stats.shape  # NEXT_TOKEN_STATS per text: [n, 5]         # doctest: +SKIP
 >>> out.rows([0, 2]).features.shape                                 # doctest: +SKIP
 
 :func:`is_causal_lm`, :func:`lm_head` and the other functions of :mod:`.introspect` say what a
-model is; :func:`sequence_log_likelihood` scores texts under a causal LM on its own.
+model is; :func:`next_token_statistics` (and its two columns :func:`sequence_log_likelihood`)
+scores texts under a causal LM on its own.
 """
 
 from __future__ import annotations
@@ -33,7 +34,14 @@ from .introspect import (
     logit_softcap,
     n_hidden_states,
 )
-from .likelihood import likelihood_ratio_inputs, sequence_log_likelihood
+from .likelihood import (
+    NEXT_TOKEN_STATS,
+    RENYI_ALPHA,
+    likelihood_ratio_inputs,
+    next_token_divergences,
+    next_token_statistics,
+    sequence_log_likelihood,
+)
 from .models import (
     BUILTIN_MODELS,
     cache_root,
@@ -52,8 +60,10 @@ from .pooling import POOLING_MODES, avg_avg, pool
 
 __all__ = [
     "BUILTIN_MODELS",
+    "NEXT_TOKEN_STATS",
     "PAPER_TEMPLATE",
     "POOLING_MODES",
+    "RENYI_ALPHA",
     "Extraction",
     "ModelSpec",
     "Template",
@@ -76,6 +86,8 @@ __all__ = [
     "model_fingerprint",
     "model_spec",
     "n_hidden_states",
+    "next_token_divergences",
+    "next_token_statistics",
     "pool",
     "resolve_device",
     "resolve_dtype",

@@ -3,7 +3,7 @@
 :func:`extract` runs a model over texts in length-sorted batches and pools the hidden states of
 one or more layers into one vector per text (see :mod:`ood_zoo.features.pooling`). For decoder
 LMs it can also return, from the same forward pass, the next-token logits of label words that
-the paper's MSP and energy detectors need, and each text's log-likelihood under the LM. It
+the paper's MSP and energy detectors need, and each text's next-token statistics under the LM. It
 knows nothing about detectors: it returns one :class:`Extraction` of plain tensors for the next
 stage, optionally cached on disk (:mod:`ood_zoo.features.cache`).
 """
@@ -32,7 +32,7 @@ from ._inputs import (
 )
 from .encode import Template, encode, label_token_ids
 from .introspect import backbone, is_causal_lm, lm_head, logit_softcap, n_hidden_states
-from .likelihood import sequence_log_likelihood
+from .likelihood import next_token_statistics
 from .models import (
     DType,
     directory_fingerprint,
@@ -109,8 +109,10 @@ class Extraction:
     label_words : tuple of str
         The label words, in column order.
     lm_stats : torch.Tensor or None
-        ``[n, 2]`` float64 ``(log p(text | prompt), n_tokens)``
-        (:func:`~ood_zoo.features.sequence_log_likelihood`), with ``extract(lm_stats=True)``.
+        ``[n, 5]`` float64 per-text next-token statistics, the columns
+        :data:`~ood_zoo.features.NEXT_TOKEN_STATS` (``log_likelihood``, the three divergences
+        from uniform, ``n_tokens``) of :func:`~ood_zoo.features.next_token_statistics`, with
+        ``extract(lm_stats=True)``.
     label_head_weight, label_head_bias : torch.Tensor or None
         ``[C, d]`` and ``[C]`` float32: the LM head's rows of the label tokens (bias zeros if
         the head has none), which map the final hidden state at the logits' position to
@@ -298,9 +300,9 @@ def extract(
         ``logsumexp`` there. Needs an LM head; the head runs on the last position only. First
         tokens must differ between labels.
     lm_stats : bool
-        Also score each text under the LM (:func:`~ood_zoo.features.sequence_log_likelihood`
-        with the same template, ``max_length``, ``batch_size`` and cache): the ``[n, 2]``
-        ``(log p(text | prompt), n_tokens)`` of :attr:`Extraction.lm_stats`. Needs an LM head.
+        Also score each text under the LM (:func:`~ood_zoo.features.next_token_statistics`
+        with the same template, ``max_length``, ``batch_size`` and cache, and the default Rényi
+        order): the ``[n, 5]`` statistics of :attr:`Extraction.lm_stats`. Needs an LM head.
     device, dtype : optional
         Where and in which precision to run; ``dtype`` may be a name (``"bfloat16"``). A
         loaded ``model`` is moved there in place (as ``Module.to`` does); a model loaded by name
@@ -388,7 +390,7 @@ def extract(
             _cache.write_entry(path, tensors, key)
     stats = None
     if lm_stats:
-        stats = sequence_log_likelihood(
+        stats = next_token_statistics(
             texts, model, tokenizer, template=template, max_length=max_length,
             batch_size=batch_size, sort_by_length=sort_by_length, cache=cache,
             progress=progress,

@@ -59,8 +59,9 @@ Usage, for a plugin author (in the plugin's test suite)::
         check_detector(MyDetector, params={"k": 3}, tmp_path=tmp_path)
 
 Detectors that need the language model itself (``requires.language_model``) take per-text
-statistics of it as ``features`` (see :mod:`ood_zoo.detectors.likelihood`). Those that declare
-one of the built-in layouts in ``stats_columns`` get every check on synthetic statistics
+statistics of it as ``features`` (see :mod:`ood_zoo.detectors.likelihood`). Those whose
+``stats_columns`` are built-in column names (:data:`LIKELIHOOD_COLUMNS`, then ``n_tokens``) get
+every check on synthetic statistics
 (:func:`make_likelihood_inputs`); for any other, pass ``make_inputs`` (its ``features`` are the
 statistics), or only the class attributes are checked.
 """
@@ -82,6 +83,7 @@ from .checks import (
     detector_checks,
 )
 from .inputs import (
+    LIKELIHOOD_COLUMNS,
     MakeInputs,
     Split,
     SyntheticInputs,
@@ -93,6 +95,7 @@ from .inputs import (
 
 __all__ = [
     "CHECKS",
+    "LIKELIHOOD_COLUMNS",
     "MIN_AUROC",
     "MakeInputs",
     "Split",

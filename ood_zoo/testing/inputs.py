@@ -15,9 +15,16 @@ from typing import Any
 import numpy as np
 
 from ..api import Detector, Requirements
-from ..detectors.likelihood import RATIO_STATS, SEQUENCE_STATS
+from ..detectors.likelihood import (
+    FISHER_RAO_STATS,
+    RATIO_STATS,
+    RENYI_STATS,
+    SELF_CERTAINTY_STATS,
+    SEQUENCE_STATS,
+)
 
 __all__ = [
+    "LIKELIHOOD_COLUMNS",
     "MakeInputs",
     "Split",
     "SyntheticInputs",
@@ -155,6 +162,15 @@ def make_layered_inputs(
         return replace(split, features=np.stack(slices, axis=1).astype(np.float32))
 
     return SyntheticInputs(fit=layered(base.fit), id=layered(base.id), ood=layered(base.ood))
+#: Every statistic column :func:`make_likelihood_inputs` can make (``n_tokens`` comes last).
+LIKELIHOOD_COLUMNS = tuple(dict.fromkeys(
+    c for layout in (SEQUENCE_STATS, RENYI_STATS, FISHER_RAO_STATS, SELF_CERTAINTY_STATS,
+                     RATIO_STATS) for c in layout[:-1]))
+
+
+def _known_layout(columns: Any) -> bool:
+    return (isinstance(columns, tuple) and len(columns) >= 2 and columns[-1] == "n_tokens"
+            and all(c in LIKELIHOOD_COLUMNS for c in columns[:-1]))
 
 
 def make_likelihood_inputs(
@@ -166,27 +182,37 @@ def make_likelihood_inputs(
 ) -> SyntheticInputs:
     """Synthetic per-text language-model statistics, as float32 numpy ``features``.
 
-    Each text has ``m`` tokens (uniform in 4..64). Per token, a base model's log-likelihood is
-    about -3 for ID and -2 for OOD text (generic text is often the more likely), and a model fitted
-    to the ID data gains about 1.5 nats on ID and loses 0.3 on OOD text. ``SEQUENCE_STATS`` gives
-    ``(log_likelihood, n_tokens)`` of the fitted model; ``RATIO_STATS`` gives
-    ``(log_likelihood_finetuned, log_likelihood_base, n_tokens)``. Labels are zeros and logits
-    are zeros ``[n, 2]`` (such detectors use neither).
+    Each text has ``m`` tokens (uniform in 4..64); every statistic is ``m`` times a per-text mean.
+    Per token, a base model's log-likelihood is about -3 for ID and -2 for OOD text (generic text
+    is often the more likely), and a model fitted to the ID data gains about 1.5 nats on ID and
+    loses 0.3 on OOD text. Its next-token distributions are more peaked on ID text: Rényi
+    divergence to uniform about 5 against 4 nats, normalised Fisher–Rao distance 0.75 against
+    0.65, self-certainty 9 against 7. ``columns`` picks and orders them: any of
+    :data:`LIKELIHOOD_COLUMNS` (``log_likelihood`` is the fitted model's,
+    ``log_likelihood_finetuned`` and ``log_likelihood_base`` the two of ``RATIO_STATS``), then
+    ``n_tokens``. Labels are zeros and logits are zeros ``[n, 2]`` (such detectors use neither).
     """
-    if columns not in (SEQUENCE_STATS, RATIO_STATS):
-        raise ValueError(f"columns must be SEQUENCE_STATS or RATIO_STATS, got {columns!r}")
+    if not _known_layout(columns):
+        raise ValueError(f"columns must be names from {LIKELIHOOD_COLUMNS} followed by "
+                         f"'n_tokens', got {columns!r}")
     rng = np.random.default_rng(seed)
 
-    def split(n: int, base: float, gain: float) -> Split:
+    def split(n: int, base: float, gain: float, peaked: bool) -> Split:
         tokens = rng.integers(4, 65, size=n).astype(np.float64)
         base_ll = tokens * rng.normal(base, 0.3, size=n)
         tuned_ll = base_ll + tokens * rng.normal(gain, 0.2, size=n)
-        stats = [tuned_ll, base_ll, tokens] if columns == RATIO_STATS else [tuned_ll, tokens]
-        return Split(np.stack(stats, axis=1).astype(np.float32), np.zeros(n, dtype=np.int64),
+        means = {"renyi_divergence": (5.0, 4.0, 0.4), "fisher_rao": (0.75, 0.65, 0.04),
+                 "self_certainty": (9.0, 7.0, 0.7)}
+        values = {"log_likelihood": tuned_ll, "log_likelihood_finetuned": tuned_ll,
+                  "log_likelihood_base": base_ll, "n_tokens": tokens}
+        for name, (id_mean, ood_mean, sd) in means.items():
+            values[name] = tokens * rng.normal(id_mean if peaked else ood_mean, sd, size=n)
+        stats = np.stack([values[c] for c in columns], axis=1)
+        return Split(stats.astype(np.float32), np.zeros(n, dtype=np.int64),
                      np.zeros((n, 2), dtype=np.float32))
 
-    return SyntheticInputs(fit=split(n_fit, -3.0, 1.5), id=split(n_test, -3.0, 1.5),
-                           ood=split(n_test, -2.0, -0.3))
+    return SyntheticInputs(fit=split(n_fit, -3.0, 1.5, True), id=split(n_test, -3.0, 1.5, True),
+                           ood=split(n_test, -2.0, -0.3, False))
 
 
 def default_make_inputs(cls: type[Detector]) -> MakeInputs | None:
@@ -194,8 +220,9 @@ def default_make_inputs(cls: type[Detector]) -> MakeInputs | None:
 
     :func:`make_synthetic_inputs` for detectors on features and logits,
     :func:`make_layered_inputs` for those on layered features;
-    :func:`make_likelihood_inputs` for language-model detectors whose ``stats_columns`` is
-    ``SEQUENCE_STATS`` or ``RATIO_STATS``; ``None`` for other language-model detectors.
+    :func:`make_likelihood_inputs` for language-model detectors whose ``stats_columns`` are
+    columns it makes (:data:`LIKELIHOOD_COLUMNS`, then ``n_tokens``); ``None`` for other
+    language-model detectors.
     """
     requires = getattr(cls, "requires", None)
     if not isinstance(requires, Requirements):
@@ -205,7 +232,7 @@ def default_make_inputs(cls: type[Detector]) -> MakeInputs | None:
     if not requires.language_model:
         return make_synthetic_inputs
     columns = getattr(cls, "stats_columns", None)
-    if columns in (SEQUENCE_STATS, RATIO_STATS):
+    if _known_layout(columns):
         return functools.partial(make_likelihood_inputs, columns=columns)
     return None
 

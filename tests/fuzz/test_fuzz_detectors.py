@@ -96,12 +96,16 @@ def make_arrays(case: dict, cls: type) -> dict:
     rng = np.random.default_rng(case["seed"])
     n, nq, s = case["n"], case["nq"], case["scale"]
     req = cls.requires
-    if req.language_model:  # per-text statistics: log-likelihoods, then whole token counts
-        width = len(cls.stats_columns)
+    if req.language_model:  # per-text sums over tokens, then whole token counts
+        # log-likelihoods are <= 0, divergences from uniform >= 0 (fisher_rao <= 1 per token)
+        per_token = np.array([-s if c.startswith("log_likelihood") else
+                              min(s, 1.0) if c == "fisher_rao" else s
+                              for c in cls.stats_columns[:-1]])
 
         def stats(rows: int) -> np.ndarray:
             counts = rng.integers(1, 50, size=(rows, 1)).astype(np.float64)
-            return np.concatenate([-rng.random((rows, width - 1)) * s * counts, counts], axis=1)
+            sums = rng.random((rows, per_token.size)) * per_token * counts
+            return np.concatenate([sums, counts], axis=1)
 
         return {"fit": stats(n), "score": stats(nq), "labels": None}
     if req.logits and not req.features:
@@ -153,7 +157,7 @@ def reference_scores(name: str, hp: dict, fit: np.ndarray, queries: np.ndarray, 
         return ref.maxlogit_scores(queries)
     if name == "energy":
         return ref.energy_scores(queries, hp["temperature"])
-    if name == "perplexity":
+    if name in ("perplexity", "renyi", "fisher_rao", "self_certainty"):  # per-token means
         return queries[:, 0] / queries[:, 1]
     if name == "likelihood_ratio":
         ratio = queries[:, 0] - queries[:, 1]
