@@ -10,7 +10,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import pytest
 
-from ood_zoo.bench import zero_grad
+from ood_zoo.bench.zero_grad import run as zero_grad_run
 from ood_zoo.cli import main
 from ood_zoo.registry import get_registry
 
@@ -53,7 +53,7 @@ def test_bench_usage_errors_exit_2(argv, message, capsys, tmp_path, monkeypatch)
     def no_extraction(*args, **kwargs):
         raise AssertionError("a usage error must stop before loading any model")
 
-    monkeypatch.setattr(zero_grad, "ModelExtractor", no_extraction)
+    monkeypatch.setattr(zero_grad_run, "ModelExtractor", no_extraction)
     assert main(["bench", *argv, "--out", str(tmp_path / "out"), "--quiet"]) == 2
     err = capsys.readouterr().err
     assert "ood-zoo: error:" in err

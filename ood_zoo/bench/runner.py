@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 import traceback
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -25,6 +25,7 @@ __all__ = [
     "MSP_VOCAB",
     "PROBE_CS",
     "ROW_COLUMNS",
+    "DetectorChoice",
     "DetectorInputs",
     "fit_probe",
     "probe_head",
@@ -101,6 +102,30 @@ class DetectorInputs:
         return self.lm_stats[:, [self.lm_columns.index(c) for c in columns]]
 
 
+@dataclass(frozen=True)
+class DetectorChoice:
+    """A registered detector with hyperparameters, reported under its own row name.
+
+    Attributes
+    ----------
+    label : str
+        The ``detector`` value of its result rows (``"auto"``, ``"msp_vocab"``).
+    name : str
+        The registered detector.
+    params : mapping
+        Its hyperparameters (default: its declared defaults).
+    """
+
+    label: str
+    name: str
+    params: Mapping[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, detector: str | DetectorChoice) -> DetectorChoice:
+        """``detector`` itself, or a registered name with its defaults under its own name."""
+        return detector if isinstance(detector, DetectorChoice) else cls(detector, detector)
+
+
 #: The inverse L2 strengths :func:`fit_probe` chooses from.
 PROBE_CS = (1e-3, 1e-2, 1e-1, 1.0)
 
@@ -174,9 +199,12 @@ def probe_head(probe: Any) -> tuple[torch.Tensor, torch.Tensor]:
 
 def usable_detectors(
     registry: Registry | None = None, names: Sequence[str] | None = None,
-    lm_columns: Sequence[str] | None = None,
+    lm_columns: Sequence[str] | None = None, *, layered: bool = False,
 ) -> tuple[list[str], dict[str, str]]:
     """The detectors a runner can feed, and those it skips with the reason.
+
+    Detectors on per-layer features (``requires.layered``) are usable only on ``layered``
+    (``[n, L, d]``) features, and feature detectors only on ``[n, d]`` ones.
 
     Detectors that need the language model itself (``requires.language_model``) are usable
     only with ``lm_columns``, the column names of the runner's language-model statistics
@@ -192,8 +220,10 @@ def usable_detectors(
         columns = getattr(record.cls, "stats_columns", None) if record is not None else None
         if record is None:
             skipped[name] = "not registered"
-        elif record.cls.requires.layered:
+        elif record.cls.requires.layered and not layered:
             skipped[name] = "needs per-layer features [n, L, d]"
+        elif layered and record.cls.requires.features and not record.cls.requires.layered:
+            skipped[name] = "takes one layer's features [n, d]; these are [n, L, d]"
         elif record.cls.requires.language_model and lm_columns is None:
             skipped[name] = "needs the language model itself"
         elif record.cls.requires.language_model and columns and not set(columns) <= set(
@@ -232,13 +262,14 @@ def run_detectors(
     ood_sets: Mapping[str, DetectorInputs],
     *,
     registry: Registry | None = None,
-    detectors: Sequence[str] | None = None,
+    detectors: Sequence[str | DetectorChoice] | None = None,
     on_scores: OnScores | None = None,
 ) -> list[dict[str, Any]]:
     """Fit each detector on ``bank`` and evaluate it on ``id_test`` against each OOD set.
 
     Every detector gets the same inputs: features, labels, logits and the linear head (it uses
-    what its ``requires`` declares) and its default hyperparameters. Detectors that need the
+    what its ``requires`` declares) and its default hyperparameters, or those of its
+    :class:`DetectorChoice`. Detectors that need the
     language model get the columns of the sets' ``lm_stats`` that they name in
     ``stats_columns`` as features; without statistics (in any set) or those columns they are
     skipped.
@@ -251,9 +282,10 @@ def run_detectors(
         Each is evaluated on its own against ``id_test``; the key names it in the rows.
     registry : Registry, optional
         Default :func:`~ood_zoo.registry.get_registry`.
-    detectors : sequence of str, optional
-        Detector names; default every registered one that these sets can feed
-        (:func:`usable_detectors`).
+    detectors : sequence of str or DetectorChoice, optional
+        Detector names or choices; default every registered one that these sets can feed
+        (:func:`usable_detectors`: per-layer features ``[n, L, d]`` feed the layered detectors
+        only).
     on_scores : callable, optional
         ``on_scores(detector, ood_name, id_scores, ood_scores)`` with the scores as numpy arrays,
         after each successful evaluation, e.g. to keep scores for plots.
@@ -272,16 +304,25 @@ def run_detectors(
     if len(layouts) > 1:
         raise ValueError(f"the sets' lm_stats have different columns: {sorted(layouts)}")
     lm_columns = None if any(s.lm_stats is None for s in sets) else bank.lm_columns
-    names, _ = usable_detectors(registry, detectors, lm_columns)
+    layered = bank.features.dim() == 3
+    if detectors is None:
+        choices = [DetectorChoice.of(n) for n in usable_detectors(
+            registry, None, lm_columns, layered=layered)[0]]
+    else:
+        choices = [DetectorChoice.of(d) for d in detectors]
+        usable = set(usable_detectors(registry, [c.name for c in choices], lm_columns,
+                                      layered=layered)[0])
+        choices = [c for c in choices if c.name in usable]
     rows: list[dict[str, Any]] = []
-    for name in names:
+    for choice in choices:
+        name = choice.label
         fit_s: float | None = None
         id_scores = None
         id_s = 0.0
         failure: str | None = None
-        cls = registry.get(name).cls
+        cls = registry.get(choice.name).cls
         try:
-            detector = registry.create(name)
+            detector = registry.create(choice.name, **choice.params)
             start = time.perf_counter()
             detector.fit(_features(bank, cls), labels=bank.labels, logits=bank.logits,
                          head=bank.head)
@@ -331,13 +372,5 @@ def run_msp_vocab(
     registry = registry or get_registry()
     if "maxlogit" not in registry.detectors:
         return []
-
-    def renamed(detector: str, ood: str, id_scores: np.ndarray, ood_scores: np.ndarray) -> None:
-        if on_scores is not None:
-            on_scores(MSP_VOCAB, ood, id_scores, ood_scores)
-
-    rows = run_detectors(bank, id_test, ood_sets, registry=registry, detectors=["maxlogit"],
-                         on_scores=renamed)
-    for row in rows:
-        row["detector"] = MSP_VOCAB
-    return rows
+    return run_detectors(bank, id_test, ood_sets, registry=registry,
+                         detectors=[DetectorChoice(MSP_VOCAB, "maxlogit")], on_scores=on_scores)

@@ -27,7 +27,7 @@ labels. What each measured, and where the goal holds, is in the README (zero-gra
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -35,6 +35,8 @@ import torch
 
 from .. import metrics
 from ..registry import Registry
+from .pools import MakeInputs, Task
+from .runner import DetectorChoice, DetectorInputs, run_detectors
 
 __all__ = [
     "AUTO",
@@ -44,7 +46,9 @@ __all__ = [
     "auto_configuration",
     "candidate_configurations",
     "class_holdout_auroc",
+    "configurations_table",
     "oracle_rows",
+    "run_configurations",
     "select_by_class_holdout",
 ]
 
@@ -79,6 +83,14 @@ class Configuration:
         if len(self.layers) == 1:
             return extraction_features[:, self.layers[0]]
         return extraction_features[:, list(self.layers)]
+
+    def choice(self, label: str) -> DetectorChoice:
+        """The runner's choice of this configuration, its rows named ``label``."""
+        return DetectorChoice(label, self.detector, self.params)
+
+    def inputs(self, inputs: DetectorInputs) -> DetectorInputs:
+        """``inputs`` of all-layer features cut to this configuration's layers."""
+        return replace(inputs, features=self.features(inputs.features))
 
     def describe(self) -> dict[str, Any]:
         """What the configuration is, for the results file."""
@@ -175,3 +187,56 @@ def oracle_rows(sweep_table: Sequence[Mapping[str, Any]], detector: str = "cosin
             best[row["setting"]] = row
     return [{**row, "detector": ORACLE, "chosen": f"{detector}@L{row['layer']}"}
             for row in best.values()]
+
+
+def run_configurations(
+    task: Task, make: MakeInputs, registry: Registry, n_states: int,
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Fit and evaluate :data:`AUTO` and :data:`AUTO_CV` on one task.
+
+    Parameters
+    ----------
+    task : Task
+        One seed's ID task.
+    make : callable
+        ``make(pool_key, rows)``: the :class:`~.runner.DetectorInputs` of those rows with
+        *all-layer* features ``[n, n_states, d]``.
+    registry : Registry
+    n_states : int
+        Hidden states per text.
+
+    Returns
+    -------
+    (rows, choice)
+        The runner's rows (:func:`~.runner.run_detectors`) of both configurations, and what was
+        chosen: ``{"seed", "id", "holdout", "auto", "auto_cv", "class_holdout_auroc"}``.
+    """
+    bank, id_test, oods = task.inputs(make)
+    auto = auto_configuration(n_states)
+    chosen, values = select_by_class_holdout(candidate_configurations(n_states), bank.features,
+                                             bank.labels, registry, seed=task.seed)
+    rows = []
+    for label, configuration in ((AUTO, auto), (AUTO_CV, chosen)):
+        rows += run_detectors(configuration.inputs(bank), configuration.inputs(id_test),
+                              {k: configuration.inputs(v) for k, v in oods.items()},
+                              registry=registry, detectors=[configuration.choice(label)])
+    choice = {"seed": task.seed, "id": task.id_corpus, "holdout": task.holdout,
+              "auto": auto.label, "auto_cv": chosen.label, "class_holdout_auroc": values}
+    return rows, choice
+
+
+def configurations_table(
+    table: Sequence[Mapping[str, Any]], paper: str = "cosine",
+) -> list[dict[str, Any]]:
+    """One row per setting: the AUROC of the paper's ``paper`` row, :data:`AUTO`,
+    :data:`AUTO_CV` and :data:`ORACLE` (with its layer), from an aggregated table."""
+    columns = {paper: "paper", AUTO: "auto", AUTO_CV: "auto_cv", ORACLE: "oracle"}
+    out: dict[str, dict[str, Any]] = {}
+    for row in table:
+        if row["detector"] not in columns:
+            continue
+        entry = out.setdefault(row["setting"], {"setting": row["setting"], "kind": row["kind"]})
+        entry[columns[row["detector"]]] = row.get("auroc_pm") or row.get("auroc")
+        if row["detector"] == ORACLE:
+            entry["oracle_layer"] = row.get("chosen")
+    return list(out.values())

@@ -106,6 +106,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
             f"({', '.join(get_registry().models) or 'none'}) and not a local model directory"
         )
     if suite.name == "fine-tuned":
+        if args.config != "paper":
+            raise CommandError("--config auto is a zero-grad option; the fine-tuned suite runs "
+                               "the paper's configuration")
         return cmd_bench_fine_tuned(args)
     if args.layers in ("none", "off"):
         sweep: Any = None
@@ -122,7 +125,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         detectors=_names(args.detectors),
         sweep_detectors=_names(args.sweep_detectors) or (),
         datasets=_names(args.datasets), cache=not args.no_cache, plots=not args.no_plots,
-        progress=not args.quiet, threads=args.threads,
+        progress=not args.quiet, threads=args.threads, selection=args.config,
     )
     suite.select(config.datasets)  # unknown dataset: ValueError, exit 2 before any work
     out = Path(args.out or f"results/{suite.name}-{Path(args.model).name}")
@@ -248,6 +251,10 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                        help="tokens per text, template included (default 128; fine-tuned: 64)")
     bench.add_argument("--batch-size", type=int, default=32)
     bench.add_argument("--detectors", help="comma-separated detectors (default: all usable)")
+    bench.add_argument("--config", choices=["paper", "auto"], default="paper",
+                       help="auto: also the configurations chosen from ID data alone (every "
+                            "block layer aggregated; class-held-out CV) and the oracle layer, "
+                            "which peeks (zero-grad; needs every hidden state)")
     bench.add_argument("--sweep-detectors", default=",".join(SWEEP_DETECTORS),
                        help=f"detectors of the layer sweep (default {','.join(SWEEP_DETECTORS)})")
     bench.add_argument("--datasets", help="restrict to settings among these corpora, e.g. rt,bbc")

@@ -1,66 +1,19 @@
-"""The zero-grad benchmark: every detector on frozen LM features, over settings and seeds.
+"""The zero-grad run: configuration, extraction once, every detector per seed and task."""
 
-:func:`run_bench` runs a suite (:mod:`ood_zoo.bench.suites`) in four steps:
-
-1. **Pools.** Each corpus of the suite is loaded and one pool of texts is drawn from it
-   (``max_per_split`` texts per split it needs, or the whole corpus with ``full=True``).
-2. **Features, once.** Every pool goes through the model once: hidden states of *all* layers,
-   pooled (``[n, L, d]``), plus, for a causal LM, the next-token logits of every ID label word and
-   the log-sum-exp over the whole vocabulary at the prompt's last position. A causal LM also
-   scores each text in a second pass (:func:`~ood_zoo.features.next_token_statistics`, same
-   template and truncation) for the ``perplexity``, ``renyi``, ``fisher_rao`` and
-   ``self_certainty`` detectors. Every setting, seed, layer and detector reuses them.
-3. **Seeds × ID tasks × detectors.** Per seed each ID pool is split anew; each registered detector
-   is fit on the bank (the ID *validation* part, as in the paper; ``bank="train"`` for the train
-   part) and scored on the ID test part against each OOD set of the suite. The layer sweep refits
-   the sweep detectors (cosine and Mahalanobis by default) on every layer.
-4. **Outputs.** Per-seed rows, mean ± std over seeds, tables, plots, all written atomically.
-
-Logits for MSP, MaxLogit and Energy
------------------------------------
-*Decoder LMs* (zero-grad, as the paper): the ID class names are verbalised (``negative`` /
-``positive``, topic names) and the logits of each word's first token are read at the last prompt
-position. The registered ``msp``, ``maxlogit`` and ``energy`` detectors get those label-token
-logits, so ``energy`` is the paper's energy (logsumexp over label tokens, T = 1) and ``msp`` is the
-softmax **renormalised over the label tokens**. The paper's MSP takes the softmax over the **full
-vocabulary** and the max over the label tokens, not renormalised; it is reported as the row
-``msp_vocab``: the ``maxlogit`` detector on the label tokens' vocabulary log-probabilities
-``logit_c - logsumexp(vocab)``, i.e. the log of the paper's MSP (same AUROC, FPR95 and AUPR).
-*Encoders* (MiniLM): a linear probe fit on the bank (:func:`~ood_zoo.bench.runner.fit_probe`)
-gives the class logits. The head detectors (``vim``, ``fdbd``, ``nci``) get the linear map behind
-those logits: the label tokens' LM-head rows at the final layer with last-token pooling
-(:meth:`~ood_zoo.features.Extraction.label_head`), the probe's weights folded through its
-scaler (:func:`~ood_zoo.bench.runner.probe_head`); with none (other layers and poolings, the
-sweep) they report an error row, as the logit detectors do without logits.
-
-Pools and tasks come from :mod:`ood_zoo.bench.pools`, the detectors run in
-:func:`~ood_zoo.bench.runner.run_detectors`, and the tables are written with
-:mod:`ood_zoo.bench.tables`.
-
-Language-model detectors
-------------------------
-``perplexity`` gets the base model's ``(log p(text | prompt), n_tokens)`` per text, ``renyi``,
-``fisher_rao`` and ``self_certainty`` the sums of their next-token divergences from uniform
-(decoders only; :data:`~ood_zoo.features.NEXT_TOKEN_STATS`, cached like the features).
-``likelihood_ratio`` needs a fine-tuned model as well and is skipped here.
-"""
 
 from __future__ import annotations
 
-import os
 import sys
 import time
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 import torch
 
-from .. import metrics
-from ..features import (
+from ...features import (
     NEXT_TOKEN_STATS,
     Extraction,
     default_pooling,
@@ -69,10 +22,9 @@ from ..features import (
     load_model,
     model_spec,
 )
-from ..registry import Registry, get_registry
-from .plots import write_plots
-from .pools import MakeInputs, Pool, Task, draw_pools, label_words, tasks
-from .runner import (
+from ...registry import Registry, get_registry
+from ..pools import MakeInputs, Pool, Task, draw_pools, label_words, tasks
+from ..runner import (
     MSP_VOCAB,
     DetectorInputs,
     fit_probe,
@@ -82,18 +34,12 @@ from .runner import (
     run_msp_vocab,
     usable_detectors,
 )
-from .session import RunSession
-from .suites import SPLIT_SCALE, Suite, get_suite
-from .tables import (
-    TABLE_HEADERS,
+from ..selection import oracle_rows, run_configurations
+from ..session import RunSession
+from ..suites import SPLIT_SCALE, Suite, get_suite
+from ..tables import (
     aggregate,
-    csv_bytes,
-    json_bytes,
     jsonable,
-    layer_sweep_wide,
-    markdown_table,
-    summary_by_kind,
-    write_files,
 )
 
 __all__ = [
@@ -102,9 +48,7 @@ __all__ = [
     "BenchConfig",
     "BenchResult",
     "ModelExtractor",
-    "render_tables",
     "run_bench",
-    "write_outputs",
 ]
 
 #: Texts per split by default, sized for the default SmolLM2 run to take at most ~5 minutes on
@@ -163,6 +107,9 @@ class BenchConfig:
         Progress bars.
     threads : int, optional
         Torch threads; default ``OMP_NUM_THREADS`` or 2.
+    selection : {"paper", "auto"}
+        ``"auto"`` also runs the configurations chosen from ID data alone next to the paper's and
+        the peeking oracle layer (:mod:`ood_zoo.bench.selection`); it needs every hidden state.
     """
 
     suite: str = "zero-grad"
@@ -184,6 +131,7 @@ class BenchConfig:
     plots: bool = True
     progress: bool = True
     threads: int | None = None
+    selection: Literal["paper", "auto"] = "paper"
 
     def __post_init__(self) -> None:
         if self.bank not in ("validation", "train"):
@@ -199,6 +147,8 @@ class BenchConfig:
         if isinstance(self.sweep_layers, str) and self.sweep_layers != "all":
             raise ValueError(f"sweep_layers must be 'all', a list of ints or None, "
                              f"got {self.sweep_layers!r}")
+        if self.selection not in ("paper", "auto"):
+            raise ValueError(f"selection must be 'paper' or 'auto', got {self.selection!r}")
         if self.template and "{text}" not in self.template:
             raise ValueError("template must contain the field {text}")
 
@@ -389,7 +339,7 @@ def run_bench(
             registry, config.detectors, "main", lm_columns
         )
         with session.stage("detectors"):
-            rows, sweep_rows, scores = _evaluate(
+            rows, sweep_rows, scores, choices = _evaluate(
                 suite, pools, extractions, config, registry, main_names, sweep_names,
                 want_vocab_msp,
             )
@@ -397,6 +347,8 @@ def run_bench(
     order = [s.name for s in suite.settings]
     table = aggregate(rows, order=order)
     sweep_table = aggregate(sweep_rows, keys=("setting", "detector", "layer"), order=order)
+    if config.selection == "auto":
+        table += oracle_rows(sweep_table)
     meta = {
         "settings": {
             "config": jsonable(asdict(config)),
@@ -424,6 +376,7 @@ def run_bench(
                            "(reported as its log; decoders only)",
             },
             "std": "sample standard deviation over seeds (ddof=1; 0 for one seed)",
+            "selection": choices,
         },
         **session.metadata(),
     }
@@ -439,9 +392,10 @@ def _evaluate(
     main_names: list[str],
     sweep_names: list[str],
     want_vocab_msp: bool,
-) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, Any]]:
-    """Per seed and ID task: the main detectors (and the paper's MSP) at the main layer, then the
-    sweep detectors at every sweep layer."""
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, Any], list[dict[str, Any]]]:
+    """Per seed and ID task: the main detectors (and the paper's MSP) at the main layer, the
+    sweep detectors at every sweep layer and, with ``selection="auto"``, the configurations chosen
+    on the bank (and what they chose)."""
     from tqdm.auto import tqdm
 
     rows: list[dict[str, Any]] = []
@@ -458,6 +412,9 @@ def _evaluate(
             first.layer(layer)  # raises on a layer that was not extracted
     first.layer(config.layer)
     main_index = config.layer % first.n_states
+    if config.selection == "auto" and first.layers != tuple(range(first.n_states)):
+        raise ValueError(f"selection='auto' needs every hidden state; the extraction has "
+                         f"{list(first.layers)} of {first.n_states}")
 
     def inputs_at(layer: int, logits: Callable[[Extraction], torch.Tensor | None],
                   head: tuple[torch.Tensor, torch.Tensor] | None = None) -> MakeInputs:
@@ -470,6 +427,12 @@ def _evaluate(
 
     def no_logits(part: Extraction) -> None:
         return None
+
+    def every_layer(pool_key: str, idx: np.ndarray) -> DetectorInputs:
+        part = extractions[pool_key].rows(idx)
+        return DetectorInputs(part.features, lm_stats=part.lm_stats)
+
+    choices: list[dict[str, Any]] = []
 
     jobs = [(seed, task) for seed in config.seeds
             for task in tasks(suite, pools, seed, config.bank)]
@@ -494,7 +457,11 @@ def _evaluate(
             for row in run_detectors(*task.inputs(inputs_at(layer, no_logits)),
                                      registry=registry, detectors=sweep_names):
                 sweep_rows.append(task.row(row, layer))
-    return rows, sweep_rows, dict(scores)
+        if config.selection == "auto":
+            found, choice = run_configurations(task, every_layer, registry, first.n_states)
+            rows += [task.row(row, main_index) for row in found]
+            choices.append(choice)
+    return rows, sweep_rows, dict(scores), choices
 
 
 @dataclass(frozen=True)
@@ -525,85 +492,3 @@ def _main_logits(suite: Suite, pool: Pool, extraction: Extraction, task: Task,
     return _Logits(lambda part: probe_logits(probe, part.layer(layer)), head=probe_head(probe))
 
 
-# ---------------------------------------------------------------------------- outputs
-TABLE_COLUMNS = ("setting", "detector", "auroc_pm", "fpr95_pm", "aupr_in_pm", "n_seeds")
-CSV_COLUMNS = (
-    "row_type", "setting", "kind", "id", "ood", "detector", "layer", "seed", "n_bank", "n_id",
-    "n_ood", "id_classes", "ood_classes", "auroc", "auroc_std", "fpr95", "fpr95_std", "aupr_in",
-    "aupr_in_std", "aupr_out", "n_seeds", "n_errors", "fit_s", "score_s", "error",
-)
-
-
-def render_tables(result: BenchResult) -> tuple[str, str]:
-    """The report as Markdown and as plain text: main table, summary, layer sweep."""
-    s = result.meta["settings"]
-    config = s["config"]
-    ext = s["extraction"]  # empty for a run on given features (run_bench(extractor=...))
-    title = (f"{config['suite']} benchmark: model {ext.get('model', config['model'])}, "
-             f"{ext.get('pooling', config['pooling'] or '?')} pooling, "
-             f"layer {s['main_layer']}, bank = ID {s['bank']} split, seeds {config['seeds']}")
-    notes = [
-        "AUROC / FPR95 / AUPR-In: mean ± sample std over seeds; ID is the positive class, higher "
-        "score = more ID.",
-        f"msp: {s['msp_variants']['msp']}; {MSP_VOCAB}: {s['msp_variants'][MSP_VOCAB]}.",
-    ]
-    if s["skipped_corpora"]:
-        notes.append("skipped corpora: " + "; ".join(
-            f"{k} ({v})" for k, v in s["skipped_corpora"].items()))
-    summary = summary_by_kind(result.table)
-    sum_cols = ("detector", "far_auroc", "far_fpr95", "near_auroc", "near_fpr95")
-    sweep, layer_cols = layer_sweep_wide(result.sweep_table)
-    sweep_cols = ["setting", "detector", "best_layer", "best_auroc", "last_auroc", *layer_cols]
-
-    md = [f"# {title}", "", *[f"- {n}" for n in notes], "",
-          markdown_table(result.table, TABLE_COLUMNS, TABLE_HEADERS), "",
-          "## Mean over settings", "", markdown_table(summary, sum_cols, {}), ""]
-    txt = [title, *notes, "", metrics.format_table(
-        [{TABLE_HEADERS.get(k, k): r.get(k) for k in TABLE_COLUMNS} for r in result.table]),
-        "", "mean over settings:", metrics.format_table(summary, sum_cols), ""]
-    if sweep:
-        md += ["## Layer sweep (AUROC, mean over seeds)", "",
-               markdown_table(sweep, sweep_cols, {}), ""]
-        txt += ["layer sweep (AUROC, mean over seeds):",
-                metrics.format_table(sweep, sweep_cols[:5]), ""]
-    return "\n".join(md), "\n".join(txt)
-
-
-def write_outputs(result: BenchResult, out_dir: str | os.PathLike[str]) -> dict[str, Any]:
-    """Write ``results.json``, ``results.csv``, ``layer_sweep.csv``, ``table.md``, ``table.txt``
-    and the plots under ``plots/`` into ``out_dir``, each file atomically.
-
-    Returns
-    -------
-    dict
-        ``{"files": [...], "plots": {...}}``: the paths written and the plot status (a list of
-        files, or the reason plots were skipped, e.g. matplotlib missing).
-    """
-    directory = Path(out_dir)
-    settings = result.meta["settings"]
-    plot_status = (write_plots(result.scores, directory / "plots", sweep_table=result.sweep_table,
-                               n_states=settings["n_states"])
-                   if settings["config"]["plots"] else {"skipped": "disabled"})
-    md, txt = render_tables(result)
-    payload = {
-        "format": "ood_zoo.bench", "format_version": 1,
-        "table": result.table, "rows": result.rows,
-        "layer_sweep": {"table": result.sweep_table, "rows": result.sweep_rows},
-        "summary": summary_by_kind(result.table),
-        **result.meta, "plots": plot_status,
-    }
-
-    def seeds_and_means(rows: Sequence[Mapping[str, Any]],
-                        table: Sequence[Mapping[str, Any]]) -> bytes:
-        return csv_bytes([{**r, "row_type": "seed"} for r in rows]
-                         + [{**r, "row_type": "aggregate", "seed": "all"} for r in table],
-                         CSV_COLUMNS)
-
-    files = write_files(directory, {
-        "results.json": json_bytes(payload),
-        "results.csv": seeds_and_means(result.rows, result.table),
-        "layer_sweep.csv": seeds_and_means(result.sweep_rows, result.sweep_table),
-        "table.md": (md + "\n").encode("utf-8"),
-        "table.txt": (txt + "\n").encode("utf-8"),
-    })
-    return {"files": files + list(plot_status.get("files", [])), "plots": plot_status}
