@@ -614,10 +614,11 @@ def test_bad_logit_input_raises_input_error(name):
 def test_builtin_plugin_lists_every_detector():
     classes = builtin.ood_zoo_detectors()
     names = [c.name for c in classes]
-    assert len(set(names)) == len(names) == 16
+    assert len(set(names)) == len(names) == 20
     assert set(names) == {"cosine", "knn", "mahalanobis", "relative_mahalanobis", "msp",
                           "maxlogit", "energy", "entropy", "gen", "klm", "lof", "gmm", "residual",
-                          "perplexity", "likelihood_ratio", "fusion"}
+                          "perplexity", "likelihood_ratio", "fusion", "nnguide", "she", "neco",
+                          "rde"}
     for cls in classes:
         assert issubclass(cls, Detector)
         assert cls.__doc__

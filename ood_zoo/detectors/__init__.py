@@ -19,6 +19,10 @@ name                      class                                       module
 ``perplexity``            :class:`PerplexityDetector`                 :mod:`.likelihood`
 ``likelihood_ratio``      :class:`LikelihoodRatioDetector`            :mod:`.likelihood`
 ``fusion``                :class:`FusionDetector`                     :mod:`.fusion`
+``nnguide``               :class:`NNGuideDetector`                    :mod:`.guided`
+``she``                   :class:`SHEDetector`                        :mod:`.guided`
+``neco``                  :class:`NECODetector`                       :mod:`.neco`
+``rde``                   :class:`RDEDetector`                        :mod:`.rde`
 ========================  ==========================================  =========================
 
 They are registered through the plugin :mod:`ood_zoo.builtin`.
@@ -29,6 +33,7 @@ from __future__ import annotations
 from .distance import CosineDetector, KNNDetector
 from .fusion import FusionDetector
 from .gmm import GMMDetector
+from .guided import NNGuideDetector, SHEDetector
 from .likelihood import LikelihoodRatioDetector, PerplexityDetector
 from .lof import LOFDetector
 from .logits import (
@@ -40,6 +45,8 @@ from .logits import (
     MSPDetector,
 )
 from .mahalanobis import MahalanobisDetector, RelativeMahalanobisDetector
+from .neco import NECODetector
+from .rde import RDEDetector
 from .residual import ResidualDetector
 
 BUILTIN_DETECTORS = (
@@ -59,6 +66,10 @@ BUILTIN_DETECTORS = (
     PerplexityDetector,
     LikelihoodRatioDetector,
     FusionDetector,
+    NNGuideDetector,
+    SHEDetector,
+    NECODetector,
+    RDEDetector,
 )
 
 __all__ = [
@@ -74,9 +85,13 @@ __all__ = [
     "LOFDetector",
     "LikelihoodRatioDetector",
     "MSPDetector",
+    "NECODetector",
+    "NNGuideDetector",
     "MahalanobisDetector",
     "MaxLogitDetector",
     "PerplexityDetector",
+    "RDEDetector",
     "RelativeMahalanobisDetector",
     "ResidualDetector",
+    "SHEDetector",
 ]
