@@ -179,8 +179,9 @@ def lm_polygraph_rde():
     try:
         yield importlib.import_module("lm_polygraph.estimators.rde")
     finally:
-        for name in set(sys.modules) - before:
-            del sys.modules[name]
+        for name in set(sys.modules) - before:  # its own modules (not torch's, nor transformers')
+            if name.split(".")[0] == "lm_polygraph":
+                del sys.modules[name]
 
 
 def test_parity_with_lm_polygraph(lm_polygraph_rde):

@@ -81,7 +81,9 @@ def map_feature_logit_rows(
     ])
 
 
-def check_scores_representable(owner: str, scores: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+def check_scores_representable(
+    owner: str, scores: torch.Tensor, dtype: torch.dtype,
+) -> torch.Tensor:
     """``scores`` cast to ``dtype``; an :class:`InputError` if one is beyond that dtype's range
     (a product of two large inputs, such as energy times guidance, with inputs far outside the
     safe range)."""

@@ -108,17 +108,19 @@ class RDEDetector(Detector):
         rows = torch.from_numpy(x64)
         gamma = self.hparams["gamma"] or rbf_scale_gamma(rows)
         kpca = KernelPCA(n_components=m, kernel="rbf", gamma=gamma, eigen_solver="dense")
-        embedded = kpca.fit_transform(x64)
-        support = self.hparams["support_fraction"] or None
+        mcd = MinCovDet(support_fraction=self.hparams["support_fraction"] or None,
+                        random_state=self.hparams["seed"])
         try:
             with warnings.catch_warnings():  # rank warnings of degenerate fit sets
                 warnings.simplefilter("ignore", RuntimeWarning)
                 warnings.simplefilter("ignore", UserWarning)
-                mcd = MinCovDet(support_fraction=support, random_state=self.hparams["seed"])
-                mcd.fit(embedded)
-        except ValueError as exc:  # e.g. a singular covariance on every subset
-            raise InputError(f"{self.name}: MinCovDet failed on the kernel-PCA features: {exc}") \
-                from exc
+                mcd.fit(kpca.fit_transform(x64))
+        except ValueError as exc:  # e.g. a singular covariance on every MCD subset, or an
+            # eigensolver that fails on a kernel with one repeated eigenvalue (every row isolated)
+            raise InputError(
+                f"{self.name}: kernel PCA + MinCovDet failed on these fit features (γ={gamma:g}): "
+                f"{exc}"
+            ) from exc
         kernel = rbf_kernel(rows, rows, gamma)
         eigenvalues = torch.from_numpy(kpca.eigenvalues_)
         scale = torch.where(eigenvalues > 0, eigenvalues.clamp_min(1e-300).rsqrt(),

@@ -58,7 +58,8 @@ def param_values(param: Param) -> st.SearchStrategy:
         low = int(low) + (1 if param.exclusive_minimum else 0)
         return st.integers(low, low + 6)
     if param.type is float:
-        return st.sampled_from([param.default, low + 1e-3, low + 0.5, low + 3.0])
+        values = [param.default, low + 1e-3, low + 0.5, low + 3.0]
+        return st.sampled_from([v for v in values if param.maximum is None or v <= param.maximum])
     return st.just(param.default)
 
 
@@ -103,17 +104,27 @@ def make_arrays(case: dict, cls: type) -> dict:
     fit, rng = base_values(case["seed"], (n, case["d"]), s)
     queries = np.concatenate([rng.normal(size=(nq, case["d"])) * s + fit.mean(axis=0),
                               fit[:2]])
-    labels = None
+    arrays = {"fit": fit, "score": queries, "labels": None}
+    n_classes = case["n_classes"]
+    if req.logits:  # features and logits: the logits of the same rows (queries included)
+        fit_logits = rng.normal(size=(n, case["n_logits"])) * 3.0
+        arrays["fit_logits"] = fit_logits
+        arrays["score_logits"] = np.concatenate(
+            [rng.normal(size=(nq, case["n_logits"])) * 3.0, fit_logits[:2]])
+        n_classes = min(n_classes, case["n_logits"])  # labels index logit columns
     if req.labels:
-        labels = np.concatenate([np.arange(case["n_classes"]),
-                                 rng.integers(0, case["n_classes"], n - case["n_classes"])])
+        labels = np.concatenate([np.arange(n_classes),
+                                 rng.integers(0, n_classes, n - n_classes)])
         rng.shuffle(labels)
-        labels = labels * 7 - 3  # arbitrary, non-contiguous class codes
-    return {"fit": fit, "score": queries, "labels": labels}
+        # arbitrary, non-contiguous class codes, unless they name logit columns
+        arrays["labels"] = labels if req.logits else labels * 7 - 3
+    return arrays
 
 
-def reference_scores(name: str, hp: dict, fit: np.ndarray, queries: np.ndarray, labels):
-    """float64 reference scores of the detectors that have one, else ``None``."""
+def reference_scores(name: str, hp: dict, fit: np.ndarray, queries: np.ndarray, labels,
+                     logits: tuple[np.ndarray, np.ndarray] | None = None):
+    """float64 reference scores of the detectors that have one, else ``None``; ``logits`` are
+    the fit and query logits of detectors that read features and logits."""
     if name == "cosine":
         return ref.knn_scores(fit, queries, 1, "cosine")
     if name == "knn":
@@ -124,6 +135,10 @@ def reference_scores(name: str, hp: dict, fit: np.ndarray, queries: np.ndarray, 
         return ref.maxlogit_scores(queries)
     if name == "energy":
         return ref.energy_scores(queries, hp["temperature"])
+    if name == "nnguide":
+        return ref.nnguide_scores(fit, logits[0], queries, logits[1], hp["k"])
+    if name == "she":
+        return ref.she_scores(fit, labels, logits[0], queries, logits[1])
     if name == "perplexity":
         return queries[:, 0] / queries[:, 1]
     if name == "likelihood_ratio":
@@ -143,7 +158,8 @@ def reference_scores(name: str, hp: dict, fit: np.ndarray, queries: np.ndarray, 
 
 
 def tolerance(name: str, hp: dict, want: np.ndarray, fit: np.ndarray, queries: np.ndarray,
-              u: float) -> tuple[float, float]:
+              u: float, logits: tuple[np.ndarray, np.ndarray] | None = None,
+              ) -> tuple[float, float]:
     """``(atol, rtol)`` for the reference comparison."""
     d = fit.shape[1]
     if name == "cosine" or (name == "knn" and hp["metric"] == "cosine"):
@@ -151,6 +167,13 @@ def tolerance(name: str, hp: dict, want: np.ndarray, fit: np.ndarray, queries: n
     if name == "knn":  # L2 from expanded squares: ~sqrt(u) of the norms near distance 0
         norms = np.concatenate([np.linalg.norm(fit, axis=1), np.linalg.norm(queries, axis=1)])
         return 8 * np.sqrt(d * u) * (1.0 if hp["normalize"] else norms.max()), 64 * d * u
+    if name == "nnguide":  # E(x) · M · (a cosine): rounding relative to |E(x)| M
+        bound = np.abs(ref.energy_scores(logits[1])).max() * np.abs(
+            ref.energy_scores(logits[0])).max()
+        return 64 * (d + 2) * u * max(1.0, float(bound)), 64 * u
+    if name == "she":  # an inner product: rounding relative to Σ |x_j| |S_j|
+        bound = np.abs(queries).sum(axis=1).max() * np.abs(fit).max()
+        return 64 * (d + 1) * u * max(1.0, float(bound)), 64 * u
     if name in ("mahalanobis", "relative_mahalanobis"):
         # the pseudo-inverse amplifies rounding by the condition number (well posed: <= 1e7)
         return 1e7 * 64 * d * u * max(1.0, float(np.abs(want).max())), 1e-6
@@ -180,6 +203,12 @@ def test_every_detector_fits_and_scores_or_refuses_clearly(case):
     det = ood_zoo.create(name, target_tpr=case["target_tpr"], **case["params"])
     role = "features" if req.features or req.language_model else "logits"
     fit_kwargs = {role: fit.value}
+    score_kwargs = {role: queries.value}
+    fit_logits = query_logits = None
+    if "fit_logits" in arrays:  # features and logits, in the same dtype and layouts
+        fit_logits = lay_out(arrays["fit_logits"], case["dtype"], *case["fit_layout"])
+        query_logits = lay_out(arrays["score_logits"], case["dtype"], *case["query_layout"])
+        fit_kwargs["logits"], score_kwargs["logits"] = fit_logits.value, query_logits.value
     if req.labels:
         fit_kwargs["labels"] = arrays["labels"]
     tags = {
@@ -198,7 +227,7 @@ def test_every_detector_fits_and_scores_or_refuses_clearly(case):
                           f"{re.sub(r'[0-9]+', '#', str(err))[:60]}")
                 return
             assert not fit_bad, "NaN/Inf fit data was accepted"
-        scores, err = attempt(det.score, **{role: queries.value})
+        scores, err = attempt(det.score, **score_kwargs)
         if err is not None:
             assert_clear_error(err, must=InputError if score_bad else None)
             assert score_bad or not tags["safe_range"], f"valid queries refused: {err}"
@@ -211,12 +240,14 @@ def test_every_detector_fits_and_scores_or_refuses_clearly(case):
         want_dtype = "float64" if case["dtype"] == "float64" else "float32"
         assert str(scores.dtype).removeprefix("torch.") == want_dtype, scores.dtype
         if det.threshold_ is not None:
-            decided = to_float64(det.predict(**{role: queries.value})).astype(bool)
+            decided = to_float64(det.predict(**score_kwargs)).astype(bool)
             np.testing.assert_array_equal(decided, got >= det.threshold_)
-        want = reference_scores(name, det.hparams, fit.truth, queries.truth, arrays["labels"])
+        logits = None if fit_logits is None else (fit_logits.truth, query_logits.truth)
+        want = reference_scores(name, det.hparams, fit.truth, queries.truth, arrays["labels"],
+                                logits)
         if want is not None:
             atol, rtol = tolerance(name, det.hparams, want, fit.truth, queries.truth,
-                                   unit_roundoff(case["dtype"]))
+                                   unit_roundoff(case["dtype"]), logits)
             close(got, want, atol=atol, rtol=rtol, what=f"{name} scores")
     for warning in caught:  # in the statistics, not in every run's warnings summary
         event(f"warning ({name}): {str(warning.message)[:60]}")
