@@ -93,11 +93,14 @@ class NNGuideDetector(BankDetector):
         """Queries ``[x, 0]`` (their cosine with a lifted bank row is ``<x̂, v_j> / M``)."""
         return torch.cat([x, x.new_zeros(x.shape[0], 1)], dim=1)
 
-    def _guided(self, features, logits, guidance) -> torch.Tensor:
-        dtype = compute_dtype(features.dtype)
-        scores = _energy(logits).to(torch.float64) * guidance.to(torch.float64)
-        return check_scores_representable(self.name, scores * self.scale_.to(scores.device),
-                                          dtype)
+    def _guided(
+        self, features: torch.Tensor, logits: torch.Tensor, mean_cosine: torch.Tensor,
+    ) -> torch.Tensor:
+        """``E(x) · M · mean_cosine`` (``M · mean_cosine = G(x)``), formed in float64 and
+        returned in the compute dtype of ``features``."""
+        guidance = mean_cosine.to(torch.float64) * self.scale_.to(mean_cosine.device)
+        scores = _energy(logits).to(torch.float64) * guidance
+        return check_scores_representable(self.name, scores, compute_dtype(features.dtype))
 
     def _score(self, features, logits):
         k = min(self.hparams["k"], self.bank_.shape[0])
