@@ -333,3 +333,47 @@ def head_error_scale(name, hp, fit, queries, weight, bias) -> float:
         return float(np.max(terms / (min(pairs) * spread) * amplify))
     return float(np.max(w_max * np.sqrt(fit.shape[1]) * amplify
                         + hp["alpha"] * np.abs(queries).sum(axis=1)))
+# ----------------------------------------------------------------------------- feature + logits
+def nnguide_scores(fit, fit_logits, queries, query_logits, k) -> np.ndarray:
+    """``E(x) · mean of the top-k <x̂, E(b) b̂>`` (``k`` capped at the bank size)."""
+    inner = cosine_matrix(queries, fit) * _logsumexp(fit_logits)[None, :]
+    top = -np.sort(-inner, axis=1)[:, : min(k, len(fit))]
+    return _logsumexp(query_logits) * top.mean(axis=1)
+
+
+def nnguide_leave_one_out(fit, fit_logits, k) -> np.ndarray:
+    """Each fit row guided by the other rows (a one-row bank by itself)."""
+    n = len(fit)
+    if n == 1:
+        return nnguide_scores(fit, fit_logits, fit, fit_logits, k)
+    inner = cosine_matrix(fit, fit) * _logsumexp(fit_logits)[None, :]
+    others = inner[~np.eye(n, dtype=bool)].reshape(n, n - 1)
+    top = -np.sort(-others, axis=1)[:, : min(k, n - 1)]
+    return _logsumexp(fit_logits) * top.mean(axis=1)
+
+
+def she_scores(fit, labels, fit_logits, queries, query_logits) -> np.ndarray:
+    """``<x, S_ŷ>``: ``S_c`` the mean of the fit rows labelled and predicted ``c``, else of all
+    rows labelled ``c``, else 0."""
+    predicted = fit_logits.argmax(axis=1)
+    patterns = np.zeros((fit_logits.shape[1], fit.shape[1]))
+    for c in range(fit_logits.shape[1]):
+        correct = (labels == c) & (predicted == c)
+        rows = correct if correct.any() else labels == c
+        if rows.any():
+            patterns[c] = fit[rows].mean(axis=0)
+    return (queries * patterns[query_logits.argmax(axis=1)]).sum(axis=1)
+
+
+def neco_scores(fit, queries, query_logits, dim, scale="maxlogit") -> np.ndarray:
+    """``|P_D u| / |u|`` (times the max logit) with ``u`` standardised by the fit mean and
+    population std (1 for a constant feature) and ``P_D`` the top-``D`` right singular vectors
+    of the standardised fit data; ``u = 0`` gives 1."""
+    mean, std = fit.mean(axis=0), fit.std(axis=0)
+    std = np.where(std <= 1e-12 * np.abs(mean), 1.0, std)  # constant: rounding only
+    _, _, vt = np.linalg.svd((fit - mean) / std, full_matrices=True)
+    u = (queries - mean) / std
+    total = np.linalg.norm(u, axis=1)
+    safe = np.where(total > 0, total, 1.0)
+    ratio = np.where(total > 0, np.linalg.norm(u @ vt[:dim].T, axis=1) / safe, 1.0)
+    return ratio * query_logits.max(axis=1) if scale == "maxlogit" else ratio

@@ -614,11 +614,12 @@ def test_bad_logit_input_raises_input_error(name):
 def test_builtin_plugin_lists_every_detector():
     classes = builtin.ood_zoo_detectors()
     names = [c.name for c in classes]
-    assert len(set(names)) == len(names) == 23
+    assert len(set(names)) == len(names) == 27
     assert set(names) == {"cosine", "knn", "mahalanobis", "relative_mahalanobis", "msp",
                           "maxlogit", "energy", "entropy", "gen", "klm", "lof", "gmm", "residual",
                           "perplexity", "renyi", "fisher_rao", "self_certainty",
-                          "likelihood_ratio", "fusion", "vim", "fdbd", "nci", "layers"}
+                          "likelihood_ratio", "fusion", "vim", "fdbd", "nci", "layers",
+                          "nnguide", "she", "neco", "rde"}
     for cls in classes:
         assert issubclass(cls, Detector)
         assert cls.__doc__

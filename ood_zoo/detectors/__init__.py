@@ -26,6 +26,10 @@ name                      class                                       module
 ``fdbd``                  :class:`FDBDDetector`                       :mod:`.head`
 ``nci``                   :class:`NCIDetector`                        :mod:`.head`
 ``layers``                :class:`LayersDetector`                     :mod:`.layers`
+``nnguide``               :class:`NNGuideDetector`                    :mod:`.guided`
+``she``                   :class:`SHEDetector`                        :mod:`.guided`
+``neco``                  :class:`NECODetector`                       :mod:`.neco`
+``rde``                   :class:`RDEDetector`                        :mod:`.rde`
 ========================  ==========================================  =========================
 
 They are registered through the plugin :mod:`ood_zoo.builtin`.
@@ -36,6 +40,7 @@ from __future__ import annotations
 from .distance import CosineDetector, KNNDetector
 from .fusion import FusionDetector
 from .gmm import GMMDetector
+from .guided import NNGuideDetector, SHEDetector
 from .head import FDBDDetector, NCIDetector, ViMDetector
 from .layers import LayersDetector
 from .likelihood import (
@@ -55,6 +60,8 @@ from .logits import (
     MSPDetector,
 )
 from .mahalanobis import MahalanobisDetector, RelativeMahalanobisDetector
+from .neco import NECODetector
+from .rde import RDEDetector
 from .residual import ResidualDetector
 
 BUILTIN_DETECTORS = (
@@ -81,6 +88,10 @@ BUILTIN_DETECTORS = (
     FDBDDetector,
     NCIDetector,
     LayersDetector,
+    NNGuideDetector,
+    SHEDetector,
+    NECODetector,
+    RDEDetector,
 )
 
 __all__ = [
@@ -102,10 +113,14 @@ __all__ = [
     "MahalanobisDetector",
     "MaxLogitDetector",
     "NCIDetector",
+    "NECODetector",
+    "NNGuideDetector",
     "PerplexityDetector",
+    "RDEDetector",
     "RelativeMahalanobisDetector",
     "RenyiDetector",
     "ResidualDetector",
+    "SHEDetector",
     "SelfCertaintyDetector",
     "ViMDetector",
 ]

@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator
 import numpy as np
 import torch
 
+from ..errors import InputError
 from ..ops.arrays import compute_dtype
 
 #: Bytes one upcast chunk of rows may take.
@@ -63,3 +64,33 @@ def check_state_shapes(owner: str, **shapes: tuple[torch.Tensor, tuple[int | Non
                 f"{owner}: state tensor {name!r} has shape {tuple(tensor.shape)}, expected "
                 f"{tuple('*' if e is None else e for e in expected)}"
             )
+
+
+def map_feature_logit_rows(
+    features: torch.Tensor, logits: torch.Tensor,
+    fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], *, width: int | None = None,
+) -> torch.Tensor:
+    """Concatenate ``fn(feature_chunk, logit_chunk)`` over matching row chunks of both inputs,
+    each upcast to its compute dtype; ``width`` as for :func:`map_rows` (default: both widths)."""
+    dtype = compute_dtype(features.dtype)
+    width = width or features.shape[1] + logits.shape[1]
+    rows = rows_per_chunk(width, itemsize=torch.finfo(dtype).bits // 8)
+    return torch.cat([
+        fn(chunk.to(dtype), logits[start : start + chunk.shape[0]].to(compute_dtype(logits.dtype)))
+        for start, chunk in row_chunks(features, rows)
+    ])
+
+
+def check_scores_representable(
+    owner: str, scores: torch.Tensor, dtype: torch.dtype,
+) -> torch.Tensor:
+    """``scores`` cast to ``dtype``; an :class:`InputError` if one is beyond that dtype's range
+    (a product of two large inputs, such as energy times guidance, with inputs far outside the
+    safe range)."""
+    out = scores.to(dtype)
+    if not bool(torch.isfinite(out).all()):
+        raise InputError(
+            f"{owner}: scores overflow {dtype}: the inputs' magnitudes are far beyond the safe "
+            f"range; rescale them"
+        )
+    return out

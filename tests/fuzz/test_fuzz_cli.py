@@ -136,6 +136,12 @@ def test_fit_score_evaluate_exit_cleanly_and_match_the_api(name, seed, fit_forma
         np.save(work / "head-bias.npy", fit_kwargs["head"][1])
         argv += ["--head-weight", str(work / "head-weight.npy"),
                  "--head-bias", str(work / "head-bias.npy")]
+    # a detector of features and logits: the logits as valid .npy files (the features fuzzed)
+    both = main_key == "features" and "logits" in fit_kwargs
+    if both:
+        np.save(work / "fit-logits.npy", fit_kwargs["logits"])
+        np.save(work / "score-logits.npy", score_kwargs["logits"])
+        argv += ["--logits", str(work / "fit-logits.npy")]
     tags = {"layouts": {f.removeprefix("npy-") for f in (fit_format, score_format)}}
     with tolerate_known(tags):
         status, out, err = run(*argv)
@@ -156,6 +162,7 @@ def test_fit_score_evaluate_exit_cleanly_and_match_the_api(name, seed, fit_forma
         scores_path = work / f"scores.{scores_as}"
         argv = ["score", str(work / "det"), option, str(score_file), "--out", str(scores_path)]
         argv += [key_option, score_extra[0]] if score_extra else []
+        argv += ["--logits", str(work / "score-logits.npy")] if both else []
         status, out, err = run(*argv)
         assert status in (0, 2), (status, err)
         if status == 2:
@@ -165,7 +172,7 @@ def test_fit_score_evaluate_exit_cleanly_and_match_the_api(name, seed, fit_forma
         assert score_format not in BROKEN_FORMATS, f"score accepted a {score_format} file"
         written = (np.load(scores_path) if scores_as == "npy"
                    else np.asarray(json.loads(scores_path.read_text())))
-        want = np.asarray(direct.score(**{main_key: read(score_file, score_extra)}),
+        want = np.asarray(direct.score(**{**score_kwargs, main_key: read(score_file, score_extra)}),
                           dtype=np.float64)
         np.testing.assert_array_equal(np.asarray(written, dtype=np.float64), want)
 

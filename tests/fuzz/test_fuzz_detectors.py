@@ -61,7 +61,8 @@ def param_values(param: Param) -> st.SearchStrategy:
         low = int(low) + (1 if param.exclusive_minimum else 0)
         return st.integers(low, low + 6)
     if param.type is float:
-        return st.sampled_from([param.default, low + 1e-3, low + 0.5, low + 3.0])
+        values = [param.default, low + 1e-3, low + 0.5, low + 3.0]
+        return st.sampled_from([v for v in values if param.maximum is None or v <= param.maximum])
     return st.just(param.default)
 
 
@@ -118,10 +119,12 @@ def make_arrays(case: dict, cls: type) -> dict:
                               fit[:2]])
     labels = None
     if req.labels:
-        labels = np.concatenate([np.arange(case["n_classes"]),
-                                 rng.integers(0, case["n_classes"], n - case["n_classes"])])
+        n_classes = min(case["n_classes"], case["n_logits"]) if req.logits else case["n_classes"]
+        labels = np.concatenate([np.arange(n_classes),
+                                 rng.integers(0, n_classes, n - n_classes)])
         rng.shuffle(labels)
-        labels = labels * 7 - 3  # arbitrary, non-contiguous class codes
+        if not req.logits:  # arbitrary, non-contiguous class codes, unless they name logit columns
+            labels = labels * 7 - 3
     arrays = {"fit": fit, "score": queries, "labels": labels}
     if req.logits or req.head:
         weight = rng.normal(size=(case["n_logits"], case["d"]))
@@ -143,10 +146,16 @@ def layered(given: Given, case: dict, cls: type) -> Given:
 
 
 def reference_scores(name: str, hp: dict, fit: np.ndarray, queries: np.ndarray, labels,
-                     head: tuple[np.ndarray, np.ndarray] | None = None):
-    """float64 reference scores of the detectors that have one, else ``None``."""
+                     head: tuple[np.ndarray, np.ndarray] | None = None,
+                     logits: tuple[np.ndarray, np.ndarray] | None = None):
+    """float64 reference scores of the detectors that have one, else ``None``; ``head`` is the
+    linear head and ``logits`` the fit and query logits of detectors that read them."""
     if name in ("vim", "fdbd", "nci"):
         return ref.head_scores(name, hp, fit, queries, *head)
+    if name == "nnguide":
+        return ref.nnguide_scores(fit, logits[0], queries, logits[1], hp["k"])
+    if name == "she":
+        return ref.she_scores(fit, labels, logits[0], queries, logits[1])
     if name == "cosine":
         return ref.knn_scores(fit, queries, 1, "cosine")
     if name == "knn":
@@ -176,11 +185,19 @@ def reference_scores(name: str, hp: dict, fit: np.ndarray, queries: np.ndarray, 
 
 
 def tolerance(name: str, hp: dict, want: np.ndarray, fit: np.ndarray, queries: np.ndarray,
-              u: float, head: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[float, float]:
+              u: float, head: tuple[np.ndarray, np.ndarray] | None = None,
+              logits: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[float, float]:
     """``(atol, rtol)`` for the reference comparison."""
     d = fit.shape[1]
     if name in ("vim", "fdbd", "nci"):
         return 64 * d * u * ref.head_error_scale(name, hp, fit, queries, *head), 64 * d * u
+    if name == "nnguide":  # E(x) · M · (a cosine): rounding relative to |E(x)| M
+        bound = np.abs(ref.energy_scores(logits[1])).max() * np.abs(
+            ref.energy_scores(logits[0])).max()
+        return 64 * (d + 2) * u * max(1.0, float(bound)), 64 * u
+    if name == "she":  # an inner product: rounding relative to Σ |x_j| |S_j|
+        bound = np.abs(queries).sum(axis=1).max() * np.abs(fit).max()
+        return 64 * (d + 1) * u * max(1.0, float(bound)), 64 * u
     if name == "cosine" or (name == "knn" and hp["metric"] == "cosine"):
         return 64 * d * u, 0.0
     if name == "knn":  # L2 from expanded squares: ~sqrt(u) of the norms near distance 0
@@ -214,12 +231,14 @@ def test_every_detector_fits_and_scores_or_refuses_clearly(case):
     role = "features" if req.features or req.language_model else "logits"
     fit_kwargs, score_kwargs = {role: fit.value}, {role: queries.value}
     fit_truths, score_truths = [fit.truth], [queries.truth]
+    logits = None
     if "fit_logits" in arrays:  # features and logits
         fit_logits = lay_out(arrays["fit_logits"], case["dtype"], *case["fit_layout"])
         query_logits = lay_out(arrays["score_logits"], case["dtype"], *case["query_layout"])
         fit_kwargs["logits"], score_kwargs["logits"] = fit_logits.value, query_logits.value
         fit_truths.append(fit_logits.truth)
         score_truths.append(query_logits.truth)
+        logits = (fit_logits.truth, query_logits.truth)
     head = None
     if req.head:
         weight = lay_out(arrays["head"][0], case["dtype"], *case["fit_layout"])
@@ -264,10 +283,10 @@ def test_every_detector_fits_and_scores_or_refuses_clearly(case):
             decided = to_float64(det.predict(**score_kwargs)).astype(bool)
             np.testing.assert_array_equal(decided, got >= det.threshold_)
         want = reference_scores(name, det.hparams, fit.truth, queries.truth, arrays["labels"],
-                                head)
+                                head, logits)
         if want is not None:
             atol, rtol = tolerance(name, det.hparams, want, fit.truth, queries.truth,
-                                   unit_roundoff(case["dtype"]), head)
+                                   unit_roundoff(case["dtype"]), head, logits)
             close(got, want, atol=atol, rtol=rtol, what=f"{name} scores")
     for warning in caught:  # in the statistics, not in every run's warnings summary
         event(f"warning ({name}): {str(warning.message)[:60]}")
