@@ -16,6 +16,7 @@ from ood_zoo.bench import fit_probe, probe_head, probe_logits
 from ood_zoo.bench import plots as plots_module
 from ood_zoo.bench import suites as suites_module
 from ood_zoo.bench.pools import draw_pools, tasks
+from ood_zoo.bench.selection import AUTO, AUTO_CV, ORACLE, candidate_configurations
 from ood_zoo.bench.suites import ZERO_GRAD, Corpus, Setting, Suite
 from ood_zoo.bench.tables import aggregate
 from ood_zoo.bench.zero_grad import BenchConfig, run_bench, write_outputs
@@ -397,3 +398,60 @@ def test_probe_head_folds_the_scaler():
         assert weight.shape == (n_classes, 5)
         torch.testing.assert_close(x @ weight.T + bias, probe_logits(probe, x),
                                    atol=1e-4, rtol=1e-4)
+
+
+# ---------------------------------------------------------------------------- --config auto
+def test_config_auto_runs_the_id_only_configurations_next_to_the_oracle(tmp_path):
+    got = run_bench(config(selection="auto", seeds=(1, 2)), extractor=synthetic_extractor(),
+                    suite=tiny_suite())
+    by = {(r["setting"], r["detector"]): r for r in got.table}
+    settings = {r["setting"] for r in got.table if r["detector"] == "cosine"}
+    assert settings
+    for setting in settings:
+        assert {(setting, name) for name in (AUTO, AUTO_CV, ORACLE)} <= set(by)
+        best = max(r["auroc"] for r in got.sweep_table
+                   if r["setting"] == setting and r["detector"] == "cosine")
+        assert by[(setting, ORACLE)]["auroc"] == best
+    assert by[("far:sent>far", AUTO)]["auroc"] > 0.95  # layer 2 separates the corpora
+    choices = got.meta["settings"]["selection"]
+    assert len(choices) == 2 * 2  # seeds × ID tasks (sent; topic with one class held out)
+    labels = {c.label for c in candidate_configurations(N_LAYERS)}
+    for choice in choices:
+        assert choice["auto"] == "layers:fisher"
+        assert choice["auto_cv"] in labels
+        assert set(choice["class_holdout_auroc"]) == labels
+    written = write_outputs(got, tmp_path)
+    assert any(f.endswith("table.md") for f in written["files"])
+    table = (tmp_path / "table.md").read_text()
+    assert "## Configurations" in table
+    assert "peeks" in table
+
+
+def test_config_auto_never_sees_ood_data():
+    """Changing only the OOD corpus's features leaves every ID-only choice as it was."""
+    plain = synthetic_extractor()
+
+    def shifted(key, texts):
+        out = plain(key, texts)
+        if key != "far":
+            return out
+        return replace(out, features=out.features * 3.0 + 1.0)
+
+    runs = [run_bench(config(selection="auto", seeds=(1,)), extractor=extractor,
+                      suite=tiny_suite()) for extractor in (plain, shifted)]
+    first, second = (r.meta["settings"]["selection"] for r in runs)
+    assert first == second
+
+
+def test_config_auto_needs_every_hidden_state():
+    plain = synthetic_extractor()
+
+    def last_only(key, texts):
+        out = plain(key, texts)
+        return replace(out, features=out.features[:, -1], layers=(N_LAYERS - 1,))
+
+    with pytest.raises(ValueError, match="every hidden state"):
+        run_bench(config(selection="auto", sweep_layers=None, seeds=(1,)), extractor=last_only,
+                  suite=tiny_suite())
+    with pytest.raises(ValueError, match="selection"):
+        config(selection="best")
