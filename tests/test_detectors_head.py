@@ -1,26 +1,19 @@
 """``vim``, ``fdbd`` and ``nci`` against the float64 numpy references of ``tests/reference.py``.
 
-Inputs: random heads and features with edge shapes (``C = 1``, ``C = 2``, ``d = 1``, a few
-rows, tied logits), every input dtype, the conformance kit, save/load, head validation and a
-fusion with a head member. Where the pytorch-ood 0.4.0 wheel has been unpacked (at
-``/tmp/pood/unpacked``, or ``OOD_ZOO_PYTORCH_OOD`` naming the folder holding ``pytorch_ood``),
-the scores are also checked against its ``ViM``, ``fDBD`` and ``NCI`` (which compute in
-float32): on 300 fit and 40 query rows, d = 32, C = 5, N(0, 1) features and head plus a bias,
-the largest absolute difference measured was 1.2e-5 (vim), 3.4e-8 (fdbd) and 2.1e-7 (nci,
-alpha 0 and 0.01): float32 rounding.
-"""
+Inputs: random heads and features with edge shapes (``C = 1``, ``C = 2``, ``d = 1``, a few rows,
+tied logits), every input dtype, the conformance kit, save/load, head validation and a fusion with
+a head member. With the pytorch-ood 0.4.0 wheel unpacked (``tests/oracles.py``; ``make test`` does
+it), the scores are also checked against its ``ViM``, ``fDBD`` and ``NCI`` (which compute in
+float32): on 300 fit and 40 query rows, d = 32, C = 5, N(0, 1) features and head plus a bias, the
+largest absolute difference measured was 1.2e-5 (vim), 3.4e-8 (fdbd) and 2.1e-7 (nci, alpha 0 and
+0.01): float32 rounding."""
 
 from __future__ import annotations
-
-import importlib
-import os
-import sys
-import types
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from oracles import peer_modules
 
 import ood_zoo
 from ood_zoo import testing as kit
@@ -251,20 +244,10 @@ def test_fusion_with_a_head_member_passes_the_kit(tmp_path):
 def pytorch_ood_detectors():
     """pytorch-ood's ``ViM``, ``fDBD`` and ``NCI`` modules, imported from the unpacked wheel
     through stand-in packages (its ``__init__`` modules import torchvision)."""
-    root = Path(os.environ.get("OOD_ZOO_PYTORCH_OOD", "/tmp/pood/unpacked"))
-    if not (root / "pytorch_ood" / "detector" / "vim.py").is_file():
-        pytest.skip(f"pytorch-ood 0.4.0 is not unpacked at {root}")
-    before = set(sys.modules)
-    for name in ("pytorch_ood", "pytorch_ood.detector"):
-        package = types.ModuleType(name)
-        package.__path__ = [str(root.joinpath(*name.split(".")))]
-        sys.modules[name] = package
-    try:
-        yield {name: importlib.import_module(f"pytorch_ood.detector.{name}")
-               for name in ("vim", "fdbd", "nci")}
-    finally:
-        for name in set(sys.modules) - before:
-            del sys.modules[name]
+    names = ("vim", "fdbd", "nci")
+    with peer_modules("pytorch-ood", ("pytorch_ood", "pytorch_ood.detector"),
+                      [f"pytorch_ood.detector.{name}" for name in names]) as modules:
+        yield dict(zip(names, modules, strict=True))
 
 
 def test_parity_with_pytorch_ood(pytorch_ood_detectors):

@@ -1,23 +1,16 @@
 """``entropy``, ``gen`` and ``klm`` against float64 references written here (numpy/scipy).
 
-Inputs include extreme logits (±1e4), one dominant class whose ``1 - p`` underflows in fp32,
-ties, ``C = 1``, ``C = 2`` and ``C = 1000``. Where the pytorch-ood 0.4.0 wheel has been
-unpacked (``pip download --no-deps pytorch-ood==0.4.0 -d /tmp/pood`` and unzip to
-``/tmp/pood/unpacked``, or ``OOD_ZOO_PYTORCH_OOD`` naming the folder holding
-``pytorch_ood``), the scores are also checked against its implementations.
-"""
+Inputs include extreme logits (±1e4), one dominant class whose ``1 - p`` underflows in fp32, ties,
+``C = 1``, ``C = 2`` and ``C = 1000``. With the pytorch-ood 0.4.0 wheel unpacked
+(``tests/oracles.py``; ``make test`` does it), the scores are also checked against its
+implementations."""
 
 from __future__ import annotations
-
-import importlib
-import os
-import sys
-import types
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from oracles import peer_modules
 from scipy.special import log_softmax
 
 from ood_zoo import testing as kit
@@ -217,20 +210,10 @@ def pytorch_ood_detectors():
     two packages are stand-ins with the wheel's path and only the three detector modules (with
     the ``api``/``utils`` modules they use) are imported; ``sys.modules`` is restored after.
     """
-    root = Path(os.environ.get("OOD_ZOO_PYTORCH_OOD", "/tmp/pood/unpacked"))
-    if not (root / "pytorch_ood" / "detector" / "gen.py").is_file():
-        pytest.skip(f"pytorch-ood 0.4.0 is not unpacked at {root}")
-    before = set(sys.modules)
-    for name in ("pytorch_ood", "pytorch_ood.detector"):
-        package = types.ModuleType(name)
-        package.__path__ = [str(root.joinpath(*name.split(".")))]
-        sys.modules[name] = package
-    try:
-        yield {name: importlib.import_module(f"pytorch_ood.detector.{name}")
-               for name in ("gen", "entropy", "klmatching")}
-    finally:
-        for name in set(sys.modules) - before:
-            del sys.modules[name]
+    names = ("gen", "entropy", "klmatching")
+    with peer_modules("pytorch-ood", ("pytorch_ood", "pytorch_ood.detector"),
+                      [f"pytorch_ood.detector.{name}" for name in names]) as modules:
+        yield dict(zip(names, modules, strict=True))
 
 
 @pytest.mark.parametrize("c", [2, 10, 1000])

@@ -4,9 +4,8 @@ a numpy kernel-PCA projection written here, and lm-polygraph 0.7.0's ``RDESeq``.
 The detector fits with scikit-learn and scores in torch from saved tensors, so the reference
 comparison checks the scoring path; the numpy projection checks the kernel-PCA maths
 independently (through the Gram matrix of the projections, which the eigenvectors' signs do not
-change). Where lm-polygraph 0.7.0 has been unpacked (``pip download --no-deps lm-polygraph==0.7.0
--d /tmp/lmpoly`` and unzip to ``/tmp/lmpoly/u``, or ``OOD_ZOO_LM_POLYGRAPH`` naming the folder
-holding ``lm_polygraph``), ``RDESeq`` is imported through stand-in packages (its package
+change). With the lm-polygraph 0.7.0 wheel unpacked (``tests/oracles.py``; ``make test`` does
+it), ``RDESeq`` is imported through stand-in packages (its package
 ``__init__`` pulls in the whole estimator zoo; ``estimators/rde.py`` needs only its base class,
 which imports ``transformers``) and compared with its settings (``m = 100``, ``γ = 1 / d``, seed
 42; sign: ``score = -RDESeq``): on 300 fit rows of 24 Gaussian features and 50 queries, float64,
@@ -17,15 +16,10 @@ and 1.0e-13 on the rank-deficient 80 rows of 576 features (m = 39).
 
 from __future__ import annotations
 
-import importlib
-import os
-import sys
-import types
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
+from oracles import peer_modules
 from sklearn.covariance import MinCovDet
 from sklearn.decomposition import KernelPCA
 
@@ -167,21 +161,11 @@ def test_save_load_round_trip(tmp_path):
 # ----------------------------------------------------------------------------- peer parity
 @pytest.fixture
 def lm_polygraph_rde():
-    root = Path(os.environ.get("OOD_ZOO_LM_POLYGRAPH", "/tmp/lmpoly/u"))
-    if not (root / "lm_polygraph" / "estimators" / "rde.py").is_file():
-        pytest.skip(f"lm-polygraph 0.7.0 is not unpacked at {root}")
     pytest.importorskip("transformers")  # its Estimator base imports it
-    before = set(sys.modules)
-    for name in ("lm_polygraph", "lm_polygraph.estimators", "lm_polygraph.utils"):
-        package = types.ModuleType(name)
-        package.__path__ = [str(root.joinpath(*name.split(".")))]
-        sys.modules[name] = package
-    try:
-        yield importlib.import_module("lm_polygraph.estimators.rde")
-    finally:
-        for name in set(sys.modules) - before:  # its own modules (not torch's, nor transformers')
-            if name.split(".")[0] == "lm_polygraph":
-                del sys.modules[name]
+    with peer_modules("lm-polygraph", ("lm_polygraph", "lm_polygraph.estimators",
+                                       "lm_polygraph.utils"),
+                      ["lm_polygraph.estimators.rde"]) as (module,):
+        yield module
 
 
 def test_parity_with_lm_polygraph(lm_polygraph_rde):

@@ -7,18 +7,13 @@ Mahalanobis inner detectors; OODEEL 0.4.0's aggregators serve as a peer oracle w
 
 from __future__ import annotations
 
-import importlib
-import os
-import sys
-import types
-from pathlib import Path
-
 import mpmath
 import numpy as np
 import pytest
 import reference as ref
 import scipy.stats
 import torch
+from oracles import peer_modules
 
 import ood_zoo
 from ood_zoo import hookimpl
@@ -295,18 +290,8 @@ def oodeel_aggregators():
     with the wheel's path and only the aggregator modules are imported; ``sys.modules`` is
     restored after.
     """
-    root = Path(os.environ.get("OOD_ZOO_OODEEL", "/tmp/oodeel/src"))
-    if not (root / "oodeel" / "aggregator" / "fisher.py").is_file():
-        pytest.skip(f"oodeel 0.4.0 is not unpacked at {root}")
-    before = set(sys.modules)
-    package = types.ModuleType("oodeel")
-    package.__path__ = [str(root / "oodeel")]
-    sys.modules["oodeel"] = package
-    try:
-        yield importlib.import_module("oodeel.aggregator")
-    finally:
-        for name in set(sys.modules) - before:
-            del sys.modules[name]
+    with peer_modules("oodeel", ("oodeel",), ["oodeel.aggregator"]) as (module,):
+        yield module
 
 
 def test_parity_with_oodeel(toy_registry, oodeel_aggregators):

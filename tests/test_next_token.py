@@ -3,26 +3,20 @@
 The per-token quantities are checked against float64 numpy written here from the definitions
 (random, peaked, flat and ±1e4 logits, vocabularies of 1 and 2, ``α`` near 1); the whole pass
 against a float64 reference from the tiny model's full ``model(...).logits``, one text at a time.
-Where the lm-polygraph 0.7.0 wheel has been unpacked (``pip download --no-deps
-lm-polygraph==0.7.0 -d /tmp/lmpoly`` and unzip to ``/tmp/lmpoly/x``, or ``OOD_ZOO_LM_POLYGRAPH``
-naming the folder holding ``lm_polygraph``), its ``RenyiNeg``, ``FisherRao`` and
-``SelfCertainty`` estimators are an oracle on the same per-token log-probabilities.
-"""
+With the lm-polygraph 0.7.0 wheel unpacked (``tests/oracles.py``; ``make test`` does it), its
+``RenyiNeg``, ``FisherRao`` and ``SelfCertainty`` estimators are an oracle on the same per-token
+log-probabilities."""
 
 from __future__ import annotations
 
 import copy
-import importlib
 import itertools
 import math
-import os
-import sys
-import types
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from oracles import peer_modules
 from scipy.special import log_softmax
 
 import ood_zoo
@@ -291,24 +285,12 @@ def lm_polygraph():
     ``estimator`` and ``utils.common`` modules they use) are imported; ``sys.modules`` is
     restored after.
     """
-    root = Path(os.environ.get("OOD_ZOO_LM_POLYGRAPH", "/tmp/lmpoly/x"))
-    if not (root / "lm_polygraph" / "estimators" / "renyi_neg.py").is_file():
-        pytest.skip(f"lm-polygraph 0.7.0 is not unpacked at {root}")
-    before = set(sys.modules)
-    for name in ("lm_polygraph", "lm_polygraph.estimators", "lm_polygraph.utils"):
-        package = types.ModuleType(name)
-        package.__path__ = [str(root.joinpath(*name.split(".")))]
-        sys.modules[name] = package
-    try:
-        modules = [importlib.import_module(f"lm_polygraph.estimators.{name}")
-                   for name in ("renyi_neg", "fisher_rao", "self_certainty")]
+    names = ("renyi_neg", "fisher_rao", "self_certainty")
+    with peer_modules("lm-polygraph", ("lm_polygraph", "lm_polygraph.estimators",
+                                       "lm_polygraph.utils"),
+                      [f"lm_polygraph.estimators.{name}" for name in names]) as modules:
         yield {"renyi": modules[0].RenyiNeg, "fisher_rao": modules[1].FisherRao,
                "self_certainty": modules[2].SelfCertainty}
-    except ImportError as exc:
-        pytest.skip(f"lm-polygraph's estimators do not import here: {exc}")
-    finally:
-        for name in set(sys.modules) - before:
-            del sys.modules[name]
 
 
 @pytest.mark.parametrize("alpha", [0.5, 1.0, 2.0])
