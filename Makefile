@@ -47,7 +47,7 @@ install: $(VENV)/.installed
 # The main job: the paper's zero-grad experiment on the embedded SmolLM2-135M (subsampled; ~6 min).
 demo: $(VENV)/.installed $(VENV)/.demo-data
 	$(BIN)/ood-zoo doctor
-	$(BIN)/ood-zoo bench --suite zero-grad --model smollm2-135m --out results/zero-grad-smollm2-135m
+	$(BIN)/ood-zoo bench --suite zero-grad --model smollm2-135m --config auto --out results/zero-grad-smollm2-135m
 
 # ruff, and the import-linter contracts of pyproject.toml (the layer map of ARCHITECTURE.md)
 lint: $(VENV)/.installed
