@@ -76,6 +76,20 @@ def test_rde_matches_sklearn(n, d, m, gamma):
     np.testing.assert_allclose(got, want, rtol=1e-8, atol=1e-10 * np.abs(want).max())
 
 
+def test_rde_fits_a_large_bank_on_a_seeded_sample():
+    """Above ``max_fit_rows`` the kernel PCA sees a seeded sample of the rows: the scores are
+    scikit-learn's on exactly that sample (drawn here with numpy-independent bookkeeping)."""
+    fit, x = gaussian(5, 300, 6), gaussian(6, 20, 6)
+    det = RDEDetector(max_fit_rows=50, seed=3).fit(fit)
+    assert det.fit_rows_.shape == (50, 6)
+    sample = torch.randperm(300, generator=torch.Generator().manual_seed(3))[:50].sort().values
+    np.testing.assert_array_equal(det.fit_rows_.numpy(), fit[sample.numpy()])
+    want = sklearn_scores(fit[sample.numpy()], x, 24, scale_gamma(fit[sample.numpy()]), seed=3)
+    np.testing.assert_allclose(det.score(x), want, rtol=1e-8, atol=1e-10 * np.abs(want).max())
+    whole = RDEDetector(max_fit_rows=300).fit(fit)
+    assert whole.fit_rows_.shape == (300, 6)
+
+
 @pytest.mark.parametrize("support", [0.6, 1.0])
 def test_rde_support_fraction_and_seed(support):
     fit, x = gaussian(1, 50, 6), gaussian(2, 20, 6)

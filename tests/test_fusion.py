@@ -199,3 +199,23 @@ def test_cuda_input_matches_cpu():
         got = detector.score(*queries)
         assert got.device.type == "cuda"
         torch.testing.assert_close(got.cpu(), want, rtol=0, atol=1e-4)
+
+
+def test_a_large_fit_set_gives_the_cdfs_a_seeded_sample(monkeypatch):
+    """Above REFERENCE_ROWS fit rows the CDFs hold the leave-one-out scores of a seeded sample
+    (checked against the float64 1-NN reference), and the threshold is still placed."""
+    from ood_zoo.detectors import fusion as fusion_module
+
+    try:
+        from . import reference as ref
+    except ImportError:
+        import reference as ref
+    monkeypatch.setattr(fusion_module, "REFERENCE_ROWS", 40)
+    x = np.random.default_rng(7).normal(size=(200, 5))
+    det = FusionDetector(members="cosine").fit(x)
+    rows = fusion_module.reference_rows(200)
+    assert rows.shape == (40,)
+    assert bool((rows[1:] > rows[:-1]).all())
+    want = np.sort(ref.knn_leave_one_out(x, 1, "cosine")[rows.numpy()])
+    np.testing.assert_allclose(det.reference_[0].numpy(), want, atol=1e-12)
+    assert det.threshold_ is not None

@@ -339,3 +339,19 @@ def test_cuda_input_matches_cpu(combine):
         got = detector.score(queries.cuda())
         assert got.device.type == "cuda"
         torch.testing.assert_close(got.cpu(), want, rtol=1e-9, atol=1e-9)
+
+
+def test_a_large_fit_set_gives_each_layer_a_seeded_sample(monkeypatch):
+    """Above REFERENCE_ROWS fit rows each layer's CDF, mean and spread come from the
+    leave-one-out scores of the same seeded sample (float64 1-NN reference)."""
+    from ood_zoo.detectors import fusion as fusion_module
+
+    monkeypatch.setattr(fusion_module, "REFERENCE_ROWS", 30)
+    x = np.random.default_rng(8).normal(size=(120, 3, 4))
+    det = ood_zoo.create("layers", detector="cosine", combine="mean").fit(x)
+    rows = fusion_module.reference_rows(120).numpy()
+    assert det.reference_.shape == (3, 30)
+    for layer in range(3):
+        want = ref.knn_leave_one_out(x[:, layer], 1, "cosine")[rows]
+        np.testing.assert_allclose(det.reference_[layer].numpy(), np.sort(want), atol=1e-12)
+        assert float(det.location_[layer]) == pytest.approx(want.mean(), abs=1e-12)

@@ -60,6 +60,21 @@ def tail_scale(reference: torch.Tensor) -> torch.Tensor:
     return torch.where(deviation > 0, deviation, torch.ones_like(deviation))
 
 
+#: The empirical CDFs of ``fusion`` and ``layers`` are of the fit scores of at most this many fit
+#: rows (a seeded sample; leave-one-out for kNN banks): ranks resolved to 1/5,000, and fitting on
+#: a million rows scores 5,000 of them, not a million against a million.
+REFERENCE_ROWS = 5000
+
+
+def reference_rows(n_rows: int) -> torch.Tensor:
+    """The fit rows whose scores make the empirical CDFs: all of them up to
+    :data:`REFERENCE_ROWS`, else a sorted seeded sample of that many."""
+    if n_rows <= REFERENCE_ROWS:
+        return torch.arange(n_rows)
+    generator = torch.Generator().manual_seed(0)
+    return torch.randperm(n_rows, generator=generator)[:REFERENCE_ROWS].sort().values
+
+
 def empirical_cdf(reference: torch.Tensor, scores: torch.Tensor, scale: float) -> torch.Tensor:
     """The continuous mid-rank empirical CDF of ``scores`` against sorted 1-D ``reference``.
 
@@ -120,9 +135,10 @@ class FusionDetector(Detector):
     score), and since every ``F_m`` is strictly increasing a one-member fusion ranks samples as
     that member does (same AUROC); OOD samples below every fit score keep their order rather
     than tying at 0. The fit-set scores of kNN members are leave-one-out (what they place their
-    threshold on), since a bank row always matches itself. Vazhentsev et al., "Hybrid
-    Uncertainty Quantification for Selective Text Classification in Ambiguous Tasks", ACL 2023
-    (HUQ combines uncertainty scores through their ranks).
+    threshold on), since a bank row always matches itself; a fit set of more than
+    :data:`REFERENCE_ROWS` rows gives its CDFs a seeded sample of that many. Vazhentsev et al.,
+    "Hybrid Uncertainty Quantification for Selective Text Classification in Ambiguous Tasks",
+    ACL 2023 (HUQ combines uncertainty scores through their ranks).
 
     Members are resolved by name in the process-wide registry
     (:func:`ood_zoo.registry.get_registry`) and fed the fusion's validated inputs; the fusion
@@ -205,18 +221,22 @@ class FusionDetector(Detector):
                 logits if member.requires.logits else None)
 
     def _fit(self, features, labels, logits):
-        rows = torch.arange(features.shape[0] if features is not None else logits.shape[0])
-        fit_scores = []
         for i, member in enumerate(self.member_detectors):
             x, z = self._member_inputs(member, features, logits)
             head = (self.head_weight_, self.head_bias_) if member.requires.head else None
             member.fit(x, labels if member.requires.labels else None, z, head=head)
-            fit_scores.append(member._fit_scores(x, z, rows).to("cpu", torch.float64))
             for tensor in member.state_tensors:
                 setattr(self, member_state_name(i, tensor), getattr(member, tensor))
-        self._fit_member_scores = torch.stack(fit_scores)
-        self.reference_ = self._fit_member_scores.sort(dim=1).values
+        rows = reference_rows(features.shape[0] if features is not None else logits.shape[0])
+        self.reference_ = self._member_fit_scores(features, logits, rows).sort(dim=1).values
         self.tail_scale_ = tail_scale(self.reference_)
+
+    def _member_fit_scores(self, features, logits, rows: torch.Tensor) -> torch.Tensor:
+        """Each member's fit scores of the fit rows ``rows`` (``[members, rows]``, float64)."""
+        return torch.stack([
+            member._fit_scores(*self._member_inputs(member, features, logits), rows)
+            .to("cpu", torch.float64) for member in self.member_detectors
+        ])
 
     def _fuse(self, member_scores: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         """Weighted mean over members (rows of ``member_scores``) of their empirical CDFs."""
@@ -237,7 +257,7 @@ class FusionDetector(Detector):
 
     def _fit_scores(self, features, logits, rows):
         dtype = compute_dtype((features if features is not None else logits).dtype)
-        return self._fuse(self._fit_member_scores[:, rows], dtype)
+        return self._fuse(self._member_fit_scores(features, logits, rows), dtype)
 
     def load_state_dict(self, tensors: Mapping[str, torch.Tensor]) -> None:
         super().load_state_dict(tensors)

@@ -33,7 +33,7 @@ from ..ops.arrays import compute_dtype
 from ._members import parse_json_object, registered_classes
 from .chunks import check_state_shapes
 from .distance import CosineDetector
-from .fusion import empirical_cdf, tail_scale
+from .fusion import empirical_cdf, reference_rows, tail_scale
 
 #: How per-layer scores are combined (see :class:`LayersDetector`).
 COMBINATIONS: tuple[str, ...] = ("fisher", "mean", "max")
@@ -164,7 +164,8 @@ class LayersDetector(Detector):
 
     With ``s_l(x)`` the inner detector's score on layer ``l`` (higher = more ID) and ``r_l1..r_ln``
     its fit-set scores (leave-one-out for detectors whose fit data is their reference set, such
-    as kNN banks, as in ``fusion``), the combinations are
+    as kNN banks, as in ``fusion``; of at most :data:`~ood_zoo.detectors.fusion.REFERENCE_ROWS`
+    fit rows, a seeded sample of a larger bank), the combinations are
 
     ``mean``
         ``mean_l z_l(x)``, with ``z_l = (s_l - μ_l) / σ_l`` standardised by the mean and the
@@ -242,25 +243,28 @@ class LayersDetector(Detector):
     def _fit(self, features, labels, logits):
         n_rows, n_layers = features.shape[0], features.shape[1]
         chosen = select_layers(self.hparams["layers"], n_layers)
-        rows = torch.arange(n_rows)
-        fit_scores = []
         self.inner_detectors = []
         for layer in chosen:
             inner = self.inner_class(**self.inner_params)
-            x = features[:, layer]
-            inner.fit(x, labels if inner.requires.labels else None)
-            fit_scores.append(inner._fit_scores(x, None, rows).to("cpu", torch.float64))
+            inner.fit(features[:, layer], labels if inner.requires.labels else None)
             self.inner_detectors.append(inner)
         self._stack_inner_states()
         self.n_layers_ = torch.tensor(n_layers, dtype=torch.int64)
         self.layer_index_ = torch.tensor(chosen, dtype=torch.int64)
-        self._fit_layer_scores = torch.stack(fit_scores)  # [k, n]
-        self.reference_ = self._fit_layer_scores.sort(dim=1).values
+        reference = self._layer_fit_scores(features, reference_rows(n_rows))  # [k, rows]
+        self.reference_ = reference.sort(dim=1).values
         self.tail_scale_ = tail_scale(self.reference_)
-        self.brown_ = brown_correction(self._fisher(self._fit_layer_scores), len(chosen))
-        self.location_ = self._fit_layer_scores.mean(dim=1)
-        spread = self._fit_layer_scores.std(dim=1, correction=0)
+        self.brown_ = brown_correction(self._fisher(reference), len(chosen))
+        self.location_ = reference.mean(dim=1)
+        spread = reference.std(dim=1, correction=0)
         self.spread_ = torch.where(spread > 0, spread, torch.ones_like(spread))
+
+    def _layer_fit_scores(self, features: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """Each layer's inner fit scores of the fit rows ``rows`` (``[k, rows]``, float64)."""
+        return torch.stack([
+            inner._fit_scores(features[:, int(layer)], None, rows).to("cpu", torch.float64)
+            for inner, layer in zip(self.inner_detectors, self.layer_index_.tolist(), strict=True)
+        ])
 
     def _stack_inner_states(self) -> None:
         """Stack each inner state tensor over the layers; the inner detectors keep views."""
@@ -311,7 +315,7 @@ class LayersDetector(Detector):
         return self._combine(scores, compute_dtype(features.dtype))
 
     def _fit_scores(self, features, logits, rows):
-        scores = self._fit_layer_scores[:, rows]
+        scores = self._layer_fit_scores(features, rows)
         return self._combine(scores, compute_dtype(features.dtype))
 
     # ------------------------------------------------------------------ persistence

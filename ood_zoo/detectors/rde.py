@@ -21,6 +21,10 @@ from .chunks import check_state_shapes, row_chunks, rows_per_chunk, to_numpy64
 
 #: The most kernel-PCA components chosen by default (the RDE paper's 100).
 MAX_AUTO_COMPONENTS = 100
+#: The most fit rows the kernel PCA is fit on by default: its float64 kernel is ``[n, n]``
+#: (32 MB at 2,000 rows; a dense eigendecomposition of it takes seconds), so a larger bank is sampled
+#: (seeded) down to this many.
+DEFAULT_MAX_FIT_ROWS = 2000
 
 
 def auto_components(n_samples: int) -> int:
@@ -68,8 +72,9 @@ class RDEDetector(Detector):
     default ``1 / d`` (``m = 100``, ``seed = 42``), which depends on the features' scale.
     lm-polygraph returns the distance (higher = OOD): ``score = -RDESeq``. ``support_fraction =
     0`` is scikit-learn's default. Scores are computed in float64 (the projection divides by
-    ``sqrt(λ_j)``) and returned in float32 (float64 for float64 input); the fit kernel is
-    ``[n, n]``, so fit on a bank of at most some thousands of rows.
+    ``sqrt(λ_j)``) and returned in float32 (float64 for float64 input). The fit kernel is
+    ``[n, n]``, so a bank of more than ``max_fit_rows`` rows is fit on a seeded sample of that
+    many (``seed``); all of them are then kept for scoring.
     """
 
     name = "rde"
@@ -83,7 +88,11 @@ class RDEDetector(Detector):
         Param("support_fraction", 0.0,
               "share of rows in the MCD support (0: scikit-learn's (n + m + 1) / 2n)",
               type=float, minimum=0.0, maximum=1.0),
-        Param("seed", 42, "random state of the MCD subset search", type=int, minimum=0),
+        Param("seed", 42, "random state of the MCD subset search and of the fit-row sample",
+              type=int, minimum=0),
+        Param("max_fit_rows", DEFAULT_MAX_FIT_ROWS,
+              "fit the kernel PCA on at most this many fit rows (a seeded sample)", type=int,
+              minimum=3),
     )
     state_tensors: ClassVar[tuple[str, ...]] = (
         "fit_rows_", "kernel_col_means_", "kernel_mean_", "projection_", "location_",
@@ -96,6 +105,11 @@ class RDEDetector(Detector):
         from sklearn.decomposition import KernelPCA
 
         n = features.shape[0]
+        if n > self.hparams["max_fit_rows"]:
+            generator = torch.Generator().manual_seed(self.hparams["seed"])
+            sample = torch.randperm(n, generator=generator)[: self.hparams["max_fit_rows"]]
+            features = features[sample.sort().values.to(features.device)]
+            n = features.shape[0]
         m = self.hparams["n_components"] or auto_components(n)
         if m == 0:
             raise InputError(f"{self.name}: needs at least 3 fit samples, got {n}")
