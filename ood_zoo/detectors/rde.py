@@ -22,8 +22,7 @@ from .chunks import check_state_shapes, row_chunks, rows_per_chunk, to_numpy64
 #: The most kernel-PCA components chosen by default (the RDE paper's 100).
 MAX_AUTO_COMPONENTS = 100
 #: The most fit rows the kernel PCA is fit on by default: its float64 kernel is ``[n, n]``
-#: (32 MB at 2,000 rows; a dense eigendecomposition of it takes seconds), so a larger bank is sampled
-#: (seeded) down to this many.
+#: (32 MB at 2,000 rows), so a larger bank is sampled (seeded) down to this many.
 DEFAULT_MAX_FIT_ROWS = 2000
 
 
