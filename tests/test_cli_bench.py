@@ -47,6 +47,7 @@ def test_datasets_listing(capsys):
         (["--model", "minilm", "--seeds", "one"], "--seeds expects integers"),
         (["--model", "minilm", "--seeds", "1,1"], "seeds must be distinct"),
         (["--model", "minilm", "--max-per-split", "1"], "max_per_split must be >= 2"),
+        (["--suite", "fine-tuned", "--config", "auto"], "--config auto is a zero-grad option"),
     ],
 )
 def test_bench_usage_errors_exit_2(argv, message, capsys, tmp_path, monkeypatch):
