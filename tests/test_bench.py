@@ -405,13 +405,17 @@ def test_config_auto_runs_the_id_only_configurations_next_to_the_oracle(tmp_path
     got = run_bench(config(selection="auto", seeds=(1, 2)), extractor=synthetic_extractor(),
                     suite=tiny_suite())
     by = {(r["setting"], r["detector"]): r for r in got.table}
+    oracle = {r["setting"]: r for r in got.meta["settings"]["oracle"]}
+    assert all(r["detector"] != ORACLE for r in got.table)  # it peeks: kept out of the table
     settings = {r["setting"] for r in got.table if r["detector"] == "cosine"}
     assert settings
+    assert set(oracle) == settings
     for setting in settings:
-        assert {(setting, name) for name in (AUTO, AUTO_CV, ORACLE)} <= set(by)
+        assert {(setting, name) for name in (AUTO, AUTO_CV)} <= set(by)
         best = max(r["auroc"] for r in got.sweep_table
                    if r["setting"] == setting and r["detector"] == "cosine")
-        assert by[(setting, ORACLE)]["auroc"] == best
+        assert oracle[setting]["auroc"] == best
+        assert oracle[setting]["detector"] == ORACLE
     assert by[("far:sent>far", AUTO)]["auroc"] > 0.95  # layer 2 separates the corpora
     choices = got.meta["settings"]["selection"]
     assert len(choices) == 2 * 2  # seeds × ID tasks (sent; topic with one class held out)

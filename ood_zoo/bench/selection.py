@@ -226,13 +226,15 @@ def run_configurations(
 
 
 def configurations_table(
-    table: Sequence[Mapping[str, Any]], paper: str = "cosine",
+    table: Sequence[Mapping[str, Any]], oracle: Sequence[Mapping[str, Any]],
+    paper: str = "cosine",
 ) -> list[dict[str, Any]]:
-    """One row per setting: the AUROC of the paper's ``paper`` row, :data:`AUTO`,
-    :data:`AUTO_CV` and :data:`ORACLE` (with its layer), from an aggregated table."""
+    """One row per setting: the AUROC of the paper's ``paper`` row, :data:`AUTO` and
+    :data:`AUTO_CV` from an aggregated table, and of the ``oracle`` rows (:func:`oracle_rows`,
+    kept apart from the table: they peek) with their layer."""
     columns = {paper: "paper", AUTO: "auto", AUTO_CV: "auto_cv", ORACLE: "oracle"}
     out: dict[str, dict[str, Any]] = {}
-    for row in table:
+    for row in [*table, *oracle]:
         if row["detector"] not in columns:
             continue
         entry = out.setdefault(row["setting"], {"setting": row["setting"], "kind": row["kind"]})

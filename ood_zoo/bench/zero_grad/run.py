@@ -347,8 +347,6 @@ def run_bench(
     order = [s.name for s in suite.settings]
     table = aggregate(rows, order=order)
     sweep_table = aggregate(sweep_rows, keys=("setting", "detector", "layer"), order=order)
-    if config.selection == "auto":
-        table += oracle_rows(sweep_table)
     meta = {
         "settings": {
             "config": jsonable(asdict(config)),
@@ -377,6 +375,7 @@ def run_bench(
             },
             "std": "sample standard deviation over seeds (ddof=1; 0 for one seed)",
             "selection": choices,
+            "oracle": oracle_rows(sweep_table) if config.selection == "auto" else [],
         },
         **session.metadata(),
     }
