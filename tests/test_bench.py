@@ -339,6 +339,11 @@ def test_outputs_written(result, tmp_path):
         rows = list(csv.DictReader(handle))
     assert sum(r["row_type"] == "seed" for r in rows) == len(result.rows)
     assert sum(r["row_type"] == "aggregate" for r in rows) == len(result.table)
+    # the metric convention: a JSON entry, a CSV column and the tables' header
+    assert payload["convention"] == {"positive": "id", "note": metrics.convention("id")}
+    assert {r["positive"] for r in rows} == {"id"}
+    for name in ("table.md", "table.txt"):
+        assert metrics.convention("id") in (tmp_path / name).read_text(), name
     table_md = (tmp_path / "table.md").read_text()
     assert "| AUROC |" in table_md
     assert "±" in table_md

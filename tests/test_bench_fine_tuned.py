@@ -189,7 +189,10 @@ def test_outputs_and_report(result, tmp_path):
     assert {r["variant"] for r in payload["table"]} == {"zero-grad", "generative",
                                                         "discriminative"}
     assert len(payload["training"]) == len(res.training)
-    md, _txt = render_fine_tuned(res)
+    md, txt = render_fine_tuned(res)
+    assert payload["convention"] == {"positive": "id", "note": metrics.convention("id")}
+    assert metrics.convention("id") in md
+    assert metrics.convention("id") in txt
     assert "Zero-grad vs fine-tuned" in md
     assert "generative_auroc" in md
     side = comparison(res.table)

@@ -19,6 +19,7 @@ import torch
 from test_analysis import ref_average_cosine, ref_isoscore, ref_top_pc_variance
 from test_features import N_LAYERS, make_model, make_tokenizer
 
+from ood_zoo import metrics
 from ood_zoo.bench import isotropy
 from ood_zoo.bench import suites as suites_module
 from ood_zoo.bench.suites import Corpus
@@ -202,6 +203,8 @@ def test_outputs_written(result, tmp_path):
     md = (tmp_path / "isotropy.md").read_text()
     assert "## Final layer" in md
     assert "## Every layer" in md
+    assert metrics.convention("id") in md
+    assert payload["convention"] == {"positive": "id", "note": metrics.convention("id")}
     assert len(written["files"]) == 5
 
 

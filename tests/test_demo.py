@@ -13,6 +13,7 @@ import pytest
 import torch
 
 import ood_zoo
+from ood_zoo import metrics
 from ood_zoo.bench import (
     DetectorInputs,
     fit_probe,
@@ -150,8 +151,11 @@ def test_tiny_demo_end_to_end(tmp_path, capsys):
     printed = capsys.readouterr().out
     for word in ("auroc", "cosine", "chitchat", "rt_plots", "total"):
         assert word in printed
+    assert f"{metrics.convention('id')}\n" in printed  # the table's header
+
 
     saved = json.loads((tmp_path / "demo.json").read_text())
+    assert saved["convention"] == {"positive": "id", "note": metrics.convention("id")}
     assert saved["rows"] == rows
     assert saved["settings"]["n_bank"] == 60
     assert saved["settings"]["n_test"] == 40

@@ -11,6 +11,8 @@ exactly in FPR95 (and to 1e-12 in the areas) and OpenOOD exactly wherever sklear
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -18,6 +20,7 @@ from oracles import peer_modules
 from sklearn import metrics as skm
 
 from ood_zoo import metrics
+from ood_zoo.cli import main
 from ood_zoo.errors import InputError
 
 torch.set_num_threads(1)
@@ -69,7 +72,8 @@ def _cases() -> dict[str, tuple[np.ndarray, np.ndarray]]:
         "separated": (rng.uniform(2, 3, 40), rng.uniform(0, 1, 60)),
         "reversed": (rng.uniform(0, 1, 50), rng.uniform(2, 3, 30)),
         "rounded_ties": (np.round(rng.normal(0.5, 1, 400), 1), np.round(rng.normal(0, 1, 350), 1)),
-        "integer_ties": (rng.integers(0, 5, 97).astype(float), rng.integers(0, 4, 61).astype(float)),
+        "integer_ties": (rng.integers(0, 5, 97).astype(float),
+                         rng.integers(0, 4, 61).astype(float)),
         "paired_ties": (np.arange(20.0), np.arange(20.0)),
         "all_equal": (np.zeros(7), np.zeros(5)),
         "one_each": (np.array([1.0]), np.array([0.0])),
@@ -161,7 +165,7 @@ def test_positive_is_validated(bad):
                  lambda: metrics.aupr_in(id_scores, ood_scores, positive=bad),
                  lambda: metrics.aupr_out(id_scores, ood_scores, positive=bad),
                  lambda: metrics.convention(bad)):
-        with pytest.raises(InputError, match="positive: expected 'id'.*or 'ood'"):
+        with pytest.raises(InputError, match=r"positive: expected 'id'.*or 'ood'"):
             call()
 
 
@@ -170,3 +174,32 @@ def test_convention_names_the_positive_class():
     assert "95% ID recall" in metrics.convention()
     assert "OOD positive" in metrics.convention("ood", tpr=0.9)
     assert "90% OOD recall" in metrics.convention("ood", tpr=0.9)
+
+
+@pytest.mark.parametrize("positive", metrics.POSITIVE_CLASSES)
+def test_cli_evaluate_names_its_convention(tmp_path, capsys, positive):
+    id_scores, ood_scores = CASES["rounded_ties"]
+    np.save(tmp_path / "id.npy", id_scores)
+    np.save(tmp_path / "ood.npy", ood_scores)
+    scores = ["evaluate", "--id-scores", str(tmp_path / "id.npy"),
+              "--ood-scores", str(tmp_path / "ood.npy"), "--tpr", "0.9", "--positive", positive]
+    assert main([*scores, "--json", "--out", str(tmp_path / "out")]) == 0
+    row = json.loads(capsys.readouterr().out)
+    expected = metrics.evaluate(id_scores, ood_scores, tpr=0.9, positive=positive)
+    assert {k: row[k] for k in expected} == expected
+    assert row["convention"] == {"positive": positive,
+                                 "note": metrics.convention(positive, tpr=0.9)}
+    assert json.loads((tmp_path / "out" / "metrics.json").read_text()) == row
+    assert main(scores) == 0
+    header, *_ = capsys.readouterr().out.splitlines()
+    assert header == metrics.convention(positive, tpr=0.9)
+    assert (tmp_path / "out" / "metrics.txt").read_text().splitlines()[0] == header
+
+
+def test_cli_evaluate_refuses_an_unknown_convention(tmp_path, capsys):
+    np.save(tmp_path / "s.npy", np.zeros(3))
+    with pytest.raises(SystemExit) as exit_info:
+        main(["evaluate", "--id-scores", str(tmp_path / "s.npy"), "--ood-scores",
+              str(tmp_path / "s.npy"), "--positive", "OOD"])
+    assert exit_info.value.code == 2
+    assert "invalid choice: 'OOD'" in capsys.readouterr().err

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from ood_zoo import metrics
 from ood_zoo.bench.plots import layer_heatmap, plot_layer_heatmap, slug
 from ood_zoo.bench.report import ReportPaths, build_report
 from ood_zoo.cli import main
@@ -170,6 +171,7 @@ def test_bench_tables_numbers_and_highlight(tmp_path):
     assert not _absent(visible, "corpus A", '"### Input:\\n{text}\\n"',  # set-up facts
                        "6 per-seed rows", "Linux-test", "2.13.0+cpu")
     assert {"best layer", "L2"} <= set(page.headers)
+    assert metrics.convention("id") in visible
 
 
 def test_markdown_twin_has_the_same_tables(tmp_path):

@@ -37,7 +37,7 @@ from .runner import (
     usable_detectors,
 )
 from .session import RunSession
-from .tables import json_bytes, write_files
+from .tables import POSITIVE, convention_record, json_bytes, write_files
 
 __all__ = ["run_demo"]
 
@@ -169,7 +169,8 @@ def run_demo(
     if out_dir is not None:
         payload = {
             "format": "ood_zoo.demo", "format_version": 1, "rows": rows,
-            "settings": settings, "timing_s": metadata["timing_s"],
+            "convention": convention_record(), "settings": settings,
+            "timing_s": metadata["timing_s"],
             "versions": metadata["versions"],
         }
         (written,) = write_files(Path(out_dir), {RESULT_FILE: json_bytes(payload)})
@@ -197,12 +198,9 @@ def _report(
     columns = list(TABLE_COLUMNS)
     if any(r["error"] for r in rows):
         columns.append("error")
+    print(metrics.convention(POSITIVE), file=out)
     print(metrics.format_table(rows, columns), file=out)
     if settings["skipped_detectors"]:
         skipped = ", ".join(f"{k} ({v})" for k, v in settings["skipped_detectors"].items())
         print(f"skipped: {skipped}", file=out)
-    print(
-        f"total {timing['total_s']:.1f} s with {settings['threads']} torch threads "
-        "(higher score = more in-distribution; ID is the positive class)",
-        file=out,
-    )
+    print(f"total {timing['total_s']:.1f} s with {settings['threads']} torch threads", file=out)

@@ -57,7 +57,16 @@ from .pools import MakeInputs, Pool, Task, draw_pools, label_words, tasks
 from .runner import MSP_VOCAB, DetectorInputs, run_detectors, run_msp_vocab
 from .session import RunSession
 from .suites import FINE_TUNED, Suite
-from .tables import TABLE_HEADERS, aggregate, json_bytes, jsonable, markdown_table, write_files
+from .tables import (
+    POSITIVE,
+    TABLE_HEADERS,
+    aggregate,
+    convention_record,
+    json_bytes,
+    jsonable,
+    markdown_table,
+    write_files,
+)
 
 __all__ = [
     "CPU_RECIPE",
@@ -431,7 +440,8 @@ def render_fine_tuned(result: FineTunedResult) -> tuple[str, str]:
              f"ID validation split, seeds {config['seeds']}, shots {config['shots']}")
     train = config["train"]
     notes = [
-        "AUROC / FPR95 / AUPR-In: mean ± sample std over seeds; ID is the positive class.",
+        metrics.convention(POSITIVE),
+        "AUROC / FPR95 / AUPR-In: mean ± sample std over seeds.",
         f"LoRA r16 α16 dropout 0.05 on q/k/v/o; lr {train['learning_rate']}, "
         f"{train['max_epochs']} epochs max, early stop patience {train['patience']} after "
         f"epoch {train['min_epochs']}; reporting epoch: {s['reporting_epoch']}.",
@@ -462,7 +472,7 @@ def write_fine_tuned_outputs(result: FineTunedResult, out_dir: str | os.PathLike
     payload = {
         "format": "ood_zoo.bench", "format_version": 1, "table": result.table,
         "rows": result.rows, "summary": comparison(result.table), "training": result.training,
-        **result.meta, "plots": plot_status,
+        "convention": convention_record(), **result.meta, "plots": plot_status,
     }
     files = write_files(directory, {
         "results.json": json_bytes(payload),

@@ -17,13 +17,18 @@ from typing import Any
 
 import numpy as np
 
+from .. import metrics
 from ..io import atomic_write_bytes
 
-__all__ = ["METRICS", "TABLE_HEADERS", "aggregate", "csv_bytes", "json_bytes", "jsonable",
-           "layer_sweep_wide", "markdown_table", "summary_by_kind", "write_files"]
+__all__ = ["METRICS", "POSITIVE", "TABLE_HEADERS", "aggregate", "convention_record", "csv_bytes",
+           "json_bytes", "jsonable", "layer_sweep_wide", "markdown_table", "summary_by_kind",
+           "write_files"]
 
 #: The metrics of the result tables (mean and std over seeds).
 METRICS = ("auroc", "fpr95", "aupr_in")
+#: The positive class of every suite's metrics (``metrics.evaluate``'s default); each CSV carries
+#: it in its ``positive`` column.
+POSITIVE = "id"
 #: Column headers of the aggregated metrics (:func:`aggregate`'s ``<metric>_pm``) in tables.
 TABLE_HEADERS = {"auroc_pm": "AUROC", "fpr95_pm": "FPR95", "aupr_in_pm": "AUPR-In",
                  "n_seeds": "seeds"}
@@ -41,6 +46,12 @@ def jsonable(value: Any) -> Any:
     if isinstance(value, float) and not np.isfinite(value):
         return None
     return value
+
+
+def convention_record() -> dict[str, str]:
+    """The ``convention`` entry of every results JSON: the positive class and its note
+    (:func:`ood_zoo.metrics.convention`), which the tables and reports print in their header."""
+    return {"positive": POSITIVE, "note": metrics.convention(POSITIVE)}
 
 
 def aggregate(

@@ -178,7 +178,7 @@ def cmd_score(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from ..metrics import METRIC_NAMES, evaluate, format_table
+    from ..metrics import METRIC_NAMES, convention, evaluate, format_table
 
     if args.model is not None:
         if args.id_features is None and args.id_logits is None:
@@ -204,10 +204,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             "evaluate needs either --id-scores and --ood-scores, or a saved detector DIR "
             "with --id-features and --ood-features"
         )
-    metrics = evaluate(id_scores, ood_scores, tpr=args.tpr)
+    metrics = evaluate(id_scores, ood_scores, tpr=args.tpr, positive=args.positive)
+    note = convention(args.positive, tpr=args.tpr)
     row = {"detector": name, "n_id": int(id_scores.size), "n_ood": int(ood_scores.size),
-           **metrics}
-    table = format_table([row], columns=["detector", "n_id", "n_ood", *METRIC_NAMES])
+           **metrics, "convention": {"positive": args.positive, "note": note}}
+    table = note + "\n" + format_table([row], columns=["detector", "n_id", "n_ood", *METRIC_NAMES])
     if args.out:
         out = Path(args.out)
         write_text(out / "metrics.json", json.dumps(row, indent=2) + "\n")
@@ -302,7 +303,13 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     ev.add_argument("--ood-features")
     ev.add_argument("--id-logits")
     ev.add_argument("--ood-logits")
-    ev.add_argument("--tpr", type=float, default=0.95, help="ID recall for FPR (default 0.95)")
+    ev.add_argument("--tpr", type=float, default=0.95,
+                    help="recall of the positive class for FPR95 (default 0.95)")
+    # metrics.POSITIVE_CLASSES; the parser is built without importing torch
+    ev.add_argument("--positive", choices=("id", "ood"), default="id",
+                    help="positive class: id (ood_zoo's default; FPR95 = OOD accepted at 95%% ID "
+                         "recall) or ood (OpenOOD v1.5 and pytorch-ood: ID flagged at 95%% OOD "
+                         "recall)")
     ev.add_argument("--name", help="row label in the table")
     ev.add_argument("--out", help="directory for metrics.json, metrics.txt (and scores)")
     with_keys(ev)

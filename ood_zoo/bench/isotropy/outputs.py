@@ -10,7 +10,15 @@ from pathlib import Path
 from typing import Any
 
 from ... import metrics
-from ..tables import csv_bytes, json_bytes, jsonable, markdown_table, write_files
+from ..tables import (
+    POSITIVE,
+    convention_record,
+    csv_bytes,
+    json_bytes,
+    jsonable,
+    markdown_table,
+    write_files,
+)
 from .figures import write_plots
 from .study import ROW_COLUMNS, SHORT_NAMES, StudyResult
 
@@ -56,8 +64,9 @@ def render_tables(result: StudyResult) -> tuple[str, str]:
         f"models: {models}.",
         "Isotropy is measured on the ID bank. More isotropic = lower avg_cos / top1_var / "
         "top10_var, higher I(V) / log I / IsoScore.",
-        "AUROC: ID positive. cos = cosine 1-NN, L2 = Euclidean 1-NN on raw vectors, maha = "
-        "class-conditional Mahalanobis; gaps are cosine minus the other.",
+        f"AUROC: {metrics.convention(POSITIVE)} (AUROC itself is the same with OOD positive.) "
+        "cos = cosine 1-NN, L2 = Euclidean 1-NN on raw vectors, maha = class-conditional "
+        "Mahalanobis; gaps are cosine minus the other.",
         "IsoScore is capped at (n - 2) / (d - 1) when the bank (n vectors) is smaller than the "
         "dimension d.",
     ]
@@ -101,7 +110,7 @@ def write_outputs(result: StudyResult, out_dir: str | os.PathLike[str]) -> dict[
         "format": "ood_zoo.isotropy", "format_version": 1,
         "config": result.meta.get("config", {}),
         "rows": [{k: r.get(k) for k in ROW_COLUMNS} for r in result.rows],
-        "correlations": result.correlations,
+        "correlations": result.correlations, "convention": convention_record(),
         **{k: v for k, v in result.meta.items() if k != "config"},
         "plots": status,
     }

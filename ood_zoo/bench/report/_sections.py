@@ -9,7 +9,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ... import metrics
 from ..plots import slug
+from ..tables import POSITIVE
 from ._blocks import (
     DASH,
     Block,
@@ -37,9 +39,9 @@ _METRICS = ("auroc", "fpr95", "aupr_in")
 #: set-up): never a column of the metric tables.
 _BOOKKEEPING = frozenset({"detector", "n_seeds", "n_errors", "error", "kind", "id", "ood"})
 _BENCH_KNOWN = frozenset({"format", "format_version", "table", "rows", "layer_sweep", "summary",
-                          "settings", "versions", "machine", "timing_s", "plots"})
+                          "settings", "versions", "machine", "timing_s", "plots", "convention"})
 _ISOTROPY_KNOWN = frozenset({"format", "format_version", "config", "rows", "correlations",
-                             "versions", "machine", "plots"})
+                             "versions", "machine", "plots", "convention"})
 
 
 # ---------------------------------------------------------------------------- benchmark suites
@@ -280,9 +282,8 @@ def _bench_blocks(result: ResultSet) -> list[Block]:
     if shape.metrics:
         seeds = _dict(settings.get("config")).get("seeds")
         blocks.append(Para((f"Seeds: {format_value(seeds)}. " if seeds else "")
-                           + "Higher score = more in-distribution; ID is the positive class; "
-                           "FPR95 is the fraction of OOD accepted at 95% ID recall (lower is "
-                           "better).", note=True))
+                           + f"{metrics.convention(POSITIVE)} Lower FPR95 is better.",
+                           note=True))
     if data.get("summary"):
         blocks += [Heading(3, "Summary"), records_table(data["summary"])]
     blocks += _setup_blocks(data)
@@ -414,8 +415,8 @@ def document(root: Path, results: Sequence[ResultSet]) -> tuple[str, list[Block]
     title = f"ood_zoo results: {root.resolve().name}"
     blocks: list[Block] = [
         Para(f"Built by ood-zoo report from {len(results)} result set(s) in {root}. "
-             "Scores follow one convention: higher = more in-distribution; ID is the positive "
-             "class."),
+             "Scores follow one convention: higher = more in-distribution. "
+             f"{metrics.convention(POSITIVE)}"),
         Heading(2, "Headline", "headline"), _overview(results),
     ]
     for result in results:

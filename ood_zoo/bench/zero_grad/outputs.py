@@ -12,7 +12,9 @@ from ..plots import write_plots
 from ..runner import MSP_VOCAB
 from ..selection import configurations_table
 from ..tables import (
+    POSITIVE,
     TABLE_HEADERS,
+    convention_record,
     csv_bytes,
     json_bytes,
     layer_sweep_wide,
@@ -29,7 +31,7 @@ TABLE_COLUMNS = ("setting", "detector", "auroc_pm", "fpr95_pm", "aupr_in_pm", "n
 CSV_COLUMNS = (
     "row_type", "setting", "kind", "id", "ood", "detector", "layer", "seed", "n_bank", "n_id",
     "n_ood", "id_classes", "ood_classes", "auroc", "auroc_std", "fpr95", "fpr95_std", "aupr_in",
-    "aupr_in_std", "aupr_out", "n_seeds", "n_errors", "fit_s", "score_s", "error",
+    "aupr_in_std", "aupr_out", "n_seeds", "n_errors", "fit_s", "score_s", "error", "positive",
 )
 
 
@@ -42,8 +44,8 @@ def render_tables(result: BenchResult) -> tuple[str, str]:
              f"{ext.get('pooling', config['pooling'] or '?')} pooling, "
              f"layer {s['main_layer']}, bank = ID {s['bank']} split, seeds {config['seeds']}")
     notes = [
-        "AUROC / FPR95 / AUPR-In: mean ± sample std over seeds; ID is the positive class, higher "
-        "score = more ID.",
+        metrics.convention(POSITIVE),
+        "AUROC / FPR95 / AUPR-In: mean ± sample std over seeds.",
         f"msp: {s['msp_variants']['msp']}; {MSP_VOCAB}: {s['msp_variants'][MSP_VOCAB]}.",
     ]
     if s["skipped_corpora"]:
@@ -100,14 +102,15 @@ def write_outputs(result: BenchResult, out_dir: str | os.PathLike[str]) -> dict[
         "format": "ood_zoo.bench", "format_version": 1,
         "table": result.table, "rows": result.rows,
         "layer_sweep": {"table": result.sweep_table, "rows": result.sweep_rows},
-        "summary": summary_by_kind(result.table),
+        "summary": summary_by_kind(result.table), "convention": convention_record(),
         **result.meta, "plots": plot_status,
     }
 
     def seeds_and_means(rows: Sequence[Mapping[str, Any]],
                         table: Sequence[Mapping[str, Any]]) -> bytes:
-        return csv_bytes([{**r, "row_type": "seed"} for r in rows]
-                         + [{**r, "row_type": "aggregate", "seed": "all"} for r in table],
+        return csv_bytes([{**r, "row_type": "seed", "positive": POSITIVE} for r in rows]
+                         + [{**r, "row_type": "aggregate", "seed": "all", "positive": POSITIVE}
+                            for r in table],
                          CSV_COLUMNS)
 
     files = write_files(directory, {
