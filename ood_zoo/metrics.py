@@ -168,7 +168,7 @@ class _Counts:
         precision = self.tp / (self.tp + self.fp)
         return float(np.sum(recall_steps * precision) / self.n_id)
 
-    def reversed(self) -> tuple[np.ndarray, np.ndarray]:
+    def at_or_below(self) -> tuple[np.ndarray, np.ndarray]:
         """OOD and ID counts of the scores ``<= thresholds[i]``.
 
         With OOD positive and the scores negated, the threshold ``-t`` accepts the scores
@@ -180,7 +180,7 @@ class _Counts:
 
     def aupr_out(self) -> float:
         # Descending -t is ascending t: recall grows by the OOD scores equal to thresholds[i].
-        ood_le, id_le = self.reversed()
+        ood_le, id_le = self.at_or_below()
         recall_steps = np.diff(self.fp, prepend=0)
         precision = ood_le / (ood_le + id_le)
         return float(np.sum(recall_steps * precision) / self.n_ood)
@@ -189,7 +189,7 @@ class _Counts:
         return _trapezoid_aupr(self.tp, self.fp)
 
     def trapezoid_aupr_out(self) -> float:
-        ood_le, id_le = self.reversed()
+        ood_le, id_le = self.at_or_below()
         return _trapezoid_aupr(ood_le[::-1], id_le[::-1])
 
     def detection_error(self) -> float:
