@@ -412,6 +412,9 @@ def _dtype_name(dtype: torch.dtype) -> str:
 def read_config(path: str | Path) -> dict[str, Any]:
     """Read ``detector.json`` of a saved detector and validate it against :data:`CONFIG_SCHEMA`.
 
+    A version-1 file is validated against :data:`CONFIG_SCHEMA_V1` and returned as version 2
+    without calibration (``false_alarm_bound`` null).
+
     Raises
     ------
     PersistenceError

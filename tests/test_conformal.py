@@ -18,10 +18,12 @@ from scipy.stats import binom
 
 import ood_zoo
 from ood_zoo import InputError, NotFittedError, PersistenceError
+from ood_zoo import testing as kit
 from ood_zoo.api import threshold_at_tpr
 from ood_zoo.cli import main
 from ood_zoo.conformal import benjamini_hochberg, conformal_pvalues, conformal_rank
 from ood_zoo.io import CONFIG_FILE
+from ood_zoo.registry import get_registry
 
 SPLITS = 2000
 #: Two-sided tail of every binomial check (fixed seeds make the tests deterministic anyway).
@@ -332,3 +334,19 @@ def test_cli_fit_with_alpha_and_score_print_the_guarantee(rng, tmp_path, capsys)
                  "--out", str(tmp_path / "bad")])
     assert code == 2
     assert "--alpha needs --calibration-features" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", ood_zoo.list_detectors())
+def test_every_builtin_calibrates_and_saves_its_pvalues(name, tmp_path):
+    cls = get_registry().get(name).cls
+    special = cls.requires.language_model or cls.requires.layered
+    data = kit.default_make_inputs(cls)() if special else kit.make_synthetic_inputs(seed=5)
+    detector = ood_zoo.create(name).fit(**data.fit.fit_kwargs(cls.requires))
+    detector.calibrate(**data.id.score_kwargs(cls.requires), alpha=0.2)
+    inputs = data.ood.score_kwargs(cls.requires)
+    pvalues = detector.pvalues(**inputs)
+    assert ((pvalues > 0) & (pvalues <= 1)).all()
+    np.testing.assert_array_equal(detector.predict(**inputs), pvalues > 0.2)
+    loaded = ood_zoo.load(detector.save(tmp_path))
+    assert loaded.false_alarm_bound_ == detector.false_alarm_bound_ <= 0.2
+    np.testing.assert_array_equal(loaded.pvalues(**inputs), pvalues)
