@@ -350,3 +350,20 @@ def test_every_builtin_calibrates_and_saves_its_pvalues(name, tmp_path):
     loaded = ood_zoo.load(detector.save(tmp_path))
     assert loaded.false_alarm_bound_ == detector.false_alarm_bound_ <= 0.2
     np.testing.assert_array_equal(loaded.pvalues(**inputs), pvalues)
+
+
+@pytest.mark.cuda
+def test_pvalues_and_fdr_on_cuda(rng):
+    bank = torch.from_numpy(rng.normal(size=(200, WIDTH)).astype(np.float32)).cuda()
+    detector = ood_zoo.create("knn", k=3, normalize=False).fit(bank)
+    detector.calibrate(torch.from_numpy(id_features(rng, 60)["features"]).cuda(), alpha=0.1)
+    assert detector.calibration_scores_.device.type == "cpu"
+    batch = torch.from_numpy(id_features(rng, 40)["features"]).cuda()
+    pvalues = detector.pvalues(batch)
+    assert pvalues.device.type == "cuda"
+    assert pvalues.dtype == torch.float64
+    expected = conformal_pvalues(detector.calibration_scores_, detector.score(batch).cpu())
+    assert torch.equal(pvalues.cpu(), expected)
+    accepted = detector.predict(batch, fdr=0.2)
+    assert accepted.device.type == "cuda"
+    assert torch.equal(accepted.cpu(), ~benjamini_hochberg(expected, 0.2))
