@@ -62,9 +62,9 @@ class OODGatePipeline(Pipeline):
     Parameters
     ----------
     model : transformers model
-        A sequence-classification model (answer: ``label`` and ``score``, the softmax
-        probability of the top class, or the sigmoid for one logit) or a model that can
-        generate (answer: ``generated_text``).
+        A sequence-classification model (answer: ``label`` and ``score`` of the top class, as
+        ``text-classification`` gives them: softmax, sigmoid for one logit or multi-label, the
+        raw value for regression) or a model that can generate (answer: ``generated_text``).
     tokenizer : transformers tokenizer
         The model's tokenizer.
     detector : ood_zoo.Detector
@@ -234,7 +234,13 @@ class OODGatePipeline(Pipeline):
             return {"generated_text": prompt + new_text if return_full_text else new_text,
                     **verdict}
         logits = model_outputs["logits"][0].float()
-        probabilities = logits.sigmoid() if logits.numel() == 1 else logits.softmax(dim=-1)
+        problem = self.model.config.problem_type
+        if problem == "regression":
+            probabilities = logits
+        elif problem == "multi_label_classification" or logits.numel() == 1:
+            probabilities = logits.sigmoid()
+        else:
+            probabilities = logits.softmax(dim=-1)
         best = int(probabilities.argmax())
         return {"label": self.model.config.id2label[best],
                 "score": float(probabilities[best]), **verdict}

@@ -22,13 +22,13 @@ FIT_TEXTS = [*TEXTS, "the story is fun", "we love the actor", "that plot was bad
 QUERIES = ["i love this movie", "plot plot plot", "the actor was really very boring", "fun"]
 
 
-def make_classifier() -> BertForSequenceClassification:
+def make_classifier(problem_type: str | None = None) -> BertForSequenceClassification:
     torch.manual_seed(0)
     config = BertConfig(
         vocab_size=5 + len(WORDS), hidden_size=32, intermediate_size=64,
         num_hidden_layers=N_LAYERS, num_attention_heads=4, max_position_embeddings=64,
         pad_token_id=0, num_labels=2, id2label={0: "NEGATIVE", 1: "POSITIVE"},
-        label2id={"NEGATIVE": 0, "POSITIVE": 1},
+        label2id={"NEGATIVE": 0, "POSITIVE": 1}, problem_type=problem_type,
     )
     return BertForSequenceClassification(config).eval()
 
@@ -99,6 +99,16 @@ def test_classifier_gate_answers_features_scores_and_verdicts(classifier, batch_
     assert [o["ood_score"] for o in out] == batch_scores(gate.detector, batches)
     assert [o["is_ood"] for o in out] == batch_verdicts(gate.detector, batches)
     assert set(out[0]) == {"label", "score", "ood_score", "is_ood"}
+
+
+@pytest.mark.parametrize("problem_type", ["multi_label_classification", "regression"])
+def test_answer_scores_follow_the_problem_type(problem_type):
+    plain = pipeline("text-classification", model=make_classifier(problem_type),
+                     tokenizer=make_tokenizer("bert", "right"), device="cpu")
+    gate = ood_gate(plain, ood_zoo.create("cosine")).fit(FIT_TEXTS)
+    out, expected = gate(QUERIES), plain(QUERIES)
+    assert [o["label"] for o in out] == [e["label"] for e in expected]
+    assert [o["score"] for o in out] == pytest.approx([e["score"] for e in expected], abs=1e-6)
 
 
 def test_left_padding_tokenizer_gives_the_same_features():
