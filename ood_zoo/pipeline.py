@@ -133,6 +133,8 @@ class OODGatePipeline(Pipeline):
             raise ValueError(f"unknown pooling {pooling!r}; choose one of {list(POOLING_MODES)}")
         if tokenizer is None:
             raise TypeError("the ood-gate pipeline needs the model's tokenizer")
+        if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 1:
+            raise ValueError(f"max_length must be a positive int, got {max_length!r}")
         self.detector = detector
         self.layers = layers
         self.pooling = pooling if pooling is not None else default_pooling(model)

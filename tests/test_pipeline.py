@@ -194,6 +194,8 @@ def test_errors(classifier):
         ood_gate(classifier, ood_zoo.create("knn"), layers=9)
     with pytest.raises(ValueError, match="unknown pooling"):
         ood_gate(classifier, ood_zoo.create("knn"), pooling="max")
+    with pytest.raises(ValueError, match="max_length"):
+        ood_gate(classifier, ood_zoo.create("knn"), max_length=0)
     with pytest.raises(TypeError, match="Detector"):
         ood_gate(classifier, "knn")
     with pytest.raises(TypeError, match="pipeline"):
