@@ -33,6 +33,7 @@ from typing import Any, ClassVar, Self
 
 import torch
 
+from .conformal import benjamini_hochberg, conformal_pvalues, conformal_rank
 from .errors import InputError, NotFittedError
 from .io import load_detector, save_detector
 from .ops.arrays import (
@@ -164,6 +165,12 @@ TARGET_TPR = Param(
     type=float, minimum=0.0, exclusive_minimum=True, maximum=1.0,
 )
 
+#: The ``alpha`` argument of :meth:`Detector.calibrate`: the false-alarm rate it guarantees.
+ALPHA = Param(
+    "alpha", 0.05, "largest probability that predict rejects an in-distribution sample",
+    type=float, minimum=0.0, exclusive_minimum=True, maximum=1.0,
+)
+
 
 def threshold_at_tpr(id_scores: torch.Tensor, tpr: float) -> float:
     """The largest threshold ``t`` with ``mean(id_scores >= t) >= tpr``.
@@ -177,8 +184,12 @@ def threshold_at_tpr(id_scores: torch.Tensor, tpr: float) -> float:
     """
     tpr = TARGET_TPR.validate(tpr, "threshold_at_tpr: target TPR")
     ordered = torch.sort(id_scores.detach().flatten().double(), descending=True).values
-    accept = math.ceil(tpr * ordered.numel() - 1e-9)  # how many ID samples must pass
-    return float(ordered[max(accept, 1) - 1])
+    return float(ordered[_accepted_at_tpr(ordered.numel(), tpr) - 1])
+
+
+def _accepted_at_tpr(n_scores: int, tpr: float) -> int:
+    """How many of ``n_scores`` ID scores a threshold at target TPR ``tpr`` accepts."""
+    return max(math.ceil(tpr * n_scores - 1e-9), 1)
 
 
 def threshold_sample_rows(n_rows: int, tpr: float) -> int:
@@ -215,6 +226,14 @@ class Detector:
     threshold_ : float or None
         Score threshold used by :meth:`predict`; ``None`` until fit data or a calibration set
         has been seen.
+    calibration_scores_ : torch.Tensor or None
+        The scores of the last :meth:`calibrate` set, float64, sorted ascending, on the CPU:
+        the reference of :meth:`pvalues`. ``None`` before ``calibrate`` (and after a new ``fit``).
+    false_alarm_bound_ : float or None
+        What the threshold guarantees once calibrated: :meth:`predict` rejects an ID sample
+        exchangeable with the calibration set with probability at most this (``k / (n + 1)``,
+        the threshold being the ``k``-th smallest of ``n`` calibration scores).
+        ``None`` while the threshold is the in-sample one placed by ``fit``: no guarantee.
     n_features_in_, n_logits_in_ : int or None
         Feature and logit widths seen at fit time (the last axis of layered features).
     """
@@ -249,6 +268,8 @@ class Detector:
         }
         self.target_tpr: float = TARGET_TPR.validate(target_tpr, owner)
         self.threshold_: float | None = None
+        self.calibration_scores_: torch.Tensor | None = None
+        self.false_alarm_bound_: float | None = None
         self.n_features_in_: int | None = None
         self.n_logits_in_: int | None = None
         self.is_fitted_ = False
@@ -301,6 +322,7 @@ class Detector:
         self.n_logits_in_ = None if z is None else int(z.shape[1])
         self._check_state_widths()
         self.is_fitted_ = True
+        self.calibration_scores_ = self.false_alarm_bound_ = None  # a new scorer: recalibrate
         n = _n_rows(x, z)
         if n:
             generator = torch.Generator().manual_seed(0)
@@ -323,27 +345,87 @@ class Detector:
         The result is a numpy array for numpy input and a tensor on the input's device for
         torch input; float32, or float64 for float64 input.
         """
-        self._check_fitted()
-        x, _, z = self._check_inputs(features, None, logits, fitting=False)
-        reference = features if features is not None and self.requires.features else logits
-        return ArrayKind.of(reference).wrap(self._score(x, z))
+        scores = self._checked_score(features, logits)
+        return self._output_kind(features, logits).wrap(scores)
 
     def calibrate(
         self, features: ArrayLike | None = None, logits: ArrayLike | None = None,
-        tpr: float | None = None,
+        tpr: float | None = None, *, alpha: float | None = None,
     ) -> Self:
-        """Place the :meth:`predict` threshold on held-out ID data, accepting a ``tpr`` fraction."""
+        """Place the :meth:`predict` threshold on held-out ID data and keep its scores.
+
+        With ``alpha``, the threshold is split-conformal (Bates et al., Annals of Statistics
+        2023; :mod:`ood_zoo.conformal`): :meth:`predict` rejects exactly the samples with
+        ``pvalues <= alpha``, so an ID sample exchangeable with the ``n`` calibration samples is
+        rejected with probability at most ``false_alarm_bound_ = floor(alpha (n + 1)) / (n + 1)
+        <= alpha``, over the draw of both; equal to it for continuous scores (no ties).
+        Without, the threshold accepts a ``tpr`` fraction (default ``target_tpr``) of the
+        calibration set; being its ``k``-th smallest score, it too rejects an exchangeable ID
+        sample with probability at most ``false_alarm_bound_ = k / (n + 1)``.
+
+        Raises
+        ------
+        TypeError
+            If both ``tpr`` and ``alpha`` are given.
+        InputError
+            If ``alpha < 1 / (n + 1)``: a level-``alpha`` test then never rejects.
+        """
+        if tpr is not None and alpha is not None:
+            raise TypeError(f"{self.name}: calibrate takes tpr or alpha, not both")
         if tpr is not None:
             self.target_tpr = TARGET_TPR.validate(tpr, f"{self.name}: calibrate(tpr)")
-        self._check_fitted()
-        x, _, z = self._check_inputs(features, None, logits, fitting=False)
-        self.threshold_ = threshold_at_tpr(self._score(x, z), self.target_tpr)
+        if alpha is not None:
+            alpha = ALPHA.validate(alpha, f"{self.name}: calibrate(alpha)")
+        ordered = torch.sort(self._checked_score(features, logits).double().cpu()).values
+        n = ordered.numel()
+        if alpha is None:
+            rank = n - _accepted_at_tpr(n, self.target_tpr) + 1
+        else:
+            rank = conformal_rank(n, alpha)
+            if rank == 0:
+                raise InputError(
+                    f"{self.name}: calibrate(alpha={alpha}) with {n} calibration sample(s) can "
+                    f"never reject: a level-alpha conformal threshold needs n + 1 >= 1 / alpha, "
+                    f"at least {math.ceil(1 / alpha) - 1} samples"
+                )
+        self.threshold_ = float(ordered[rank - 1])
+        self.calibration_scores_ = ordered
+        self.false_alarm_bound_ = rank / (n + 1)
         return self
 
-    def predict(
+    def pvalues(
         self, features: ArrayLike | None = None, logits: ArrayLike | None = None
     ) -> ArrayLike:
-        """Return a boolean per sample: ``True`` = in-distribution (score >= ``threshold_``)."""
+        """Split-conformal p-values against the :meth:`calibrate` set, float64, one per sample.
+
+        ``p = (1 + #{calibration scores <= score}) / (n + 1)``: small means OOD. For an ID
+        sample exchangeable with the calibration samples, ``P(p <= u) <= u`` for every ``u``
+        (marginally, over the draw of both). Numpy for numpy input, else a tensor on the
+        input's device.
+
+        Raises
+        ------
+        NotFittedError
+            If :meth:`calibrate` has not been called (since the last ``fit``).
+        """
+        pvalues = self._checked_pvalues(features, logits)
+        return self._output_kind(features, logits).wrap(pvalues)
+
+    def predict(
+        self, features: ArrayLike | None = None, logits: ArrayLike | None = None, *,
+        fdr: float | None = None,
+    ) -> ArrayLike:
+        """Return a boolean per sample: ``True`` = in-distribution (score >= ``threshold_``).
+
+        With ``fdr=q``, the batch is tested as a whole instead: Benjamini–Hochberg at level
+        ``q`` over its :meth:`pvalues` (:func:`ood_zoo.conformal.benjamini_hochberg`) flags
+        the OOD samples (``False``), so that the expected share of ID samples among the flagged
+        ones is at most ``q`` (for continuous scores, the batch's ID samples exchangeable with
+        the calibration set). It needs :meth:`calibrate`.
+        """
+        if fdr is not None:
+            flagged = benjamini_hochberg(self._checked_pvalues(features, logits), fdr)
+            return self._output_kind(features, logits).wrap(~flagged)
         if self.threshold_ is None:
             raise NotFittedError(
                 f"{self.name}: no threshold yet; call fit() with data or calibrate() first"
@@ -416,6 +498,25 @@ class Detector:
         return f"{type(self).__name__}({args})"
 
     # ------------------------------------------------------------------ helpers
+    def _checked_score(self, features: Any, logits: Any) -> torch.Tensor:
+        self._check_fitted()
+        x, _, z = self._check_inputs(features, None, logits, fitting=False)
+        return self._score(x, z)
+
+    def _checked_pvalues(self, features: Any, logits: Any) -> torch.Tensor:
+        if self.calibration_scores_ is None:
+            raise NotFittedError(
+                f"{self.name}: no calibration scores; call calibrate() with held-out ID data "
+                "first"
+            )
+        return conformal_pvalues(self.calibration_scores_, self._checked_score(features, logits))
+
+    def _output_kind(self, features: Any, logits: Any) -> ArrayKind:
+        """The kind of the outputs: that of the features, or of the logits if none are used."""
+        return ArrayKind.of(
+            features if features is not None and self.requires.features else logits
+        )
+
     def _check_state_widths(self) -> None:
         widths = {"n_features_in": self.n_features_in_, "n_logits_in": self.n_logits_in_}
         for key, (attr, axis) in self.state_widths.items():

@@ -5,6 +5,10 @@ A saved detector is a directory::
     detector.json                  name, versions, hyperparameters, threshold, tensor manifest
     tensors-<sha256[:16]>.safetensors
 
+The tensor file holds the detector's ``state_tensors`` and, once calibrated, its sorted
+calibration scores (:data:`CALIBRATION_TENSOR`); ``detector.json`` then holds the threshold's
+``false_alarm_bound``. Format version 2 added those; version-1 files (no calibration) still load.
+
 **Writes.** A save writes the tensor file in a scratch directory (``.tensors.*.tmp/``), fsyncs
 it and renames it to its content-addressed name; then it replaces ``detector.json`` in one
 rename (through ``.detector.json.*.tmp``) and fsyncs the directory. Each ``detector.json`` is
@@ -66,7 +70,11 @@ if TYPE_CHECKING:
     from .api import Detector
 
 FORMAT = "ood_zoo.detector"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+#: The format versions this ood_zoo reads: version 1 is version 2 without calibration.
+READABLE_VERSIONS = (1, 2)
+#: The tensor of a calibrated detector's ``calibration_scores_`` in the tensor file.
+CALIBRATION_TENSOR = "calibration_scores_"
 CONFIG_FILE = "detector.json"
 #: Permissions of written files (what a plain open() gives under the usual umask 022).
 FILE_MODE = 0o644
@@ -226,11 +234,13 @@ def _param_value(value: bool | int | float | str) -> bool:
 _INT_LIMIT = 2**63
 _NUMBER = Value((int, float), "a finite number", _finite)
 
-#: The schema of ``detector.json`` (format version 1), as written by :func:`save_detector`.
+#: The schema of ``detector.json`` (format version 2), as written by :func:`save_detector`.
 #: Hyperparameter values are checked further by the detector's declared ``Param``s.
 CONFIG_SCHEMA = Record({
     "format": Value((str,), repr(FORMAT), lambda s: s == FORMAT),
     "format_version": Value((int,), str(FORMAT_VERSION), lambda n: n == FORMAT_VERSION),
+    "false_alarm_bound": Value((float,), "a number in (0, 1) or null", lambda b: 0 < b < 1,
+                               nullable=True),
     "detector": _text(200),
     "detector_version": _text(200),
     "ood_zoo_version": _text(200),
@@ -253,6 +263,11 @@ CONFIG_SCHEMA = Record({
             max_items=1000,
         ),
     }),
+})
+#: Format version 1: version 2 without ``false_alarm_bound``.
+CONFIG_SCHEMA_V1 = Record({
+    **{k: v for k, v in CONFIG_SCHEMA.fields.items() if k != "false_alarm_bound"},
+    "format_version": Value((int,), "1", lambda n: n == 1),
 })
 
 
@@ -324,6 +339,8 @@ def save_detector(detector: Detector, path: str | Path) -> Path:
         raise PersistenceError(f"{directory} exists and is not a directory")
     directory.mkdir(parents=True, exist_ok=True)
     tensors = detector.state_dict() if detector.is_fitted_ else {}
+    if detector.calibration_scores_ is not None:
+        tensors[CALIBRATION_TENSOR] = detector.calibration_scores_.detach().cpu().contiguous()
     try:
         with _directory_lock(directory, exclusive=False):
             tensor_file, sha, size = _write_tensors(directory, tensors, detector.name)
@@ -336,6 +353,7 @@ def save_detector(detector: Detector, path: str | Path) -> Path:
                 "params": detector.hparams,
                 "target_tpr": detector.target_tpr,
                 "threshold": detector.threshold_,
+                "false_alarm_bound": detector.false_alarm_bound_,
                 "n_features_in": detector.n_features_in_,
                 "n_logits_in": detector.n_logits_in_,
                 "fitted": detector.is_fitted_,
@@ -394,6 +412,9 @@ def _dtype_name(dtype: torch.dtype) -> str:
 def read_config(path: str | Path) -> dict[str, Any]:
     """Read ``detector.json`` of a saved detector and validate it against :data:`CONFIG_SCHEMA`.
 
+    A version-1 file is validated against :data:`CONFIG_SCHEMA_V1` and returned as version 2
+    without calibration (``false_alarm_bound`` null).
+
     Raises
     ------
     PersistenceError
@@ -423,12 +444,14 @@ def read_config(path: str | Path) -> dict[str, Any]:
         raise PersistenceError(f"{config_path} is corrupt: {exc}") from exc
     if not isinstance(config, dict) or config.get("format") != FORMAT:
         raise PersistenceError(f"{config_path} is not an ood_zoo detector file")
-    if config.get("format_version") != FORMAT_VERSION:
+    version = config.get("format_version")
+    if isinstance(version, bool) or version not in READABLE_VERSIONS:
         raise PersistenceError(
-            f"{config_path} has format version {_preview(config.get('format_version'))}; this "
-            f"ood_zoo reads version {FORMAT_VERSION}"
+            f"{config_path} has format version {_preview(version)}; this ood_zoo reads versions "
+            f"{' and '.join(map(str, READABLE_VERSIONS))}"
         )
-    problems = list(CONFIG_SCHEMA.problems(config, ""))
+    schema = CONFIG_SCHEMA if version == FORMAT_VERSION else CONFIG_SCHEMA_V1
+    problems = list(schema.problems(config, ""))
     missing = sorted(field for field, problem in problems if problem == "is missing")
     invalid = [(field, problem) for field, problem in problems if problem != "is missing"]
     if missing:
@@ -438,7 +461,7 @@ def read_config(path: str | Path) -> dict[str, Any]:
             f"{config_path}: invalid field(s) {[field for field, _ in invalid]}: "
             + "; ".join(f"{field} {problem}" for field, problem in invalid)
         )
-    return config
+    return {"false_alarm_bound": None, **config, "format_version": FORMAT_VERSION}
 
 
 _JSON_STRING = re.compile(r'"(?:[^"\\]|\\.)*"', re.DOTALL)
@@ -505,6 +528,9 @@ def load_saved(path: str | Path, find_class: Callable[[str], type[D]]) -> D:
             raise PersistenceError(f"{directory}: saved parameters are invalid: {exc}") from exc
         _check_metadata(config, detector, f"{directory / CONFIG_FILE}")
         tensors = _read_tensors(directory, config["tensors"])
+    calibration = tensors.pop(CALIBRATION_TENSOR, None)
+    if calibration is not None:
+        _check_calibration(calibration, config, f"{directory / CONFIG_FILE}")
     if config["fitted"]:
         try:
             detector.load_state_dict(tensors)
@@ -512,6 +538,8 @@ def load_saved(path: str | Path, find_class: Callable[[str], type[D]]) -> D:
             raise PersistenceError(f"{directory}: saved state is invalid: {exc}") from exc
     detector.is_fitted_ = config["fitted"]
     detector.threshold_ = config["threshold"]
+    detector.calibration_scores_ = calibration
+    detector.false_alarm_bound_ = config["false_alarm_bound"]
     detector.n_features_in_ = config["n_features_in"]
     detector.n_logits_in_ = config["n_logits_in"]
     return detector
@@ -523,17 +551,25 @@ def _check_metadata(config: dict[str, Any], detector: Detector, where: str) -> N
     ``detector`` is the detector built from the saved parameters: its declarations (``requires``,
     ``state_tensors``) may depend on them, as a fusion's do on its members.
     """
-    entries = config["tensors"]["entries"]
+    entries = dict(config["tensors"]["entries"])
+    calibration = entries.pop(CALIBRATION_TENSOR, None)
     widths = {"n_features_in": config["n_features_in"], "n_logits_in": config["n_logits_in"]}
+    problems = []
+    if (calibration is None) != (config["false_alarm_bound"] is None):
+        problems.append(f"false_alarm_bound is {config['false_alarm_bound']} but the tensors "
+                        f"{'lack' if calibration is None else 'hold'} {CALIBRATION_TENSOR!r}")
+    elif calibration is not None and (calibration["dtype"] != "float64"
+                                      or len(calibration["shape"]) != 1
+                                      or config["threshold"] is None):
+        problems.append(f"{CALIBRATION_TENSOR!r} must be a float64 vector with a threshold")
     if not config["fitted"]:
-        problems = [f"{key} is {value} but the detector is not fitted"
-                    for key, value in widths.items() if value is not None]
+        problems += [f"{key} is {value} but the detector is not fitted"
+                     for key, value in widths.items() if value is not None]
         if entries:
             problems.append(f"it holds tensors {sorted(entries)} but is not fitted")
         if config["threshold"] is not None and detector.requires.fit:
             problems.append("it has a threshold but is not fitted")
     else:
-        problems = []
         if set(entries) != set(detector.state_tensors):
             problems.append(
                 f"the saved tensors {sorted(entries)} are not the state of {detector.name!r} "
@@ -553,6 +589,21 @@ def _check_metadata(config: dict[str, Any], detector: Detector, where: str) -> N
                 )
     if problems:
         raise PersistenceError(f"{where} is inconsistent: " + "; ".join(problems))
+
+
+def _check_calibration(scores: torch.Tensor, config: dict[str, Any], where: str) -> None:
+    """Refuse calibration scores that are not finite and sorted, or that do not place the
+    saved threshold: the ``k``-th smallest of ``n``, ``k = false_alarm_bound (n + 1)``."""
+    n = scores.numel()
+    rank = round(config["false_alarm_bound"] * (n + 1))
+    if not (bool(scores.isfinite().all()) and bool((scores[1:] >= scores[:-1]).all())
+            and 1 <= rank <= n and rank / (n + 1) == config["false_alarm_bound"]
+            and float(scores[rank - 1]) == config["threshold"]):
+        raise PersistenceError(
+            f"{where} is inconsistent: the calibration scores (n={n}) are not finite and sorted, "
+            f"or do not place threshold {config['threshold']} at false_alarm_bound "
+            f"{config['false_alarm_bound']}"
+        )
 
 
 def _read_tensors(directory: Path, manifest: dict[str, Any]) -> dict[str, torch.Tensor]:

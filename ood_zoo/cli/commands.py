@@ -10,7 +10,7 @@ import platform
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -25,7 +25,10 @@ from ._common import (
     write_text,
 )
 
-__all__ = ["add_parsers", "doctor_report"]
+if TYPE_CHECKING:
+    from ..api import Detector
+
+__all__ = ["add_parsers", "doctor_report", "threshold_guarantee"]
 
 
 # ---------------------------------------------------------------------- listing commands
@@ -142,18 +145,40 @@ def cmd_fit(args: argparse.Namespace) -> int:
         detector.calibrate(
             optional_array(args.calibration_features, args.key),
             optional_array(args.calibration_logits, args.logits_key),
+            alpha=args.alpha,
         )
+    elif args.alpha is not None:
+        raise CommandError("--alpha needs --calibration-features or --calibration-logits")
     detector.save(args.out)
     summary = {
         "detector": detector.name, "params": detector.get_params(),
-        "threshold": detector.threshold_, "n_features_in": detector.n_features_in_,
-        "saved_to": str(args.out),
+        "threshold": detector.threshold_, "false_alarm_bound": detector.false_alarm_bound_,
+        "n_features_in": detector.n_features_in_, "saved_to": str(args.out),
     }
     if args.json:
         print_json(summary)
     else:
         print(f"fitted {detector!r}; threshold {detector.threshold_}; saved to {args.out}")
+        print(threshold_guarantee(detector))
     return 0
+
+
+def threshold_guarantee(detector: Detector) -> str:
+    """One line on the false-alarm rate ``detector``'s threshold guarantees, if any."""
+    if detector.threshold_ is None:
+        return "no threshold: fit on data or calibrate first"
+    if detector.calibration_scores_ is None:
+        return (
+            "false-alarm rate: no guarantee; the threshold is an in-sample estimate on the fit "
+            f"data (rejects about {1 - detector.target_tpr:.3g} of ID samples); fit with "
+            "--calibration-features (and --alpha) for a guaranteed one"
+        )
+    n = detector.calibration_scores_.numel()
+    return (
+        f"false-alarm rate <= {detector.false_alarm_bound_:.4g}, guaranteed (split-conformal, "
+        f"{n} calibration samples): the chance that an ID sample exchangeable with them is "
+        "flagged as OOD"
+    )
 
 
 def cmd_score(args: argparse.Namespace) -> int:
@@ -170,10 +195,12 @@ def cmd_score(args: argparse.Namespace) -> int:
     }
     if detector.threshold_ is not None:
         summary["accepted_as_id"] = float((scores >= detector.threshold_).mean())
+    summary["false_alarm_bound"] = detector.false_alarm_bound_
     if args.json:
-        print_json(summary)
+        print_json({**summary, "guarantee": threshold_guarantee(detector)})
     else:
         print(" ".join(f"{k}={v}" for k, v in summary.items()))
+        print(threshold_guarantee(detector))
     return 0
 
 
@@ -280,6 +307,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     fit.add_argument("--head-bias", help="linear head bias [C] (.npy; default zeros)")
     fit.add_argument("--calibration-features", help="held-out ID features for the threshold")
     fit.add_argument("--calibration-logits", help="held-out ID logits for the threshold")
+    fit.add_argument("--alpha", type=float, help="with --calibration-*: a split-conformal "
+                     "threshold, flagging an ID sample as OOD with probability <= ALPHA")
     fit.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
                      help="a hyperparameter (JSON value), repeatable")
     fit.add_argument("--out", required=True, help="directory to save the fitted detector in")
