@@ -17,7 +17,8 @@ Importing this module registers the custom task ``"ood-gate"`` with transformers
 tokenizer=..., detector=...)`` builds the same gate; :func:`ood_gate` wraps an existing
 ``pipeline(...)`` object. :meth:`OODGatePipeline.fit` fits the detector on ID texts through
 :func:`~ood_zoo.features.extract` with the gate's own layers, pooling, template and length limit,
-so training and gated features match.
+so training and gated features match; :meth:`OODGatePipeline.calibrate` does the same
+for a calibration set, after which every answer also carries its conformal ``p_value``.
 """
 
 from __future__ import annotations
@@ -93,13 +94,15 @@ class OODGatePipeline(Pipeline):
     Notes
     -----
     Each call returns, per input, a dict with the answer's keys and ``ood_score`` (the
-    detector's score, higher = more in-distribution) and ``is_ood`` (``not
-    detector.predict``). The features come from the answer's own forward pass: the
-    classification forward with ``output_hidden_states=True``, or, for generation, the prompt's
-    hidden states from the first forward pass of ``generate``. Batches are re-padded on the side
-    each pass needs (right for classification, so position ids match ``extract``; left for
-    generation), whatever ``tokenizer.padding_side`` says; pooling reads the attention mask, so
-    the features equal :func:`~ood_zoo.features.extract`'s up to float rounding.
+    detector's score, higher = more in-distribution), ``is_ood`` (``not detector.predict``)
+    and, once the detector is calibrated (:meth:`calibrate`), ``p_value`` (its conformal
+    p-value, :meth:`ood_zoo.Detector.pvalues`; small = OOD). The features come from the
+    answer's own forward pass: the classification forward with ``output_hidden_states=True``,
+    or, for generation, the prompt's hidden states from the first forward pass of ``generate``.
+    Batches are re-padded on the side each pass needs (right for classification, so position
+    ids match ``extract``; left for generation), whatever ``tokenizer.padding_side`` says;
+    pooling reads the attention mask, so the features equal
+    :func:`~ood_zoo.features.extract`'s up to float rounding.
     """
 
     _load_tokenizer = True
@@ -165,6 +168,17 @@ class OODGatePipeline(Pipeline):
         self._check_layers()
         return self
 
+    def calibrate(
+        self, texts: Sequence[str], *, alpha: float | None = None, tpr: float | None = None,
+        batch_size: int = 32,
+    ) -> Self:
+        """Calibrate the fitted detector on held-out ID ``texts`` through :meth:`features`
+        (:meth:`ood_zoo.Detector.calibrate`; with ``alpha``, split-conformal: ``is_ood`` then
+        has false-alarm rate at most ``alpha``); from then on each answer carries its
+        ``p_value``. Returns the gate."""
+        self.detector.calibrate(self.features(texts, batch_size=batch_size), tpr=tpr, alpha=alpha)
+        return self
+
     # ------------------------------------------------------------------ transformers hooks
     def _sanitize_parameters(
         self,
@@ -221,14 +235,19 @@ class OODGatePipeline(Pipeline):
                                 "a sequence-classification model or one that can generate")
             states, answer = output.hidden_states, {"logits": logits}
         features = self._pool(states, batch["attention_mask"])
+        calibrated = self.detector.calibration_scores_ is not None
         return {"ood_score": self.detector.score(features),
-                "is_id": self.detector.predict(features), **answer, "prompt_text": prompt}
+                "is_id": self.detector.predict(features),
+                "p_value": self.detector.pvalues(features) if calibrated else None,
+                **answer, "prompt_text": prompt}
 
     def postprocess(
         self, model_outputs: dict[str, Any], return_full_text: bool = True,
     ) -> dict[str, Any]:
         verdict = {"ood_score": float(model_outputs["ood_score"][0]),
                    "is_ood": not bool(model_outputs["is_id"][0])}
+        if model_outputs["p_value"] is not None:
+            verdict["p_value"] = float(model_outputs["p_value"][0])
         if self._generates:
             new_text = self.tokenizer.decode(model_outputs["new_tokens"][0],
                                              skip_special_tokens=True)

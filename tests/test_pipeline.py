@@ -135,6 +135,22 @@ def test_fit_uses_the_gate_feature_path(classifier):
                                atol=1e-5)
 
 
+@pytest.mark.parametrize("batch_size", [1, 3])
+def test_calibrated_gate_reports_conformal_pvalues(classifier, batch_size):
+    gate = ood_gate(classifier, ood_zoo.create("cosine")).fit(FIT_TEXTS)
+    assert "p_value" not in gate(QUERIES[0])
+    calibration = [*TEXTS, "the film was fun", "we hate the plot", "a long story", "i love it"]
+    gate.calibrate(calibration, alpha=0.2)
+    torch.testing.assert_close(gate.detector.calibration_scores_,
+                               gate.detector.score(gate.features(calibration)).double().sort()[0])
+    out = gate(QUERIES, batch_size=batch_size)
+    batches = gated_batches(gate, QUERIES, batch_size)
+    pvalues = torch.cat([gate.detector.pvalues(batch) for batch in batches]).tolist()
+    assert [o["p_value"] for o in out] == pvalues
+    assert [o["is_ood"] for o in out] == [p <= 0.2 for p in pvalues]
+    assert [o["is_ood"] for o in out] == batch_verdicts(gate.detector, batches)
+
+
 def test_layered_detector_gets_per_layer_features(classifier):
     gate = ood_gate(classifier, ood_zoo.create("layers"), layers="all").fit(FIT_TEXTS)
     assert gate.features(QUERIES[:2]).shape == (2, N_LAYERS + 1, 32)
