@@ -20,7 +20,7 @@ scores texts under a causal LM on its own.
 from __future__ import annotations
 
 from ..specs import ModelSpec
-from ._inputs import tokenizer_fingerprint
+from ._inputs import token_budget, tokenizer_fingerprint
 from .encode import Template, label_token_ids
 from .extract import Extraction, extract, resolve_layers
 from .introspect import (
@@ -95,5 +95,6 @@ __all__ = [
     "sequence_log_likelihood",
     "smollm2_cache_dir",
     "smollm2_gguf",
+    "token_budget",
     "tokenizer_fingerprint",
 ]
