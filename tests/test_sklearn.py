@@ -19,11 +19,11 @@ from ood_zoo.metrics import auroc
 from ood_zoo.sklearn import OODDetector
 
 #: The feature detectors run through scikit-learn's estimator checks (lof with a neighbourhood
-#: that the checks' 10-20-row data sets can hold).
+#: that the checks' 10-20-row data sets can hold), and a logits-only one (X is the logits).
 CHECKED = [
     OODDetector("cosine"), OODDetector("knn"), OODDetector("lof", n_neighbors=5),
     OODDetector("gmm"), OODDetector("residual"), OODDetector("rde"),
-    OODDetector("mahalanobis"),
+    OODDetector("mahalanobis"), OODDetector("fusion"), OODDetector("energy"),
 ]
 
 EAGER_NAME = (
@@ -62,7 +62,7 @@ def expected_failures(estimator: OODDetector) -> dict[str, str]:
             "the threshold is one fit row's own score, and that score moves by rounding "
             "(~1e-15 relative) with the batch size, so predict flips that one row"
         )
-    if estimator.detector == "mahalanobis":
+    if estimator.__sklearn_tags__().target_tags.required:  # mahalanobis, fusion
         failures.update(dict.fromkeys(["check_outliers_train", "check_outliers_fit_predict"],
                                       NEEDS_LABELS))
     return failures
@@ -176,6 +176,26 @@ def test_pipeline_and_grid_search_over_k(rng):
     manual = Pipeline([("scale", StandardScaler()),
                        ("detector", OODDetector("knn", k=best_k))]).fit(id_train)
     assert search.best_score_ == pytest.approx(id_vs_ood_auroc(manual, X[300:], is_id[300:]))
+
+
+def test_grid_search_over_detectors(rng):
+    bank = rng.normal(size=(120, 4))
+    grid = [{"detector": ["knn"], "k": [3, 5]}, {"detector": ["lof"], "n_neighbors": [5]}]
+    search = GridSearchCV(OODDetector(), grid, cv=2, error_score="raise",
+                          scoring=lambda model, X, y=None: float(model.score_samples(X).mean()))
+    search.fit(bank)
+    assert [p["detector"] for p in search.cv_results_["params"]] == ["knn", "knn", "lof"]
+    assert search.best_estimator_.detector_.name == search.best_params_["detector"]
+
+
+def test_wraps_a_plugin_detector(rng):
+    pytest.importorskip("ood_zoo_example")
+    bank, queries = rng.normal(size=(200, 8)), rng.normal(size=(30, 8))
+    estimator = OODDetector("kmeans_cosine", n_clusters=4).fit(bank)
+    np.testing.assert_array_equal(
+        estimator.score_samples(queries),
+        ood_zoo.create("kmeans_cosine", n_clusters=4).fit(bank).score(queries),
+    )
 
 
 def test_pipeline_routes_logits_by_keyword(rng):
