@@ -22,8 +22,7 @@ Inputs, by what the detector ``requires``:
 - **logits only** (``msp``, ``energy``, ...): ``X`` is the logits ``[n, C]``;
 - **features and logits** (``neco``, ``nnguide``, ``she``): ``X`` is the features and the
   logits go by keyword to every method: ``fit(X, logits=Z)``, ``score_samples(X, logits=Z)``;
-  in a ``Pipeline``, ``fit(X, detector__logits=Z)`` (the step's name) and
-  ``pipe.decision_function(X, logits=Z)`` / ``pipe.predict(X, logits=Z)``;
+  in a ``Pipeline``, ``pipe.fit(X, <step name>__logits=Z)`` and ``pipe.predict(X, logits=Z)``;
 - **the linear head** (``vim``, ``fdbd``, ``nci``): ``fit(X, head=(W, b))``.
 
 Detectors on the language model's own statistics (``perplexity``, ...) or on per-layer
