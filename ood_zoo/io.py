@@ -2,8 +2,15 @@
 
 A saved detector is a directory::
 
-    detector.json                  name, versions, hyperparameters, threshold, tensor manifest
+    detector.json                  name, versions, plugin, hyperparameters, threshold,
+                                   JSON fitted attributes, tensor manifest
     tensors-<sha256[:16]>.safetensors
+
+**Fitted state.** The tensors of ``state_tensors`` go to safetensors; every other fitted
+attribute (a public name ending in ``_``, see :mod:`ood_zoo.api`) goes to ``detector.json`` if it
+is a JSON scalar or a list of them, and a save refuses any other (:func:`fitted_attributes`)
+rather than drop it. ``plugin`` records the class and the distribution that provided it, so a
+load without that plugin says what to install. Format version 1 (without both) still loads.
 
 **Writes.** A save writes the tensor file in a scratch directory (``.tensors.*.tmp/``), fsyncs
 it and renames it to its content-addressed name; then it replaces ``detector.json`` in one
@@ -59,14 +66,16 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from .errors import PersistenceError
-from .version import __version__
+from .errors import PersistenceError, UnknownDetectorError
+from .version import __version__, distribution_of
 
 if TYPE_CHECKING:
     from .api import Detector
 
 FORMAT = "ood_zoo.detector"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+#: The fields format version 2 added to version 1 (which loads as if they were empty).
+ADDED_IN_2 = ("plugin", "fitted_attributes")
 CONFIG_FILE = "detector.json"
 #: Permissions of written files (what a plain open() gives under the usual umask 022).
 FILE_MODE = 0o644
@@ -222,18 +231,38 @@ def _param_value(value: bool | int | float | str) -> bool:
     return len(value) <= 10_000 if isinstance(value, str) else _finite(value)
 
 
+def _fitted_value(value: Any) -> bool:
+    items = value if isinstance(value, list) else [value]
+    return len(items) <= 100_000 and all(
+        item is None or (isinstance(item, bool | int | float | str) and _param_value(item))
+        for item in items
+    )
+
+
 #: JSON integers beyond int64 are refused (JSON itself has no bound).
 _INT_LIMIT = 2**63
 _NUMBER = Value((int, float), "a finite number", _finite)
+_FITTED_VALUE = Value(
+    (bool, int, float, str, list), "null, a bool, a finite number, a string of at most 10,000 "
+    "characters, or a list of at most 100,000 of them", _fitted_value, nullable=True,
+)
+_NULLABLE_TEXT = Value((str,), "a string of at most 200 characters or null",
+                       lambda s: len(s) <= 200, nullable=True)
+#: The attributes of every detector that ``detector.json`` holds in fields of their own.
+SAVED_ATTRIBUTES = ("threshold_", "n_features_in_", "n_logits_in_", "is_fitted_")
 
-#: The schema of ``detector.json`` (format version 1), as written by :func:`save_detector`.
+#: The schema of ``detector.json`` (format version 2), as written by :func:`save_detector`.
 #: Hyperparameter values are checked further by the detector's declared ``Param``s.
 CONFIG_SCHEMA = Record({
     "format": Value((str,), repr(FORMAT), lambda s: s == FORMAT),
-    "format_version": Value((int,), str(FORMAT_VERSION), lambda n: n == FORMAT_VERSION),
+    "format_version": Value((int,), "1 or 2", lambda n: n in (1, FORMAT_VERSION)),
     "detector": _text(200),
     "detector_version": _text(200),
     "ood_zoo_version": _text(200),
+    "plugin": Record({
+        "class": _text(500), "distribution": _NULLABLE_TEXT, "version": _NULLABLE_TEXT,
+    }),
+    "fitted_attributes": MapOf(_FITTED_VALUE, max_items=1000),
     "params": MapOf(
         Value((bool, int, float, str), "a bool, a finite number or a string of at most 10,000 "
               "characters", _param_value),
@@ -324,6 +353,9 @@ def save_detector(detector: Detector, path: str | Path) -> Path:
         raise PersistenceError(f"{directory} exists and is not a directory")
     directory.mkdir(parents=True, exist_ok=True)
     tensors = detector.state_dict() if detector.is_fitted_ else {}
+    attributes = fitted_attributes(detector)
+    cls = type(detector)
+    provider = distribution_of(cls.__module__) or (None, None)
     try:
         with _directory_lock(directory, exclusive=False):
             tensor_file, sha, size = _write_tensors(directory, tensors, detector.name)
@@ -333,6 +365,9 @@ def save_detector(detector: Detector, path: str | Path) -> Path:
                 "detector": detector.name,
                 "detector_version": detector.version,
                 "ood_zoo_version": __version__,
+                "plugin": {"class": f"{cls.__module__}.{cls.__qualname__}",
+                           "distribution": provider[0], "version": provider[1]},
+                "fitted_attributes": attributes,
                 "params": detector.hparams,
                 "target_tpr": detector.target_tpr,
                 "threshold": detector.threshold_,
@@ -354,6 +389,33 @@ def save_detector(detector: Detector, path: str | Path) -> Path:
     finally:  # a failed save's tensor file is unnamed, hence swept like the old generation's
         _sweep(directory)
     return directory
+
+
+def fitted_attributes(detector: Detector) -> dict[str, Any]:
+    """The fitted attributes saved in ``detector.json``: every public attribute ending in ``_``
+    but the tensors of ``state_tensors`` and :data:`SAVED_ATTRIBUTES`.
+
+    Raises
+    ------
+    PersistenceError
+        Naming an attribute whose value is not a JSON scalar or a list of them (a tensor
+        missing from ``state_tensors``, an object): it would be lost.
+    """
+    found = {}
+    for attr, value in sorted(vars(detector).items()):
+        skip = (*SAVED_ATTRIBUTES, *detector.state_tensors)
+        if attr.startswith("_") or not attr.endswith("_") or attr in skip:
+            continue
+        if not _fitted_value(value):
+            raise PersistenceError(
+                f"{detector.name}: cannot save fitted attribute {attr!r} "
+                f"({type(value).__module__}.{type(value).__qualname__}): a tensor goes in "
+                "state_tensors; other fitted state must be JSON (None, a bool, a finite number, "
+                "a string or a list of them); a value that need not be saved takes a name "
+                "without the trailing underscore"
+            )
+        found[attr] = value
+    return found
 
 
 def _write_tensors(
@@ -423,12 +485,17 @@ def read_config(path: str | Path) -> dict[str, Any]:
         raise PersistenceError(f"{config_path} is corrupt: {exc}") from exc
     if not isinstance(config, dict) or config.get("format") != FORMAT:
         raise PersistenceError(f"{config_path} is not an ood_zoo detector file")
-    if config.get("format_version") != FORMAT_VERSION:
+    if config.get("format_version") not in (1, FORMAT_VERSION):
         raise PersistenceError(
             f"{config_path} has format version {_preview(config.get('format_version'))}; this "
-            f"ood_zoo reads version {FORMAT_VERSION}"
+            f"ood_zoo reads versions 1 and {FORMAT_VERSION}"
         )
-    problems = list(CONFIG_SCHEMA.problems(config, ""))
+    if config["format_version"] == 1:
+        config = {**config, "plugin": None, "fitted_attributes": {}}
+        problems = [(f, p) for f, p in CONFIG_SCHEMA.problems(config, "")
+                    if f.partition(".")[0] not in ADDED_IN_2]
+    else:
+        problems = list(CONFIG_SCHEMA.problems(config, ""))
     missing = sorted(field for field, problem in problems if problem == "is missing")
     invalid = [(field, problem) for field, problem in problems if problem != "is missing"]
     if missing:
@@ -492,8 +559,11 @@ def load_saved(path: str | Path, find_class: Callable[[str], type[D]]) -> D:
     directory = Path(path)
     with _directory_lock(directory, exclusive=False):
         config = read_config(directory)
-        cls = find_class(config["detector"])
         name = config["detector"]
+        try:
+            cls = find_class(name)
+        except UnknownDetectorError as exc:
+            raise UnknownDetectorError(f"{exc}; {_provenance(directory, config)}") from None
         if config["detector_version"] != str(cls.version):
             raise PersistenceError(
                 f"{directory} was saved by {name!r} version {config['detector_version']}, "
@@ -506,6 +576,8 @@ def load_saved(path: str | Path, find_class: Callable[[str], type[D]]) -> D:
         _check_metadata(config, detector, f"{directory / CONFIG_FILE}")
         tensors = _read_tensors(directory, config["tensors"])
     if config["fitted"]:
+        for attr, value in config["fitted_attributes"].items():
+            setattr(detector, attr, value)
         try:
             detector.load_state_dict(tensors)
         except (KeyError, ValueError) as exc:
@@ -517,6 +589,19 @@ def load_saved(path: str | Path, find_class: Callable[[str], type[D]]) -> D:
     return detector
 
 
+def _provenance(directory: Path, config: dict[str, Any]) -> str:
+    """Where the saved detector's class came from, and what to install to load it."""
+    plugin = config["plugin"]
+    if plugin is None:
+        return f"{directory} was saved by ood_zoo {config['ood_zoo_version']} (format version 1)"
+    if plugin["distribution"] is None:
+        return (f"{directory} was saved from class {plugin['class']}, which no installed "
+                "distribution provided: register that class's plugin")
+    dist, version = plugin["distribution"], plugin["version"]
+    return (f"{directory} was saved from class {plugin['class']} of the {dist!r} package "
+            f"{version}: install it (pip install '{dist}=={version}')")
+
+
 def _check_metadata(config: dict[str, Any], detector: Detector, where: str) -> None:
     """Refuse metadata that contradicts the detector or the saved tensors' manifest.
 
@@ -524,16 +609,22 @@ def _check_metadata(config: dict[str, Any], detector: Detector, where: str) -> N
     ``state_tensors``) may depend on them, as a fusion's do on its members.
     """
     entries = config["tensors"]["entries"]
+    attributes = sorted(config["fitted_attributes"])
+    problems = [f"fitted attribute {attr!r} is not a public name ending in '_' of its own"
+                for attr in attributes if not attr.isidentifier() or attr.startswith("_")
+                or not attr.endswith("_") or attr in SAVED_ATTRIBUTES
+                or attr in detector.state_tensors or hasattr(type(detector), attr)]
     widths = {"n_features_in": config["n_features_in"], "n_logits_in": config["n_logits_in"]}
     if not config["fitted"]:
-        problems = [f"{key} is {value} but the detector is not fitted"
-                    for key, value in widths.items() if value is not None]
+        problems += [f"{key} is {value} but the detector is not fitted"
+                     for key, value in widths.items() if value is not None]
+        if attributes:
+            problems.append(f"it holds fitted attributes {attributes} but is not fitted")
         if entries:
             problems.append(f"it holds tensors {sorted(entries)} but is not fitted")
         if config["threshold"] is not None and detector.requires.fit:
             problems.append("it has a threshold but is not fitted")
     else:
-        problems = []
         if set(entries) != set(detector.state_tensors):
             problems.append(
                 f"the saved tensors {sorted(entries)} are not the state of {detector.name!r} "

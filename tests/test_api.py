@@ -680,7 +680,7 @@ class UnsavedParam(CentroidDetector):
         (WrongLength, "check_api_shape", "must return shape"),
         (AlwaysFloat64, "check_numpy_torch_roundtrip", "must return dtype"),
         (HalfAccumulation, "check_half_precision", "must return float32"),
-        (ForgetsState, "check_save_load_roundtrip", "raised AttributeError"),
+        (ForgetsState, "check_save_load_roundtrip", "cannot save fitted attribute .mean_."),
         (UndeclaredStateTensor, "check_api_shape", "state tensor 'scale_'"),
         (SkipsValidation, "check_bad_input_errors", "should raise InputError"),
         (ScoresUnfitted, "check_bad_input_errors", "should raise NotFittedError"),

@@ -34,6 +34,7 @@ from ood_zoo.registry import (
     Registry,
     reset_registry,
 )
+from ood_zoo.testing import check_plugin
 
 BUILTIN_NAMES = {
     "cosine", "knn", "mahalanobis", "relative_mahalanobis", "msp", "maxlogit", "energy", "lof",
@@ -386,6 +387,41 @@ def test_errors_point_at_the_plugins_hook(make_plugin):
     path = str(Path(sys.modules[raiser.value].__file__))
     assert f"hook {raiser.value}:ood_zoo_detectors ({path}:4) raised ValueError" in error
     assert f"(at {path}:6)" in error  # where it was raised
+
+
+def _install(site: Path, entry_point: metadata.EntryPoint, name: str = "fake-kit-dist") -> None:
+    """A dist-info under ``site`` declaring ``entry_point``, as pip would write it."""
+    dist_info = site / f"{name.replace('-', '_')}-1.0.dist-info"
+    dist_info.mkdir()
+    (dist_info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: 1.0\n")
+    (dist_info / "entry_points.txt").write_text(
+        f"[ood_zoo]\n{entry_point.name} = {entry_point.value}\n"
+    )
+
+
+def test_check_plugin_loads_an_installed_distributions_entry_points(tmp_path, make_plugin,
+                                                                    monkeypatch):
+    ep = make_plugin("wired", detector="toy_wired")
+    _install(tmp_path / "site", ep)
+    monkeypatch.setenv(ENV_BLOCK, "wired")  # the check ignores the lists
+    detectors = check_plugin("fake-kit-dist")
+    assert list(detectors) == ["toy_wired"]
+    assert detectors["toy_wired"] is sys.modules[ep.value].ToyDetector
+    by_entry_point = check_plugin(entry_points=[ep])
+    assert by_entry_point == detectors
+
+
+def test_check_plugin_fails_on_what_would_load_silently(tmp_path, make_plugin):
+    with pytest.raises(PluginError, match=r"not marked with @ood_zoo\.hookimpl"):
+        check_plugin(entry_points=[make_plugin("sloppy", UNMARKED_SOURCE)])
+    with pytest.raises(DuplicateDetectorError, match="'clash' registers detector 'cosine'"):
+        check_plugin(entry_points=[make_plugin("clash", detector="cosine")])
+    with pytest.raises(AssertionError, match=r"'empty' .* registered nothing"):
+        check_plugin(entry_points=[make_plugin("empty", returned="[]")])
+    with pytest.raises(AssertionError, match="'no-such-dist-xyz' is not installed"):
+        check_plugin("no-such-dist-xyz")
+    with pytest.raises(TypeError, match="not both"):
+        check_plugin()
 
 
 # ------------------------------------------------------------------------ duplicates
