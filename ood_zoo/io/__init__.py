@@ -51,14 +51,12 @@ import errno
 import fcntl
 import hashlib
 import json
-import math
 import os
 import re
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -66,11 +64,28 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from .errors import PersistenceError, UnknownDetectorError
-from .version import __version__, distribution_of
+from ..errors import PersistenceError, UnknownDetectorError
+from ..version import __version__, distribution_of
+from ._schema import (
+    FITTED_VALUE,
+    NULLABLE_TEXT,
+    NUMBER,
+    ListOf,
+    MapOf,
+    Record,
+    Value,
+    finite,
+    fitted_value,
+    integer,
+    nesting_depth,
+    param_value,
+    preview,
+    refuse_constant,
+    text,
+)
 
 if TYPE_CHECKING:
-    from .api import Detector
+    from ..api import Detector
 
 FORMAT = "ood_zoo.detector"
 FORMAT_VERSION = 2
@@ -129,125 +144,6 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 # ---------------------------------------------------------------------------- the schema
 
 
-@dataclass(frozen=True)
-class Value:
-    """A JSON scalar of one of ``kinds`` (``bool`` is never an ``int`` or ``float`` here)."""
-
-    kinds: tuple[type, ...]
-    expected: str
-    accept: Callable[[Any], bool] = lambda value: True
-    nullable: bool = False
-
-    def problems(self, value: Any, field: str) -> Iterator[tuple[str, str]]:
-        if value is None and self.nullable:
-            return
-        stray_bool = isinstance(value, bool) and bool not in self.kinds
-        if stray_bool or not isinstance(value, self.kinds) or not self.accept(value):
-            yield field, f"must be {self.expected}, got {_preview(value)}"
-
-
-@dataclass(frozen=True)
-class ListOf:
-    """A JSON array of at most ``max_items`` items, each ``item``."""
-
-    item: Schema
-    max_items: int
-
-    def problems(self, value: Any, field: str) -> Iterator[tuple[str, str]]:
-        if not isinstance(value, list) or len(value) > self.max_items:
-            yield field, f"must be a list of at most {self.max_items} items, got {_preview(value)}"
-            return
-        for i, item in enumerate(value):
-            yield from self.item.problems(item, f"{field}[{i}]")
-
-
-@dataclass(frozen=True)
-class MapOf:
-    """A JSON object of at most ``max_items`` keys, each mapped to a ``value``."""
-
-    value: Schema
-    max_items: int
-
-    def problems(self, value: Any, field: str) -> Iterator[tuple[str, str]]:
-        if not isinstance(value, dict) or len(value) > self.max_items:
-            expected = f"an object of at most {self.max_items} keys"
-            yield field, f"must be {expected}, got {_preview(value)}"
-            return
-        for key, item in value.items():
-            yield from self.value.problems(item, f"{field}.{key}")
-
-
-@dataclass(frozen=True)
-class Record:
-    """A JSON object with exactly the keys of ``fields`` (all required), each of its schema."""
-
-    fields: Mapping[str, Schema]
-
-    def problems(self, value: Any, field: str) -> Iterator[tuple[str, str]]:
-        if not isinstance(value, dict):
-            yield field, f"must be an object, got {_preview(value)}"
-            return
-        for key in self.fields.keys() - value.keys():
-            yield _join(field, key), "is missing"
-        for key in sorted(value.keys() - self.fields.keys()):
-            yield _join(field, key), "is not a field of the format"
-        for key, schema in self.fields.items():
-            if key in value:
-                yield from schema.problems(value[key], _join(field, key))
-
-
-Schema = Value | ListOf | MapOf | Record
-
-
-def _join(parent: str, key: str) -> str:
-    return f"{parent}.{key}" if parent else key
-
-
-def _preview(value: Any) -> str:
-    text = json.dumps(value)
-    return text if len(text) <= 40 else f"{text[:37]}..."
-
-
-def _text(max_length: int, pattern: str | None = None) -> Value:
-    regex = re.compile(pattern) if pattern else None
-    return Value(
-        (str,), f"a string of at most {max_length} characters"
-        + (f" matching {pattern!r}" if pattern else ""),
-        lambda s: len(s) <= max_length and (regex is None or regex.fullmatch(s) is not None),
-    )
-
-
-def _integer(minimum: int, *, nullable: bool = False) -> Value:
-    return Value((int,), f"an integer >= {minimum}" + (" or null" if nullable else ""),
-                 lambda n: minimum <= n < _INT_LIMIT, nullable)
-
-
-def _finite(number: int | float) -> bool:
-    """A float, or an int small enough for torch and float64."""
-    return abs(number) < _INT_LIMIT if isinstance(number, int) else math.isfinite(number)
-
-
-def _param_value(value: bool | int | float | str) -> bool:
-    return len(value) <= 10_000 if isinstance(value, str) else _finite(value)
-
-
-def _fitted_value(value: Any) -> bool:
-    items = value if isinstance(value, list) else [value]
-    return len(items) <= 100_000 and all(
-        item is None or (isinstance(item, bool | int | float | str) and _param_value(item))
-        for item in items
-    )
-
-
-#: JSON integers beyond int64 are refused (JSON itself has no bound).
-_INT_LIMIT = 2**63
-_NUMBER = Value((int, float), "a finite number", _finite)
-_FITTED_VALUE = Value(
-    (bool, int, float, str, list), "null, a bool, a finite number, a string of at most 10,000 "
-    "characters, or a list of at most 100,000 of them", _fitted_value, nullable=True,
-)
-_NULLABLE_TEXT = Value((str,), "a string of at most 200 characters or null",
-                       lambda s: len(s) <= 200, nullable=True)
 #: The attributes of every detector that ``detector.json`` holds in fields of their own.
 SAVED_ATTRIBUTES = ("threshold_", "n_features_in_", "n_logits_in_", "is_fitted_")
 
@@ -256,29 +152,29 @@ SAVED_ATTRIBUTES = ("threshold_", "n_features_in_", "n_logits_in_", "is_fitted_"
 CONFIG_SCHEMA = Record({
     "format": Value((str,), repr(FORMAT), lambda s: s == FORMAT),
     "format_version": Value((int,), "1 or 2", lambda n: n in (1, FORMAT_VERSION)),
-    "detector": _text(200),
-    "detector_version": _text(200),
-    "ood_zoo_version": _text(200),
+    "detector": text(200),
+    "detector_version": text(200),
+    "ood_zoo_version": text(200),
     "plugin": Record({
-        "class": _text(500), "distribution": _NULLABLE_TEXT, "version": _NULLABLE_TEXT,
+        "class": text(500), "distribution": NULLABLE_TEXT, "version": NULLABLE_TEXT,
     }),
-    "fitted_attributes": MapOf(_FITTED_VALUE, max_items=1000),
+    "fitted_attributes": MapOf(FITTED_VALUE, max_items=1000),
     "params": MapOf(
         Value((bool, int, float, str), "a bool, a finite number or a string of at most 10,000 "
-              "characters", _param_value),
+              "characters", param_value),
         max_items=1000,
     ),
-    "target_tpr": _NUMBER,
-    "threshold": Value((int, float), "a finite number or null", _finite, nullable=True),
-    "n_features_in": _integer(1, nullable=True),
-    "n_logits_in": _integer(1, nullable=True),
+    "target_tpr": NUMBER,
+    "threshold": Value((int, float), "a finite number or null", finite, nullable=True),
+    "n_features_in": integer(1, nullable=True),
+    "n_logits_in": integer(1, nullable=True),
     "fitted": Value((bool,), "true or false"),
     "tensors": Record({
-        "file": _text(255),
-        "sha256": _text(64, "[0-9a-f]{64}"),
-        "bytes": _integer(0),
+        "file": text(255),
+        "sha256": text(64, "[0-9a-f]{64}"),
+        "bytes": integer(0),
         "entries": MapOf(
-            Record({"dtype": _text(32, "[a-z0-9_]+"), "shape": ListOf(_integer(0), 16)}),
+            Record({"dtype": text(32, "[a-z0-9_]+"), "shape": ListOf(integer(0), 16)}),
             max_items=1000,
         ),
     }),
@@ -406,7 +302,7 @@ def fitted_attributes(detector: Detector) -> dict[str, Any]:
         skip = (*SAVED_ATTRIBUTES, *detector.state_tensors)
         if attr.startswith("_") or not attr.endswith("_") or attr in skip:
             continue
-        if not _fitted_value(value):
+        if not fitted_value(value):
             raise PersistenceError(
                 f"{detector.name}: cannot save fitted attribute {attr!r} "
                 f"({type(value).__module__}.{type(value).__qualname__}): a tensor goes in "
@@ -474,20 +370,20 @@ def read_config(path: str | Path) -> dict[str, Any]:
         raise PersistenceError(f"{config_path} is larger than {MAX_CONFIG_BYTES} bytes")
     try:
         text = data.decode("utf-8")
-        depth = _nesting_depth(text)
+        depth = nesting_depth(text)
         if depth > MAX_CONFIG_DEPTH:
             raise PersistenceError(
                 f"{config_path} nests {depth} levels deep; a detector file nests at most "
                 f"{MAX_CONFIG_DEPTH}"
             )
-        config = json.loads(text, parse_constant=_refuse_constant)
+        config = json.loads(text, parse_constant=refuse_constant)
     except (UnicodeDecodeError, ValueError) as exc:  # JSONDecodeError, too many digits
         raise PersistenceError(f"{config_path} is corrupt: {exc}") from exc
     if not isinstance(config, dict) or config.get("format") != FORMAT:
         raise PersistenceError(f"{config_path} is not an ood_zoo detector file")
     if config.get("format_version") not in (1, FORMAT_VERSION):
         raise PersistenceError(
-            f"{config_path} has format version {_preview(config.get('format_version'))}; this "
+            f"{config_path} has format version {preview(config.get('format_version'))}; this "
             f"ood_zoo reads versions 1 and {FORMAT_VERSION}"
         )
     if config["format_version"] == 1:
@@ -506,23 +402,6 @@ def read_config(path: str | Path) -> dict[str, Any]:
             + "; ".join(f"{field} {problem}" for field, problem in invalid)
         )
     return config
-
-
-_JSON_STRING = re.compile(r'"(?:[^"\\]|\\.)*"', re.DOTALL)
-_BRACKET = re.compile(r"[\[\]{}]")
-
-
-def _nesting_depth(text: str) -> int:
-    """How deep the arrays and objects of JSON ``text`` nest (brackets inside strings ignored)."""
-    depth = deepest = 0
-    for match in _BRACKET.finditer(_JSON_STRING.sub('""', text)):
-        depth += 1 if match.group() in "[{" else -1
-        deepest = max(deepest, depth)
-    return deepest
-
-
-def _refuse_constant(name: str) -> None:
-    raise ValueError(f"{name} is not a JSON number")
 
 
 def load_detector(path: str | Path, cls: type[D]) -> D:
