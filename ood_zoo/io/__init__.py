@@ -144,8 +144,11 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 # ---------------------------------------------------------------------------- the schema
 
 
-#: The attributes of every detector that ``detector.json`` holds in fields of their own.
-SAVED_ATTRIBUTES = ("threshold_", "n_features_in_", "n_logits_in_", "is_fitted_")
+#: The fitted attributes the Detector base class sets, not ``_fit``: ``detector.json`` holds the
+#: first four in fields of their own; the head is saved by the detectors that score with it, in
+#: their ``state_tensors`` (a fusion only hands it to its members).
+BASE_ATTRIBUTES = ("threshold_", "n_features_in_", "n_logits_in_", "is_fitted_", "head_weight_",
+                   "head_bias_")
 
 #: The schema of ``detector.json`` (format version 2), as written by :func:`save_detector`.
 #: Hyperparameter values are checked further by the detector's declared ``Param``s.
@@ -289,7 +292,7 @@ def save_detector(detector: Detector, path: str | Path) -> Path:
 
 def fitted_attributes(detector: Detector) -> dict[str, Any]:
     """The fitted attributes saved in ``detector.json``: every public attribute ending in ``_``
-    but the tensors of ``state_tensors`` and :data:`SAVED_ATTRIBUTES`.
+    (set by ``_fit``) but the tensors of ``state_tensors`` and :data:`BASE_ATTRIBUTES`.
 
     Raises
     ------
@@ -299,7 +302,7 @@ def fitted_attributes(detector: Detector) -> dict[str, Any]:
     """
     found = {}
     for attr, value in sorted(vars(detector).items()):
-        skip = (*SAVED_ATTRIBUTES, *detector.state_tensors)
+        skip = (*BASE_ATTRIBUTES, *detector.state_tensors)
         if attr.startswith("_") or not attr.endswith("_") or attr in skip:
             continue
         if not fitted_value(value):
@@ -491,7 +494,7 @@ def _check_metadata(config: dict[str, Any], detector: Detector, where: str) -> N
     attributes = sorted(config["fitted_attributes"])
     problems = [f"fitted attribute {attr!r} is not a public name ending in '_' of its own"
                 for attr in attributes if not attr.isidentifier() or attr.startswith("_")
-                or not attr.endswith("_") or attr in SAVED_ATTRIBUTES
+                or not attr.endswith("_") or attr in BASE_ATTRIBUTES
                 or attr in detector.state_tensors or hasattr(type(detector), attr)]
     widths = {"n_features_in": config["n_features_in"], "n_logits_in": config["n_logits_in"]}
     if not config["fitted"]:
