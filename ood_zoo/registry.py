@@ -56,7 +56,7 @@ from .version import __version__
 
 ENTRY_POINT_GROUP = hookspecs.PROJECT
 #: Every hook's name starts with this.
-PREFIX = f"{hookspecs.PROJECT}_"
+HOOK_PREFIX = f"{hookspecs.PROJECT}_"
 BUILTIN_PLUGIN = "ood_zoo.builtin"
 ENV_ALLOW = "OOD_ZOO_PLUGINS"
 ENV_BLOCK = "OOD_ZOO_BLOCK_PLUGINS"
@@ -324,12 +324,12 @@ class Registry:
         """
         hooks = self._manager.hook
         known = sorted(
-            n for n in dir(hooks) if n.startswith(PREFIX) and getattr(hooks, n).has_spec()
+            n for n in dir(hooks) if n.startswith(HOOK_PREFIX) and getattr(hooks, n).has_spec()
         )
         problems = []
         for attr in sorted(dir(plugin)):
             function = getattr(plugin, attr, None)
-            if not attr.startswith(PREFIX) or not callable(function):
+            if not attr.startswith(HOOK_PREFIX) or not callable(function):
                 continue
             if self._manager.parse_hookimpl_opts(plugin, attr) is None:
                 problems.append(f"{_where(function)} is not marked with @ood_zoo.hookimpl")
