@@ -74,6 +74,7 @@ from ._schema import (
     MapOf,
     Record,
     Value,
+    bounded_text,
     finite,
     fitted_value,
     integer,
@@ -81,7 +82,6 @@ from ._schema import (
     param_value,
     preview,
     refuse_constant,
-    text,
 )
 
 if TYPE_CHECKING:
@@ -155,11 +155,11 @@ BASE_ATTRIBUTES = ("threshold_", "n_features_in_", "n_logits_in_", "is_fitted_",
 CONFIG_SCHEMA = Record({
     "format": Value((str,), repr(FORMAT), lambda s: s == FORMAT),
     "format_version": Value((int,), "1 or 2", lambda n: n in (1, FORMAT_VERSION)),
-    "detector": text(200),
-    "detector_version": text(200),
-    "ood_zoo_version": text(200),
+    "detector": bounded_text(200),
+    "detector_version": bounded_text(200),
+    "ood_zoo_version": bounded_text(200),
     "plugin": Record({
-        "class": text(500), "distribution": NULLABLE_TEXT, "version": NULLABLE_TEXT,
+        "class": bounded_text(500), "distribution": NULLABLE_TEXT, "version": NULLABLE_TEXT,
     }),
     "fitted_attributes": MapOf(FITTED_VALUE, max_items=1000),
     "params": MapOf(
@@ -173,11 +173,11 @@ CONFIG_SCHEMA = Record({
     "n_logits_in": integer(1, nullable=True),
     "fitted": Value((bool,), "true or false"),
     "tensors": Record({
-        "file": text(255),
-        "sha256": text(64, "[0-9a-f]{64}"),
+        "file": bounded_text(255),
+        "sha256": bounded_text(64, "[0-9a-f]{64}"),
         "bytes": integer(0),
         "entries": MapOf(
-            Record({"dtype": text(32, "[a-z0-9_]+"), "shape": ListOf(integer(0), 16)}),
+            Record({"dtype": bounded_text(32, "[a-z0-9_]+"), "shape": ListOf(integer(0), 16)}),
             max_items=1000,
         ),
     }),
@@ -301,8 +301,8 @@ def fitted_attributes(detector: Detector) -> dict[str, Any]:
         missing from ``state_tensors``, an object): it would be lost.
     """
     found = {}
+    skip = (*BASE_ATTRIBUTES, *detector.state_tensors)
     for attr, value in sorted(vars(detector).items()):
-        skip = (*BASE_ATTRIBUTES, *detector.state_tensors)
         if attr.startswith("_") or not attr.endswith("_") or attr in skip:
             continue
         if not fitted_value(value):

@@ -13,9 +13,23 @@ from dataclasses import dataclass
 from typing import Any
 
 __all__ = [
-    "FITTED_VALUE", "INT_LIMIT", "NULLABLE_TEXT", "NUMBER", "ListOf", "MapOf", "Record", "Schema",
-    "Value", "finite", "fitted_value", "integer", "nesting_depth", "param_value", "preview",
-    "refuse_constant", "text",
+    "FITTED_VALUE",
+    "INT_LIMIT",
+    "NULLABLE_TEXT",
+    "NUMBER",
+    "ListOf",
+    "MapOf",
+    "Record",
+    "Schema",
+    "Value",
+    "bounded_text",
+    "finite",
+    "fitted_value",
+    "integer",
+    "nesting_depth",
+    "param_value",
+    "preview",
+    "refuse_constant",
 ]
 
 
@@ -98,7 +112,7 @@ def preview(value: Any) -> str:
     return text if len(text) <= 40 else f"{text[:37]}..."
 
 
-def text(max_length: int, pattern: str | None = None) -> Value:
+def bounded_text(max_length: int, pattern: str | None = None) -> Value:
     regex = re.compile(pattern) if pattern else None
     return Value(
         (str,), f"a string of at most {max_length} characters"
