@@ -16,6 +16,19 @@ A detector subclass declares, as class-level data,
 and implements ``_fit`` and ``_score`` on validated tensors. The base class does validation,
 numpy/torch round-tripping, thresholds and persistence, so every detector behaves the same.
 
+Fitted state (scikit-learn's rule): every attribute ``_fit`` sets that ``_score`` needs is named
+with a trailing underscore (``centroids_``), and nothing else is. :meth:`Detector.save` keeps
+
+- the tensors named in ``state_tensors`` (safetensors; the conformance kit checks that each is a
+  tensor ending in ``_``),
+- the other trailing-underscore attributes when their values are JSON scalars (``None``, bool,
+  int, float, str) or lists of them (in ``detector.json``, e.g. a chosen ``dim_``),
+
+and refuses to save any other trailing-underscore attribute (a tensor missing from
+``state_tensors``, an object), naming it, rather than drop it. Scratch values that need not
+survive a save (a cache for the fit-time threshold) take a leading underscore (``_fit_cache``);
+configuration set in ``__init__`` takes neither.
+
 A detector whose ``requires.head`` is true uses the linear classifier head ``(W [C, d], b [C])``
 that maps its features to their logits (``fit(..., head=(W, b))``). The base class validates
 the head and sets it, before ``_fit`` runs, as the fitted tensors ``head_weight_`` ``[C, d]``
@@ -56,14 +69,19 @@ THRESHOLD_TPR_STDERR = 0.01
 THRESHOLD_MIN_ROWS = 500
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Requirements:
     """What a detector needs, so a runner can extract inputs once and feed every detector.
+
+    Every field is a keyword. ``features`` has no default, so each detector says whether it
+    reads features: a logit detector is ``Requirements(features=False, logits=True, fit=False)``
+    and takes ``score(logits=...)`` alone; one with ``features=True`` is always given features
+    (the conformance kit feeds each detector exactly the inputs it declares).
 
     Attributes
     ----------
     features : bool
-        Needs hidden-state features ``[n, d]``.
+        Needs hidden-state features ``[n, d]`` (required: no default).
     labels : bool
         Needs integer ID class labels at fit time.
     logits : bool
@@ -81,7 +99,7 @@ class Requirements:
         the last axis.
     """
 
-    features: bool = True
+    features: bool
     labels: bool = False
     logits: bool = False
     fit: bool = True
@@ -103,24 +121,32 @@ class Param:
         The keyword, its default value and a one-line description.
     type
         ``int``, ``float``, ``str`` or ``bool``; values are checked (ints are accepted as floats).
+        By default the type of ``default``: ``Param("k", 10, ...)`` is an ``int``,
+        ``Param("alpha", 1.0, ...)`` a ``float``, ``Param("flag", False, ...)`` a ``bool``.
+        Give ``type=float`` for a float whose default is written as an int.
     choices
         The allowed values, if the parameter is categorical.
-    minimum
-        The smallest allowed value (inclusive), for numeric parameters.
-    exclusive_minimum
-        If true, ``minimum`` itself is not allowed.
-    maximum
-        The largest allowed value (inclusive), for numeric parameters.
+    minimum, maximum
+        The smallest and largest allowed values (inclusive), for numeric parameters.
+    exclusive_minimum, exclusive_maximum
+        If true, ``minimum`` (``maximum``) itself is not allowed: ``Param("gamma", 0.1, ...,
+        minimum=0.0, exclusive_minimum=True, maximum=1.0, exclusive_maximum=True)`` is
+        ``0 < γ < 1``.
     """
 
     name: str
     default: Any
     doc: str
-    type: type = float
+    type: type | None = None  # None: the type of ``default`` (set in __post_init__)
     choices: tuple[Any, ...] | None = None
     minimum: float | None = None
     exclusive_minimum: bool = False
     maximum: float | None = None
+    exclusive_maximum: bool = False
+
+    def __post_init__(self) -> None:
+        if self.type is None:
+            object.__setattr__(self, "type", _type_of(self.default))
 
     def validate(self, value: Any, owner: str) -> Any:
         """Return ``value`` converted to this parameter's type, or raise ``ValueError``."""
@@ -149,14 +175,25 @@ class Param:
             if too_small:
                 op = ">" if self.exclusive_minimum else ">="
                 raise ValueError(f"{where} must be {op} {self.minimum}, got {value!r}")
-        if self.maximum is not None and value > self.maximum:
-            raise ValueError(f"{where} must be <= {self.maximum}, got {value!r}")
+        if self.maximum is not None:
+            too_large = value >= self.maximum if self.exclusive_maximum else value > self.maximum
+            if too_large:
+                op = "<" if self.exclusive_maximum else "<="
+                raise ValueError(f"{where} must be {op} {self.maximum}, got {value!r}")
         return value
 
     def as_dict(self) -> dict[str, Any]:
         out = asdict(self)
         out["type"] = self.type.__name__
         return out
+
+
+def _type_of(default: Any) -> type:
+    """The declared type a default implies: bool, int, str, else float (bool is an int too)."""
+    for kind in (bool, int, str):
+        if isinstance(default, kind):
+            return kind
+    return float
 
 
 #: The ``target_tpr`` argument every detector takes, validated like its declared parameters.
@@ -221,6 +258,10 @@ class Detector:
     **params
         The detector's declared hyperparameters (see ``params``); unknown names are an error.
 
+    Fitted state ends in ``_`` (see the module notes): tensors go in ``state_tensors``,
+    JSON scalars and lists of them are saved as they are, anything else is refused by
+    :meth:`save`.
+
     Attributes
     ----------
     threshold_ : float or None
@@ -240,7 +281,7 @@ class Detector:
 
     name: ClassVar[str] = ""
     version: ClassVar[str] = "1"
-    requires: ClassVar[Requirements] = Requirements()
+    requires: ClassVar[Requirements] = Requirements(features=True)
     params: ClassVar[tuple[Param, ...]] = ()
     state_tensors: ClassVar[tuple[str, ...]] = ()
     #: Where the fitted state fixes an input width: ``{"n_features_in": (tensor, axis)}`` (or

@@ -8,7 +8,10 @@ entry point in group ``ood_zoo``::
 
 ood_zoo's own detectors are registered the same way (see ``ood_zoo.builtin``). Every
 hook returns a list of records; ood_zoo calls each plugin's hooks one plugin at a time, so a
-broken plugin is recorded and never stops the others.
+broken plugin is recorded and never stops the others. A plugin function named ``ood_zoo_*``
+must be marked with :data:`hookimpl` and spelt as a hook below; the registry reports any other
+(naming its file and line) rather than load a plugin that registers nothing.
+``ood_zoo.testing.check_plugin`` loads a plugin's entry points strictly, for its tests.
 """
 
 from __future__ import annotations

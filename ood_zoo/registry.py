@@ -20,12 +20,21 @@ Environment:
     Comma-separated block-list, applied after the allow-list. ``ood_zoo.builtin`` blocks
     ood_zoo's own detectors (the allow-list applies to third-party plugins only).
 ``OOD_ZOO_STRICT_PLUGINS``
-    ``1`` re-raises the first plugin failure, duplicate names included, instead of recording it.
+    ``1`` re-raises the first plugin failure instead of recording it: duplicate names and
+    functions that look like hooks but are none included.
+
+A name (of a detector, model or dataset) claimed by a second plugin stays with the first one,
+ood_zoo's own plugin being registered first: a third party cannot take ``cosine`` away. The
+collision is reported on the newcomer (a warning and its record's ``error``; an error in strict
+mode). A function named ``ood_zoo_*`` without ``@hookimpl``, or a hookimpl whose name is no hook
+(``ood_zoo_detector``), is reported the same way, naming the function and its file and line.
 """
 
 from __future__ import annotations
 
+import difflib
 import importlib
+import inspect
 import os
 import threading
 import traceback
@@ -46,6 +55,8 @@ from .specs import DatasetSpec, ModelSpec
 from .version import __version__
 
 ENTRY_POINT_GROUP = hookspecs.PROJECT
+#: Every hook's name starts with this.
+HOOK_PREFIX = f"{hookspecs.PROJECT}_"
 BUILTIN_PLUGIN = "ood_zoo.builtin"
 ENV_ALLOW = "OOD_ZOO_PLUGINS"
 ENV_BLOCK = "OOD_ZOO_BLOCK_PLUGINS"
@@ -167,9 +178,23 @@ def _env_flag(name: str) -> bool:
 
 
 def _short_error(exc: BaseException) -> str:
+    """``Type: message (at file:line)``, the line being where it was raised.
+
+    A :class:`PluginError` is the registry's own verdict and already names the plugin's hook,
+    so it gets no location: the registry's line would point away from the plugin.
+    """
+    if isinstance(exc, PluginError):
+        return f"{type(exc).__name__}: {exc}"
     frame = traceback.extract_tb(exc.__traceback__)[-1:] if exc.__traceback__ else []
     where = f" (at {frame[0].filename}:{frame[0].lineno})" if frame else ""
     return f"{type(exc).__name__}: {exc}{where}"
+
+
+def _where(function: Callable[..., Any]) -> str:
+    """``module:qualname (file:line)`` of a plugin's function, for messages."""
+    code = getattr(inspect.unwrap(function), "__code__", None)
+    place = f" ({code.co_filename}:{code.co_firstlineno})" if code is not None else ""
+    return f"{function.__module__}:{function.__qualname__}{place}"
 
 
 class Registry:
@@ -272,17 +297,49 @@ class Registry:
             return record
         try:
             self._manager.register(plugin, name=name)
+            stray = self._stray_hooks(plugin)
+            if stray and self.strict:
+                raise PluginError(stray)
             provided = {kind: self._call_hook(kind, name) for kind in KINDS}
         except Exception as exc:
             if self._manager.is_registered(plugin):
                 self._manager.unregister(plugin)
             self._fail(record, exc)
             return record
+        if stray:
+            record.error = stray
+            warnings.warn(f"ood_zoo plugin {name!r}: {stray}", RuntimeWarning, stacklevel=3)
         self.plugins[name] = record
         for kind, values in provided.items():
             for entry_name, value in values:
                 self._add(kind, entry_name, value, record)
         return record
+
+    def _stray_hooks(self, plugin: object) -> str | None:
+        """What looks like a hook of ``plugin`` but is none: ``None`` if nothing does.
+
+        A function named ``ood_zoo_*`` without :data:`~ood_zoo.hookspecs.hookimpl` is never
+        called, nor is a hookimpl whose name is no hook (``ood_zoo_detector``); both would load
+        as a plugin that registers nothing.
+        """
+        hooks = self._manager.hook
+        known = sorted(
+            n for n in dir(hooks) if n.startswith(HOOK_PREFIX) and getattr(hooks, n).has_spec()
+        )
+        problems = []
+        for attr in sorted(dir(plugin)):
+            function = getattr(plugin, attr, None)
+            if not attr.startswith(HOOK_PREFIX) or not callable(function):
+                continue
+            if self._manager.parse_hookimpl_opts(plugin, attr) is None:
+                problems.append(f"{_where(function)} is not marked with @ood_zoo.hookimpl")
+            elif attr not in known:
+                close = difflib.get_close_matches(attr, known, n=1)
+                hint = f" (did you mean {close[0]}?)" if close else ""
+                problems.append(f"{_where(function)} is not an ood_zoo hook{hint}")
+        if not problems:
+            return None
+        return "; ".join(problems) + f"; the hooks are {', '.join(known)}"
 
     def _call_hook(self, kind: str, plugin_name: str) -> list[tuple[str, Any]]:
         """Call one plugin's implementation of ``kind``'s hook and check what it returns."""
@@ -293,41 +350,44 @@ class Registry:
         ]
         provided: list[tuple[str, Any]] = []
         for impl in impls:
-            returned = impl.function()
+            where = _where(impl.function)
+            try:
+                returned = impl.function()
+            except Exception as exc:
+                raise PluginError(f"hook {where} raised {_short_error(exc)}") from exc
             if not isinstance(returned, list | tuple):
                 raise PluginError(
-                    f"{hook_name}() must return a list of {_ITEMS[kind]}, "
+                    f"hook {where}: {hook_name}() must return a list of {_ITEMS[kind]}, "
                     f"got {type(returned).__name__}"
                 )
-            provided.extend((name_of(value), value) for value in returned)
+            try:
+                provided.extend((name_of(value), value) for value in returned)
+            except PluginError as exc:
+                raise PluginError(f"hook {where}: {exc}") from None
         return provided
 
     def _add(self, kind: str, name: str, value: Any, record: PluginRecord) -> None:
+        """Register ``name``; a name already taken stays with its first plugin (the built-ins
+        come first), and the collision is reported on the newcomer."""
         entries, conflicts = self._entries[kind], self._conflicts[kind]
-        if name in conflicts:
-            conflicts[name].append(record.name)
-        elif name in entries:
-            first = entries.pop(name).plugin
-            self.plugins[first].provides[kind].remove(name)
-            conflicts[name] = [first, record.name]
-        else:
+        if name not in entries:
             entry_type = DetectorRecord if kind == "detectors" else SpecRecord
             entries[name] = entry_type(name, value, record.name, record.version)
             record.provides[kind].append(name)
             return
-        error = self._duplicate_error(kind, name)
+        conflicts.setdefault(name, [entries[name].plugin]).append(record.name)
+        error = self._duplicate_error(kind, name, record.name)
         if self.strict:
             raise error
         warnings.warn(str(error), RuntimeWarning, stacklevel=2)
-        for plugin in conflicts[name]:
-            holder = self.plugins[plugin]
-            holder.error = "; ".join(filter(None, [holder.error, str(error)]))
+        record.error = "; ".join(filter(None, [record.error, str(error)]))
 
-    def _duplicate_error(self, kind: str, name: str) -> DuplicateDetectorError:
-        plugins = " and ".join(repr(p) for p in self._conflicts[kind][name])
+    def _duplicate_error(self, kind: str, name: str, newcomer: str) -> DuplicateDetectorError:
+        holder = self._entries[kind][name]
         return DuplicateDetectorError(
-            f"{_SINGULAR[kind]} name {name!r} is registered by more than one plugin: {plugins}; "
-            f"uninstall one, or block it with {ENV_BLOCK}"
+            f"plugin {newcomer!r} registers {_SINGULAR[kind]} {name!r}, which plugin "
+            f"{holder.plugin!r} registered first: {newcomer!r}'s is ignored and {name!r} stays "
+            f"{holder.plugin!r}'s; rename it, or block one of them with {ENV_BLOCK}"
         )
 
     def _fail(self, record: PluginRecord, exc: BaseException) -> None:
@@ -349,7 +409,7 @@ class Registry:
     # ------------------------------------------------------------------ queries
     @property
     def detectors(self) -> dict[str, DetectorRecord]:
-        """The usable detectors by name (names claimed by two plugins are left out)."""
+        """The usable detectors by name (a name claimed twice is its first plugin's)."""
         return dict(sorted(self._entries["detectors"].items()))
 
     @property
@@ -364,7 +424,8 @@ class Registry:
 
     @property
     def conflicts(self) -> dict[str, list[str]]:
-        """Detector names claimed by more than one plugin, with the plugins that claim them."""
+        """Detector names claimed by more than one plugin, with the plugins that claim them
+        (the first holds the name)."""
         return self.conflicts_of("detectors")
 
     def conflicts_of(self, kind: str) -> dict[str, list[str]]:
@@ -376,9 +437,7 @@ class Registry:
         return [p for p in self.plugins.values() if p.status == "failed"]
 
     def lookup(self, kind: str, name: str) -> Any:
-        """The record of ``name`` among ``kind``; a clear error if unknown or ambiguous."""
-        if name in self._conflicts[kind]:
-            raise self._duplicate_error(kind, name)
+        """The record of ``name`` among ``kind`` (its first plugin's); a clear error if unknown."""
         try:
             return self._entries[kind][name]
         except KeyError:
@@ -392,7 +451,7 @@ class Registry:
             ) from None
 
     def get(self, name: str) -> DetectorRecord:
-        """The record of detector ``name``; a clear error if unknown or ambiguous."""
+        """The record of detector ``name``; a clear error if unknown."""
         return self.lookup("detectors", name)
 
     def create(self, name: str, **params: Any) -> Detector:

@@ -267,7 +267,8 @@ def edit_config(directory: Path, **changes) -> None:
 def test_format_version_1_saves_still_load(rng, tmp_path):
     detector = knn_detector(rng)
     detector.save(tmp_path)
-    edit_config(tmp_path, format_version=1, false_alarm_bound=...)
+    edit_config(tmp_path, format_version=1, false_alarm_bound=..., plugin=...,
+                fitted_attributes=...)
     loaded = ood_zoo.load(tmp_path)
     assert loaded.threshold_ == detector.threshold_
     assert loaded.false_alarm_bound_ is None

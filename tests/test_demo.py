@@ -51,7 +51,7 @@ class NeedsLM(ood_zoo.Detector):
     """Needs the language model; a features-only runner must skip it."""
 
     name = "needs_lm"
-    requires = ood_zoo.Requirements(language_model=True)
+    requires = ood_zoo.Requirements(features=True, language_model=True)
 
 
 class Plugin:

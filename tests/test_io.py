@@ -272,7 +272,7 @@ def _package_sources() -> list[Path]:
 
 def test_no_pickle_anywhere_in_the_package():
     sources = _package_sources()
-    assert REPO / "ood_zoo" / "io.py" in sources
+    assert REPO / "ood_zoo" / "io" / "__init__.py" in sources
     offenders = {
         str(path.relative_to(REPO)): uses
         for path in sources if (uses := pickle_uses(path.read_text()))
@@ -625,6 +625,93 @@ def test_loading_a_detector_whose_plugin_is_not_installed(tmp_path):
     # the class itself can still load it
     loaded = NotInstalledDetector.load(tmp_path)
     np.testing.assert_array_equal(_scores(loaded, DATA.ood), _scores(detector, DATA.ood))
+
+
+def test_a_save_records_the_class_and_its_distribution(tmp_path):
+    _fit(NotInstalledDetector()).save(tmp_path / "test")
+    plugin = json.loads((tmp_path / "test" / CONFIG_FILE).read_text())["plugin"]
+    assert plugin == {"class": f"{__name__}.NotInstalledDetector", "distribution": None,
+                      "version": None}
+    _fit(ood_zoo.create("knn", k=3)).save(tmp_path / "knn")
+    plugin = json.loads((tmp_path / "knn" / CONFIG_FILE).read_text())["plugin"]
+    assert plugin == {"class": "ood_zoo.detectors.distance.KNNDetector",
+                      "distribution": "ood_zoo", "version": ood_zoo.__version__}
+
+
+def test_loading_without_the_plugin_names_the_package_to_install(tmp_path, monkeypatch):
+    _fit(NotInstalledDetector()).save(tmp_path)
+    with pytest.raises(UnknownDetectorError, match="which no installed distribution provided"):
+        ood_zoo.load(tmp_path)
+    config = json.loads((tmp_path / CONFIG_FILE).read_text())
+    config["plugin"].update(distribution="ood-zoo-gen", version="1.2.0")
+    (tmp_path / CONFIG_FILE).write_text(json.dumps(config))
+    with pytest.raises(UnknownDetectorError) as excinfo:
+        ood_zoo.load(tmp_path)
+    message = str(excinfo.value)
+    assert "unknown detector 'not_installed_xyz'" in message
+    assert f"class {__name__}.NotInstalledDetector of the 'ood-zoo-gen' package 1.2.0" in message
+    assert "pip install 'ood-zoo-gen==1.2.0'" in message
+
+
+def test_a_format_version_1_save_still_loads(saved):
+    before = ood_zoo.load(saved)
+    config = json.loads((saved / CONFIG_FILE).read_text())
+    for field in ("plugin", "fitted_attributes", "false_alarm_bound"):
+        del config[field]
+    config["format_version"] = 1
+    (saved / CONFIG_FILE).write_text(json.dumps(config))
+    loaded = ood_zoo.load(saved)
+    np.testing.assert_array_equal(_scores(loaded, DATA.ood), _scores(before, DATA.ood))
+    _edit_config(saved, detector="gone_xyz")
+    with pytest.raises(UnknownDetectorError, match=r"saved by ood_zoo .* \(format version 1\)"):
+        ood_zoo.load(saved)
+
+
+class ChosenWidth(NotInstalledDetector):
+    """Keeps a JSON fitted attribute, and (when asked) one that JSON cannot hold."""
+
+    name = "test_chosen_width"
+
+    def _fit(self, features, labels, logits):
+        super()._fit(features, labels, logits)
+        self.width_ = int(features.shape[1])
+        self.classes_seen_ = [0, 1, None, "x", 2.5]
+        self._scratch = object()  # a leading underscore: not fitted state
+
+
+@pytest.mark.parametrize(
+    ("value", "kind"),
+    [(torch.zeros(3), "torch.Tensor"), ((1, 2), "builtins.tuple"), (math.nan, "builtins.float"),
+     (np.int64(3), "numpy.int64"), ({"a": 1}, "builtins.dict"), ([[1]], "builtins.list")],
+)
+def test_fitted_state_json_cannot_hold_is_refused_by_name(tmp_path, value, kind):
+    detector = _fit(ChosenWidth())
+    detector.extra_ = value
+    with pytest.raises(PersistenceError, match=rf"fitted attribute 'extra_' \({re.escape(kind)}\)"):
+        detector.save(tmp_path / "refused")
+    assert not (tmp_path / "refused" / CONFIG_FILE).exists()
+
+
+def test_json_fitted_attributes_round_trip(tmp_path):
+    detector = _fit(ChosenWidth())
+    detector.save(tmp_path)
+    config = json.loads((tmp_path / CONFIG_FILE).read_text())
+    assert config["fitted_attributes"] == {"classes_seen_": [0, 1, None, "x", 2.5], "width_": 16}
+    loaded = ChosenWidth.load(tmp_path)
+    assert (loaded.width_, loaded.classes_seen_) == (16, [0, 1, None, "x", 2.5])
+    assert not hasattr(loaded, "_scratch")
+
+
+@pytest.mark.parametrize(
+    "attr", ["threshold_", "is_fitted_", "mean_", "_private_", "no_underscore"]
+)
+def test_a_fitted_attribute_may_not_overwrite_anything(tmp_path, attr):
+    _fit(ChosenWidth()).save(tmp_path)
+    config = json.loads((tmp_path / CONFIG_FILE).read_text())
+    config["fitted_attributes"][attr] = 1
+    (tmp_path / CONFIG_FILE).write_text(json.dumps(config))
+    with pytest.raises(PersistenceError, match=f"fitted attribute '{attr}'"):
+        ChosenWidth.load(tmp_path)
 
 
 def test_saved_files_are_world_readable(tmp_path):

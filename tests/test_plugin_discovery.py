@@ -101,6 +101,34 @@ def test_installed_plugin_is_usable(installed):
     assert (result["n"], result["k"]) == (50, 4)
 
 
+def test_installed_plugin_passes_check_plugin_and_records_its_package(installed):
+    script = (
+        "import json, numpy as np, ood_zoo\n"
+        "from ood_zoo.testing import check_plugin\n"
+        "detectors = sorted(check_plugin('ood_zoo_example'))\n"
+        "x = np.random.default_rng(0).normal(size=(50, 8)).astype(np.float32)\n"
+        "ood_zoo.create('kmeans_cosine', n_clusters=4).fit(x).save('saved')\n"
+        "print(json.dumps({'detectors': detectors,\n"
+        "                  'plugin': json.load(open('saved/detector.json'))['plugin']}))\n"
+    )
+    cwd = installed.parent
+    result = json.loads(_run(["-c", script], _env(installed, REPO), cwd).stdout)
+    assert result["detectors"] == ["kmeans_cosine"]
+    assert result["plugin"] == {
+        "class": "ood_zoo_example.kmeans_cosine.KMeansCosineDetector",
+        "distribution": "ood_zoo_example", "version": "0.1.0",
+    }
+    # without the plugin (blocked, lest another copy be installed), the error names the package
+    failed = subprocess.run(
+        [sys.executable, "-c", "import ood_zoo; ood_zoo.load('saved')"],
+        env=_env(REPO, OOD_ZOO_BLOCK_PLUGINS="example"), cwd=cwd, capture_output=True,
+        text=True, timeout=300,
+    )
+    assert failed.returncode != 0
+    assert "unknown detector 'kmeans_cosine'" in failed.stderr
+    assert "pip install 'ood_zoo_example==0.1.0'" in failed.stderr
+
+
 LIST_BOTH = (
     "import json\n"
     "from ood_zoo.registry import get_registry\n"

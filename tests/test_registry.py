@@ -34,6 +34,7 @@ from ood_zoo.registry import (
     Registry,
     reset_registry,
 )
+from ood_zoo.testing import check_plugin
 
 BUILTIN_NAMES = {
     "cosine", "knn", "mahalanobis", "relative_mahalanobis", "msp", "maxlogit", "energy", "lof",
@@ -313,42 +314,152 @@ def test_same_plugin_name_twice_keeps_the_first(make_plugin):
     assert "toy_second" not in registry.detectors
 
 
+UNMARKED_SOURCE = """
+    from ood_zoo import hookimpl
+
+
+    def ood_zoo_detectors():
+        return []
+
+
+    @hookimpl
+    def ood_zoo_detector():
+        return []
+"""
+
+
+def test_unmarked_and_misspelt_hooks_are_reported(make_plugin):
+    ep = make_plugin("sloppy", UNMARKED_SOURCE)
+    with pytest.warns(RuntimeWarning, match="'sloppy'") as caught:
+        registry = _registry(ep)
+    message = str(caught[0].message)
+    path = str(Path(sys.modules[ep.value].__file__))
+    unmarked = f"{ep.value}:ood_zoo_detectors ({path}:5) is not marked with @ood_zoo.hookimpl"
+    assert unmarked in message
+    assert f"{ep.value}:ood_zoo_detector ({path}:9) is not an ood_zoo hook" in message
+    assert "did you mean ood_zoo_detectors?" in message
+    record = registry.plugins["sloppy"]
+    assert record.status == "loaded"
+    assert record.error == message.removeprefix("ood_zoo plugin 'sloppy': ")
+
+
+@pytest.mark.parametrize("via", ["argument", "environment"])
+def test_unmarked_hooks_fail_in_strict_mode(make_plugin, monkeypatch, via):
+    ep = make_plugin("sloppy", UNMARKED_SOURCE)
+    if via == "environment":
+        monkeypatch.setenv(ENV_STRICT, "1")
+    with pytest.raises(PluginError, match=r"'sloppy' failed.*not marked with @ood_zoo\.hookimpl"):
+        _registry(ep, **({"strict": True} if via == "argument" else {}))
+
+
+def test_a_method_plugin_without_hookimpl_is_reported():
+    class Inline:
+        def ood_zoo_detectors(self):
+            return []
+
+    with pytest.warns(RuntimeWarning, match="Inline.ood_zoo_detectors .*not marked"):
+        _registry().register_plugin(Inline(), "inline")
+
+
+def test_builtin_plugin_has_no_stray_hooks(recwarn):
+    registry = Registry(entry_points=[], strict=True)
+    assert registry.plugins[BUILTIN_PLUGIN].error is None
+
+
+def test_errors_point_at_the_plugins_hook(make_plugin):
+    bad = make_plugin("bad", returned="[object]")
+    with pytest.warns(RuntimeWarning):
+        registry = _registry(bad)
+    error = registry.plugins["bad"].error
+    path = str(Path(sys.modules[bad.value].__file__))
+    assert f"hook {bad.value}:ood_zoo_detectors ({path}:" in error
+    assert "registry.py" not in error
+    raiser = make_plugin("raiser", """
+        from ood_zoo import hookimpl
+
+        @hookimpl
+        def ood_zoo_detectors():
+            raise ValueError("the hook exploded")
+    """)
+    with pytest.warns(RuntimeWarning):
+        registry = _registry(raiser)
+    error = registry.plugins["raiser"].error
+    path = str(Path(sys.modules[raiser.value].__file__))
+    assert f"hook {raiser.value}:ood_zoo_detectors ({path}:4) raised ValueError" in error
+    assert f"(at {path}:6)" in error  # where it was raised
+
+
+def _install(site: Path, entry_point: metadata.EntryPoint, name: str = "fake-kit-dist") -> None:
+    """A dist-info under ``site`` declaring ``entry_point``, as pip would write it."""
+    dist_info = site / f"{name.replace('-', '_')}-1.0.dist-info"
+    dist_info.mkdir()
+    (dist_info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: 1.0\n")
+    (dist_info / "entry_points.txt").write_text(
+        f"[ood_zoo]\n{entry_point.name} = {entry_point.value}\n"
+    )
+
+
+def test_check_plugin_loads_an_installed_distributions_entry_points(tmp_path, make_plugin,
+                                                                    monkeypatch):
+    ep = make_plugin("wired", detector="toy_wired")
+    _install(tmp_path / "site", ep)
+    monkeypatch.setenv(ENV_BLOCK, "wired")  # the check ignores the lists
+    detectors = check_plugin("fake-kit-dist")
+    assert list(detectors) == ["toy_wired"]
+    assert detectors["toy_wired"] is sys.modules[ep.value].ToyDetector
+    by_entry_point = check_plugin(entry_points=[ep])
+    assert by_entry_point == detectors
+
+
+def test_check_plugin_fails_on_what_would_load_silently(tmp_path, make_plugin):
+    with pytest.raises(PluginError, match=r"not marked with @ood_zoo\.hookimpl"):
+        check_plugin(entry_points=[make_plugin("sloppy", UNMARKED_SOURCE)])
+    with pytest.raises(DuplicateDetectorError, match="'clash' registers detector 'cosine'"):
+        check_plugin(entry_points=[make_plugin("clash", detector="cosine")])
+    with pytest.raises(AssertionError, match=r"'empty' .* registered nothing"):
+        check_plugin(entry_points=[make_plugin("empty", returned="[]")])
+    with pytest.raises(AssertionError, match="'no-such-dist-xyz' is not installed"):
+        check_plugin("no-such-dist-xyz")
+    with pytest.raises(TypeError, match="not both"):
+        check_plugin()
+
+
 # ------------------------------------------------------------------------ duplicates
 
 
-def test_duplicate_detector_names_name_both_plugins(make_plugin):
+def test_duplicate_detector_name_stays_with_the_first_plugin(make_plugin):
     alpha = make_plugin("alpha", detector="dupe")
     beta = make_plugin("beta", detector="dupe")
-    with pytest.warns(RuntimeWarning, match="more than one plugin"):
+    with pytest.warns(RuntimeWarning, match="plugin 'beta' registers detector 'dupe'") as caught:
         registry = _registry(alpha, beta)
-    assert "dupe" not in registry.detectors
+    assert "'alpha' registered first" in str(caught[0].message)
+    assert registry.get("dupe").plugin == "alpha"
     assert registry.conflicts == {"dupe": ["alpha", "beta"]}
-    with pytest.raises(DuplicateDetectorError) as excinfo:
-        registry.create("dupe")
-    message = str(excinfo.value)
-    assert "'alpha'" in message
-    assert "'beta'" in message
-    assert "dupe" in message
-    for plugin in ("alpha", "beta"):
-        assert "dupe" in registry.plugins[plugin].error
-        assert "dupe" not in registry.plugins[plugin].detectors  # listed nowhere as usable
+    assert registry.plugins["alpha"].error is None
+    assert registry.plugins["alpha"].detectors == ["dupe"]
+    assert "dupe" not in registry.plugins["beta"].detectors
+    assert "'beta' registers detector 'dupe'" in registry.plugins["beta"].error
 
 
-def test_duplicate_of_a_builtin_names_both_plugins(make_plugin):
+def test_a_third_party_cannot_take_a_builtin_name(make_plugin):
     clash = make_plugin("clash", detector="cosine")
-    with pytest.warns(RuntimeWarning, match="cosine"):
+    with pytest.warns(RuntimeWarning, match=rf"'clash' registers detector 'cosine'.*"
+                                            rf"'{BUILTIN_PLUGIN}' registered first"):
         registry = Registry(entry_points=[clash])
-    with pytest.raises(DuplicateDetectorError, match=rf"'{BUILTIN_PLUGIN}' and 'clash'"):
-        registry.create("cosine")
-    assert "knn" in registry.detectors  # the other built-ins are unaffected
+    assert registry.get("cosine").plugin == BUILTIN_PLUGIN
+    data = np.random.default_rng(0).normal(size=(20, 4)).astype(np.float32)
+    assert registry.create("cosine").fit(data).score(data).shape == (20,)
+    assert registry.plugins[BUILTIN_PLUGIN].error is None
+    assert "cosine" in registry.plugins["clash"].error
+    assert "knn" in registry.detectors
 
 
-def test_three_claimants_are_all_named(make_plugin):
+def test_three_claimants_are_all_listed(make_plugin):
     eps = [make_plugin(name, detector="dupe") for name in ("a1", "b2", "c3")]
     with pytest.warns(RuntimeWarning):
         registry = _registry(*eps)
-    with pytest.raises(DuplicateDetectorError, match="'a1' and 'b2' and 'c3'"):
-        registry.get("dupe")
+    assert registry.get("dupe").plugin == "a1"
+    assert registry.conflicts == {"dupe": ["a1", "b2", "c3"]}
 
 
 @pytest.mark.parametrize("via", ["argument", "environment"])
@@ -628,11 +739,10 @@ def test_a_bad_dataset_record_fails_the_plugin_only(make_plugin):
     assert "toy_good" in registry.detectors
 
 
-def test_duplicate_model_names_name_both_plugins(make_plugin):
+def test_duplicate_model_name_stays_with_the_first_plugin(make_plugin):
     one = make_plugin("one", SPEC_SOURCE.format(model="same", datasets="[]"))
     two = make_plugin("two", SPEC_SOURCE.format(model="same", datasets="[]"))
-    with pytest.warns(RuntimeWarning, match="model name 'same'"):
+    with pytest.warns(RuntimeWarning, match="'two' registers model 'same'"):
         registry = _registry(one, two)
-    with pytest.raises(DuplicateDetectorError, match="'one' and 'two'"):
-        registry.lookup("models", "same")
+    assert registry.lookup("models", "same").plugin == "one"
     assert registry.conflicts_of("models") == {"same": ["one", "two"]}

@@ -27,6 +27,18 @@ logits, the linear head), fit it on small synthetic data and check
     misshapen head when required all raise :class:`~ood_zoo.errors.InputError`; scoring before
     ``fit`` raises :class:`~ood_zoo.errors.NotFittedError` when ``requires.fit``.
 
+``check_plugin`` (:mod:`~ood_zoo.testing.plugins`) checks the wiring instead: it loads a
+plugin's entry points the way ood_zoo does, in strict mode, and returns the detectors it
+registered::
+
+    from ood_zoo.testing import check_detector, check_plugin
+
+    def test_entry_point(tmp_path):
+        detectors = check_plugin("my-package")  # the installed distribution's entry points
+        assert set(detectors) == {"my_detector"}
+        for cls in detectors.values():
+            check_detector(cls, tmp_path=tmp_path)
+
 Each check raises ``AssertionError`` with a message naming the detector, the check and what went
 wrong; an unexpected exception from the detector is reported the same way, chained to its cause.
 
@@ -92,6 +104,7 @@ from .inputs import (
     make_likelihood_inputs,
     make_synthetic_inputs,
 )
+from .plugins import check_plugin
 
 __all__ = [
     "CHECKS",
@@ -107,6 +120,7 @@ __all__ = [
     "check_detector",
     "check_half_precision",
     "check_numpy_torch_roundtrip",
+    "check_plugin",
     "check_save_load_roundtrip",
     "check_score_direction",
     "default_make_inputs",

@@ -12,7 +12,12 @@ from ood_zoo_example import KMeansCosineDetector
 from ood_zoo import InputError
 from ood_zoo.api import threshold_at_tpr
 from ood_zoo.registry import Registry
-from ood_zoo.testing import check_detector, detector_checks, make_synthetic_inputs
+from ood_zoo.testing import (
+    check_detector,
+    check_plugin,
+    detector_checks,
+    make_synthetic_inputs,
+)
 
 
 @pytest.mark.parametrize(("name", "check"), detector_checks(KMeansCosineDetector))
@@ -150,14 +155,15 @@ def test_invalid_params_are_rejected(params):
         KMeansCosineDetector(**params)
 
 
+ENTRY_POINT = metadata.EntryPoint(name="example", value="ood_zoo_example.plugin", group="ood_zoo")
+
+
 def test_registered_through_its_entry_point():
-    entry_point = metadata.EntryPoint(
-        name="example", value="ood_zoo_example.plugin", group="ood_zoo"
-    )
-    registry = Registry(entry_points=[entry_point], builtins=False, allow={"example"}, block=set(),
-                        strict=True)
+    """The entry point of pyproject.toml, loaded as ood_zoo loads it (strictly)."""
+    assert check_plugin(entry_points=[ENTRY_POINT]) == {"kmeans_cosine": KMeansCosineDetector}
+    registry = Registry(entry_points=[ENTRY_POINT], builtins=False, allow={"example"},
+                        block=set(), strict=True)
     record = registry.get("kmeans_cosine")
-    assert record.cls is KMeansCosineDetector
     assert record.plugin == "example"
     assert registry.plugins["example"].status == "loaded"
     assert isinstance(registry.create("kmeans_cosine", n_clusters=2), KMeansCosineDetector)

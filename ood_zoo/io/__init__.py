@@ -2,12 +2,17 @@
 
 A saved detector is a directory::
 
-    detector.json                  name, versions, hyperparameters, threshold, tensor manifest
+    detector.json                  name, versions, plugin, hyperparameters, threshold,
+                                   JSON fitted attributes, tensor manifest
     tensors-<sha256[:16]>.safetensors
 
-The tensor file holds the detector's ``state_tensors`` and, once calibrated, its sorted
-calibration scores (:data:`CALIBRATION_TENSOR`); ``detector.json`` then holds the threshold's
-``false_alarm_bound``. Format version 2 added those; version-1 files (no calibration) still load.
+**Fitted state.** The tensors of ``state_tensors`` go to safetensors; every other fitted
+attribute (a public name ending in ``_``, see :mod:`ood_zoo.api`) goes to ``detector.json`` if it
+is a JSON scalar or a list of them, and a save refuses any other (:func:`fitted_attributes`)
+rather than drop it. ``plugin`` records the class and the distribution that provided it, so a
+load without that plugin says what to install. Once calibrated, the tensor file also holds the
+sorted calibration scores (:data:`CALIBRATION_TENSOR`) and ``detector.json`` the threshold's
+``false_alarm_bound``. Format version 1 (without these) still loads.
 
 **Writes.** A save writes the tensor file in a scratch directory (``.tensors.*.tmp/``), fsyncs
 it and renames it to its content-addressed name; then it replaces ``detector.json`` in one
@@ -48,14 +53,12 @@ import errno
 import fcntl
 import hashlib
 import json
-import math
 import os
 import re
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -63,16 +66,33 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from .errors import PersistenceError
-from .version import __version__
+from ..errors import PersistenceError, UnknownDetectorError
+from ..version import __version__, distribution_of
+from ._schema import (
+    FITTED_VALUE,
+    NULLABLE_TEXT,
+    NUMBER,
+    ListOf,
+    MapOf,
+    Record,
+    Value,
+    bounded_text,
+    finite,
+    fitted_value,
+    integer,
+    nesting_depth,
+    param_value,
+    preview,
+    refuse_constant,
+)
 
 if TYPE_CHECKING:
-    from .api import Detector
+    from ..api import Detector
 
 FORMAT = "ood_zoo.detector"
 FORMAT_VERSION = 2
-#: The format versions this ood_zoo reads: version 1 is version 2 without calibration.
-READABLE_VERSIONS = (1, 2)
+#: The fields format version 2 added to version 1 (which loads as if they were empty).
+ADDED_IN_2 = ("plugin", "fitted_attributes", "false_alarm_bound")
 #: The tensor of a calibrated detector's ``calibration_scores_`` in the tensor file.
 CALIBRATION_TENSOR = "calibration_scores_"
 CONFIG_FILE = "detector.json"
@@ -128,146 +148,46 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 # ---------------------------------------------------------------------------- the schema
 
 
-@dataclass(frozen=True)
-class Value:
-    """A JSON scalar of one of ``kinds`` (``bool`` is never an ``int`` or ``float`` here)."""
-
-    kinds: tuple[type, ...]
-    expected: str
-    accept: Callable[[Any], bool] = lambda value: True
-    nullable: bool = False
-
-    def problems(self, value: Any, field: str) -> Iterator[tuple[str, str]]:
-        if value is None and self.nullable:
-            return
-        stray_bool = isinstance(value, bool) and bool not in self.kinds
-        if stray_bool or not isinstance(value, self.kinds) or not self.accept(value):
-            yield field, f"must be {self.expected}, got {_preview(value)}"
-
-
-@dataclass(frozen=True)
-class ListOf:
-    """A JSON array of at most ``max_items`` items, each ``item``."""
-
-    item: Schema
-    max_items: int
-
-    def problems(self, value: Any, field: str) -> Iterator[tuple[str, str]]:
-        if not isinstance(value, list) or len(value) > self.max_items:
-            yield field, f"must be a list of at most {self.max_items} items, got {_preview(value)}"
-            return
-        for i, item in enumerate(value):
-            yield from self.item.problems(item, f"{field}[{i}]")
-
-
-@dataclass(frozen=True)
-class MapOf:
-    """A JSON object of at most ``max_items`` keys, each mapped to a ``value``."""
-
-    value: Schema
-    max_items: int
-
-    def problems(self, value: Any, field: str) -> Iterator[tuple[str, str]]:
-        if not isinstance(value, dict) or len(value) > self.max_items:
-            expected = f"an object of at most {self.max_items} keys"
-            yield field, f"must be {expected}, got {_preview(value)}"
-            return
-        for key, item in value.items():
-            yield from self.value.problems(item, f"{field}.{key}")
-
-
-@dataclass(frozen=True)
-class Record:
-    """A JSON object with exactly the keys of ``fields`` (all required), each of its schema."""
-
-    fields: Mapping[str, Schema]
-
-    def problems(self, value: Any, field: str) -> Iterator[tuple[str, str]]:
-        if not isinstance(value, dict):
-            yield field, f"must be an object, got {_preview(value)}"
-            return
-        for key in self.fields.keys() - value.keys():
-            yield _join(field, key), "is missing"
-        for key in sorted(value.keys() - self.fields.keys()):
-            yield _join(field, key), "is not a field of the format"
-        for key, schema in self.fields.items():
-            if key in value:
-                yield from schema.problems(value[key], _join(field, key))
-
-
-Schema = Value | ListOf | MapOf | Record
-
-
-def _join(parent: str, key: str) -> str:
-    return f"{parent}.{key}" if parent else key
-
-
-def _preview(value: Any) -> str:
-    text = json.dumps(value)
-    return text if len(text) <= 40 else f"{text[:37]}..."
-
-
-def _text(max_length: int, pattern: str | None = None) -> Value:
-    regex = re.compile(pattern) if pattern else None
-    return Value(
-        (str,), f"a string of at most {max_length} characters"
-        + (f" matching {pattern!r}" if pattern else ""),
-        lambda s: len(s) <= max_length and (regex is None or regex.fullmatch(s) is not None),
-    )
-
-
-def _integer(minimum: int, *, nullable: bool = False) -> Value:
-    return Value((int,), f"an integer >= {minimum}" + (" or null" if nullable else ""),
-                 lambda n: minimum <= n < _INT_LIMIT, nullable)
-
-
-def _finite(number: int | float) -> bool:
-    """A float, or an int small enough for torch and float64."""
-    return abs(number) < _INT_LIMIT if isinstance(number, int) else math.isfinite(number)
-
-
-def _param_value(value: bool | int | float | str) -> bool:
-    return len(value) <= 10_000 if isinstance(value, str) else _finite(value)
-
-
-#: JSON integers beyond int64 are refused (JSON itself has no bound).
-_INT_LIMIT = 2**63
-_NUMBER = Value((int, float), "a finite number", _finite)
+#: The fitted attributes the Detector base class sets, not ``_fit``: ``detector.json`` holds the
+#: first four in fields of their own and the calibration in ``false_alarm_bound`` and
+#: :data:`CALIBRATION_TENSOR`; the head is saved by the detectors that score with it, in their
+#: ``state_tensors`` (a fusion only hands it to its members).
+BASE_ATTRIBUTES = ("threshold_", "n_features_in_", "n_logits_in_", "is_fitted_",
+                   "calibration_scores_", "false_alarm_bound_", "head_weight_", "head_bias_")
 
 #: The schema of ``detector.json`` (format version 2), as written by :func:`save_detector`.
 #: Hyperparameter values are checked further by the detector's declared ``Param``s.
 CONFIG_SCHEMA = Record({
     "format": Value((str,), repr(FORMAT), lambda s: s == FORMAT),
-    "format_version": Value((int,), str(FORMAT_VERSION), lambda n: n == FORMAT_VERSION),
+    "format_version": Value((int,), "1 or 2", lambda n: n in (1, FORMAT_VERSION)),
+    "detector": bounded_text(200),
+    "detector_version": bounded_text(200),
+    "ood_zoo_version": bounded_text(200),
     "false_alarm_bound": Value((float,), "a number in (0, 1) or null", lambda b: 0 < b < 1,
                                nullable=True),
-    "detector": _text(200),
-    "detector_version": _text(200),
-    "ood_zoo_version": _text(200),
+    "plugin": Record({
+        "class": bounded_text(500), "distribution": NULLABLE_TEXT, "version": NULLABLE_TEXT,
+    }),
+    "fitted_attributes": MapOf(FITTED_VALUE, max_items=1000),
     "params": MapOf(
         Value((bool, int, float, str), "a bool, a finite number or a string of at most 10,000 "
-              "characters", _param_value),
+              "characters", param_value),
         max_items=1000,
     ),
-    "target_tpr": _NUMBER,
-    "threshold": Value((int, float), "a finite number or null", _finite, nullable=True),
-    "n_features_in": _integer(1, nullable=True),
-    "n_logits_in": _integer(1, nullable=True),
+    "target_tpr": NUMBER,
+    "threshold": Value((int, float), "a finite number or null", finite, nullable=True),
+    "n_features_in": integer(1, nullable=True),
+    "n_logits_in": integer(1, nullable=True),
     "fitted": Value((bool,), "true or false"),
     "tensors": Record({
-        "file": _text(255),
-        "sha256": _text(64, "[0-9a-f]{64}"),
-        "bytes": _integer(0),
+        "file": bounded_text(255),
+        "sha256": bounded_text(64, "[0-9a-f]{64}"),
+        "bytes": integer(0),
         "entries": MapOf(
-            Record({"dtype": _text(32, "[a-z0-9_]+"), "shape": ListOf(_integer(0), 16)}),
+            Record({"dtype": bounded_text(32, "[a-z0-9_]+"), "shape": ListOf(integer(0), 16)}),
             max_items=1000,
         ),
     }),
-})
-#: Format version 1: version 2 without ``false_alarm_bound``.
-CONFIG_SCHEMA_V1 = Record({
-    **{k: v for k, v in CONFIG_SCHEMA.fields.items() if k != "false_alarm_bound"},
-    "format_version": Value((int,), "1", lambda n: n == 1),
 })
 
 
@@ -341,6 +261,9 @@ def save_detector(detector: Detector, path: str | Path) -> Path:
     tensors = detector.state_dict() if detector.is_fitted_ else {}
     if detector.calibration_scores_ is not None:
         tensors[CALIBRATION_TENSOR] = detector.calibration_scores_.detach().cpu().contiguous()
+    attributes = fitted_attributes(detector)
+    cls = type(detector)
+    provider = distribution_of(cls.__module__) or (None, None)
     try:
         with _directory_lock(directory, exclusive=False):
             tensor_file, sha, size = _write_tensors(directory, tensors, detector.name)
@@ -350,6 +273,9 @@ def save_detector(detector: Detector, path: str | Path) -> Path:
                 "detector": detector.name,
                 "detector_version": detector.version,
                 "ood_zoo_version": __version__,
+                "plugin": {"class": f"{cls.__module__}.{cls.__qualname__}",
+                           "distribution": provider[0], "version": provider[1]},
+                "fitted_attributes": attributes,
                 "params": detector.hparams,
                 "target_tpr": detector.target_tpr,
                 "threshold": detector.threshold_,
@@ -372,6 +298,33 @@ def save_detector(detector: Detector, path: str | Path) -> Path:
     finally:  # a failed save's tensor file is unnamed, hence swept like the old generation's
         _sweep(directory)
     return directory
+
+
+def fitted_attributes(detector: Detector) -> dict[str, Any]:
+    """The fitted attributes saved in ``detector.json``: every public attribute ending in ``_``
+    (set by ``_fit``) but the tensors of ``state_tensors`` and :data:`BASE_ATTRIBUTES`.
+
+    Raises
+    ------
+    PersistenceError
+        Naming an attribute whose value is not a JSON scalar or a list of them (a tensor
+        missing from ``state_tensors``, an object): it would be lost.
+    """
+    found = {}
+    skip = (*BASE_ATTRIBUTES, *detector.state_tensors)
+    for attr, value in sorted(vars(detector).items()):
+        if attr.startswith("_") or not attr.endswith("_") or attr in skip:
+            continue
+        if not fitted_value(value):
+            raise PersistenceError(
+                f"{detector.name}: cannot save fitted attribute {attr!r} "
+                f"({type(value).__module__}.{type(value).__qualname__}): a tensor goes in "
+                "state_tensors; other fitted state must be JSON (None, a bool, a finite number, "
+                "a string or a list of them); a value that need not be saved takes a name "
+                "without the trailing underscore"
+            )
+        found[attr] = value
+    return found
 
 
 def _write_tensors(
@@ -412,9 +365,6 @@ def _dtype_name(dtype: torch.dtype) -> str:
 def read_config(path: str | Path) -> dict[str, Any]:
     """Read ``detector.json`` of a saved detector and validate it against :data:`CONFIG_SCHEMA`.
 
-    A version-1 file is validated against :data:`CONFIG_SCHEMA_V1` and returned as version 2
-    without calibration (``false_alarm_bound`` null).
-
     Raises
     ------
     PersistenceError
@@ -433,25 +383,30 @@ def read_config(path: str | Path) -> dict[str, Any]:
         raise PersistenceError(f"{config_path} is larger than {MAX_CONFIG_BYTES} bytes")
     try:
         text = data.decode("utf-8")
-        depth = _nesting_depth(text)
+        depth = nesting_depth(text)
         if depth > MAX_CONFIG_DEPTH:
             raise PersistenceError(
                 f"{config_path} nests {depth} levels deep; a detector file nests at most "
                 f"{MAX_CONFIG_DEPTH}"
             )
-        config = json.loads(text, parse_constant=_refuse_constant)
+        config = json.loads(text, parse_constant=refuse_constant)
     except (UnicodeDecodeError, ValueError) as exc:  # JSONDecodeError, too many digits
         raise PersistenceError(f"{config_path} is corrupt: {exc}") from exc
     if not isinstance(config, dict) or config.get("format") != FORMAT:
         raise PersistenceError(f"{config_path} is not an ood_zoo detector file")
-    version = config.get("format_version")
-    if isinstance(version, bool) or version not in READABLE_VERSIONS:
+    if config.get("format_version") not in (1, FORMAT_VERSION):
         raise PersistenceError(
-            f"{config_path} has format version {_preview(version)}; this ood_zoo reads versions "
-            f"{' and '.join(map(str, READABLE_VERSIONS))}"
+            f"{config_path} has format version {preview(config.get('format_version'))}; this "
+            f"ood_zoo reads versions 1 and {FORMAT_VERSION}"
         )
-    schema = CONFIG_SCHEMA if version == FORMAT_VERSION else CONFIG_SCHEMA_V1
-    problems = list(schema.problems(config, ""))
+    if config["format_version"] == 1:
+        stray = [(key, "is not a field of format version 1") for key in ADDED_IN_2
+                 if key in config]
+        config = {**config, "plugin": None, "fitted_attributes": {}, "false_alarm_bound": None}
+        problems = stray + [(f, p) for f, p in CONFIG_SCHEMA.problems(config, "")
+                            if f.partition(".")[0] not in ADDED_IN_2]
+    else:
+        problems = list(CONFIG_SCHEMA.problems(config, ""))
     missing = sorted(field for field, problem in problems if problem == "is missing")
     invalid = [(field, problem) for field, problem in problems if problem != "is missing"]
     if missing:
@@ -461,24 +416,7 @@ def read_config(path: str | Path) -> dict[str, Any]:
             f"{config_path}: invalid field(s) {[field for field, _ in invalid]}: "
             + "; ".join(f"{field} {problem}" for field, problem in invalid)
         )
-    return {"false_alarm_bound": None, **config, "format_version": FORMAT_VERSION}
-
-
-_JSON_STRING = re.compile(r'"(?:[^"\\]|\\.)*"', re.DOTALL)
-_BRACKET = re.compile(r"[\[\]{}]")
-
-
-def _nesting_depth(text: str) -> int:
-    """How deep the arrays and objects of JSON ``text`` nest (brackets inside strings ignored)."""
-    depth = deepest = 0
-    for match in _BRACKET.finditer(_JSON_STRING.sub('""', text)):
-        depth += 1 if match.group() in "[{" else -1
-        deepest = max(deepest, depth)
-    return deepest
-
-
-def _refuse_constant(name: str) -> None:
-    raise ValueError(f"{name} is not a JSON number")
+    return config
 
 
 def load_detector(path: str | Path, cls: type[D]) -> D:
@@ -515,8 +453,11 @@ def load_saved(path: str | Path, find_class: Callable[[str], type[D]]) -> D:
     directory = Path(path)
     with _directory_lock(directory, exclusive=False):
         config = read_config(directory)
-        cls = find_class(config["detector"])
         name = config["detector"]
+        try:
+            cls = find_class(name)
+        except UnknownDetectorError as exc:
+            raise UnknownDetectorError(f"{exc}; {_provenance(directory, config)}") from None
         if config["detector_version"] != str(cls.version):
             raise PersistenceError(
                 f"{directory} was saved by {name!r} version {config['detector_version']}, "
@@ -532,6 +473,8 @@ def load_saved(path: str | Path, find_class: Callable[[str], type[D]]) -> D:
     if calibration is not None:
         _check_calibration(calibration, config, f"{directory / CONFIG_FILE}")
     if config["fitted"]:
+        for attr, value in config["fitted_attributes"].items():
+            setattr(detector, attr, value)
         try:
             detector.load_state_dict(tensors)
         except (KeyError, ValueError) as exc:
@@ -545,6 +488,19 @@ def load_saved(path: str | Path, find_class: Callable[[str], type[D]]) -> D:
     return detector
 
 
+def _provenance(directory: Path, config: dict[str, Any]) -> str:
+    """Where the saved detector's class came from, and what to install to load it."""
+    plugin = config["plugin"]
+    if plugin is None:
+        return f"{directory} was saved by ood_zoo {config['ood_zoo_version']} (format version 1)"
+    if plugin["distribution"] is None:
+        return (f"{directory} was saved from class {plugin['class']}, which no installed "
+                "distribution provided: register that class's plugin")
+    dist, version = plugin["distribution"], plugin["version"]
+    return (f"{directory} was saved from class {plugin['class']} of the {dist!r} package "
+            f"{version}: install it (pip install '{dist}=={version}')")
+
+
 def _check_metadata(config: dict[str, Any], detector: Detector, where: str) -> None:
     """Refuse metadata that contradicts the detector or the saved tensors' manifest.
 
@@ -553,8 +509,11 @@ def _check_metadata(config: dict[str, Any], detector: Detector, where: str) -> N
     """
     entries = dict(config["tensors"]["entries"])
     calibration = entries.pop(CALIBRATION_TENSOR, None)
-    widths = {"n_features_in": config["n_features_in"], "n_logits_in": config["n_logits_in"]}
-    problems = []
+    attributes = sorted(config["fitted_attributes"])
+    problems = [f"fitted attribute {attr!r} is not a public name ending in '_' of its own"
+                for attr in attributes if not attr.isidentifier() or attr.startswith("_")
+                or not attr.endswith("_") or attr in BASE_ATTRIBUTES
+                or attr in detector.state_tensors or hasattr(type(detector), attr)]
     if (calibration is None) != (config["false_alarm_bound"] is None):
         problems.append(f"false_alarm_bound is {config['false_alarm_bound']} but the tensors "
                         f"{'lack' if calibration is None else 'hold'} {CALIBRATION_TENSOR!r}")
@@ -562,9 +521,12 @@ def _check_metadata(config: dict[str, Any], detector: Detector, where: str) -> N
                                       or len(calibration["shape"]) != 1
                                       or config["threshold"] is None):
         problems.append(f"{CALIBRATION_TENSOR!r} must be a float64 vector with a threshold")
+    widths = {"n_features_in": config["n_features_in"], "n_logits_in": config["n_logits_in"]}
     if not config["fitted"]:
         problems += [f"{key} is {value} but the detector is not fitted"
                      for key, value in widths.items() if value is not None]
+        if attributes:
+            problems.append(f"it holds fitted attributes {attributes} but is not fitted")
         if entries:
             problems.append(f"it holds tensors {sorted(entries)} but is not fitted")
         if config["threshold"] is not None and detector.requires.fit:
