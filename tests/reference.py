@@ -18,7 +18,7 @@ EPS = np.finfo(np.float64).eps
 
 
 # ----------------------------------------------------------------------------- neighbours
-#: ood_zoo's cosine divides by ``max(|x|, NORM_EPS)`` (``ops.streaming.NORM_EPS``, the convention
+#: ood_zoo's cosine divides by ``max(|x|, NORM_EPS)`` (``ops.NORM_EPS``, the convention
 #: of ``torch.nn.functional.normalize``): a zero vector has similarity 0 to everything.
 NORM_EPS = 1e-12
 

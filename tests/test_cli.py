@@ -166,8 +166,54 @@ def test_logit_detector_from_cli(tmp_path, capsys):
 
 
 @pytest.mark.parametrize(
+    ("name", "params", "reference"),
+    [
+        ("msp", [], lambda z: np.exp(z.max(axis=1) - np.logaddexp.reduce(z, axis=1))),
+        ("energy", ["--param", "temperature=2"],
+         lambda z: 2.0 * np.logaddexp.reduce(z / 2.0, axis=1)),
+    ],
+)
+def test_fit_free_detector_scores_by_name(name, params, reference, tmp_path, capsys):
+    logits = np.random.default_rng(2).normal(size=(30, 5)).astype(np.float32)
+    np.save(tmp_path / "logits.npy", logits)
+    code, out, err = run_cli(
+        "score", name, "--logits", str(tmp_path / "logits.npy"), *params,
+        "--out", str(tmp_path / "s.npy"), "--json", capsys=capsys,
+    )
+    assert code == 0, err
+    np.testing.assert_allclose(np.load(tmp_path / "s.npy"), reference(logits.astype(np.float64)),
+                               rtol=1e-5)
+    summary = json.loads(out)
+    assert summary["n"] == 30 and summary["threshold"] is None
+    assert "no threshold" in summary["guarantee"]
+
+
+def test_a_directory_wins_over_a_detector_name(tmp_path, capsys, monkeypatch):
+    """``score DIR`` keeps working when DIR is also a detector's name."""
+    logits = np.random.default_rng(3).normal(size=(20, 4)).astype(np.float32)
+    np.save(tmp_path / "logits.npy", logits)
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run_cli("fit", "energy", "--logits", "logits.npy", "--param",
+                           "temperature=3", "--out", "energy", capsys=capsys)
+    assert code == 0, err
+    code, _, err = run_cli("score", "energy", "--logits", "logits.npy", "--out", "s.npy",
+                           capsys=capsys)
+    assert code == 0, err
+    np.testing.assert_allclose(np.load("s.npy"), ood_zoo.load("energy").score(logits=logits))
+    assert ood_zoo.load("energy").get_params()["temperature"] == 3
+
+
+@pytest.mark.parametrize(
     ("args", "message"),
     [
+        (["score", "knn", "--features", "{train}", "--out", "{tmp}/s.npy"],
+         "detector 'knn' needs fitting: run `ood-zoo fit knn"),
+        (["score", "no_such_detector", "--features", "{train}", "--out", "{tmp}/s.npy"],
+         "neither a directory written by `ood-zoo fit` nor a registered detector"),
+        (["score", "msp", "--param", "bogus=1", "--logits", "{train}", "--out", "{tmp}/s.npy"],
+         "unknown parameter"),
+        (["score", "{tmp}", "--param", "k=3", "--features", "{train}", "--out", "{tmp}/s.npy"],
+         "--param is for a detector name"),
         (["fit", "no_such_detector", "--features", "{train}", "--out", "{tmp}/x"],
          "unknown detector"),
         (["fit", "mahalanobis", "--features", "{train}", "--out", "{tmp}/x"], "labels"),

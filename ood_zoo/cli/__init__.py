@@ -7,6 +7,8 @@
     ood-zoo doctor [--json]             versions, kernel backend, threads, CUDA
     ood-zoo fit NAME --features F [--labels L] [--logits Z] [--param k=v ...] --out DIR
     ood-zoo score DIR --features F [--logits Z] --out scores.npy
+    ood-zoo score NAME --logits Z [--param k=v ...] --out scores.npy
+                                        a fit-free detector (msp, energy, ...), no fit
     ood-zoo evaluate (--id-scores A --ood-scores B | DIR --id-features A --ood-features B)
                      [--out RESULTS_DIR] [--json]
     ood-zoo demo [--out RESULTS_DIR]    a small end-to-end evaluation on real text features

@@ -181,10 +181,37 @@ def threshold_guarantee(detector: Detector) -> str:
     )
 
 
-def cmd_score(args: argparse.Namespace) -> int:
-    from ..registry import load
+def scoring_detector(target: str, params: Sequence[str]) -> Detector:
+    """The detector ``ood-zoo score TARGET`` scores with: the one saved in directory ``target``,
+    else a new fit-free detector (``requires.fit`` False) of that registered name and ``params``.
 
-    detector = load(args.model)
+    Raises
+    ------
+    CommandError
+        For ``--param`` with a saved detector, a name that needs fitting, or an unknown name.
+    """
+    from ..registry import create, get_registry, load
+
+    if Path(target).is_dir():
+        if params:
+            raise CommandError("--param is for a detector name; a saved detector keeps its own")
+        return load(target)
+    record = get_registry().detectors.get(target)
+    if record is None:
+        raise CommandError(
+            f"{target!r} is neither a directory written by `ood-zoo fit` nor a registered "
+            "detector (see `ood-zoo detectors`)"
+        )
+    if record.cls.requires.fit:
+        raise CommandError(
+            f"detector {target!r} needs fitting: run `ood-zoo fit {target} ... --out DIR`, then "
+            "`ood-zoo score DIR`; only fit-free detectors are scored by name"
+        )
+    return create(target, **parse_params(params))
+
+
+def cmd_score(args: argparse.Namespace) -> int:
+    detector = scoring_detector(args.model, args.param)
     scores = to_numpy(detector.score(
         optional_array(args.features, args.key), optional_array(args.logits, args.logits_key)
     ))
@@ -316,10 +343,15 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     with_keys(fit)
     fit.set_defaults(func=cmd_fit)
 
-    score = with_json(sub.add_parser("score", help="score features with a saved detector"))
-    score.add_argument("model", help="directory written by `ood-zoo fit`")
+    score = with_json(sub.add_parser(
+        "score", help="score features with a saved detector, or a fit-free one by name"))
+    score.add_argument("model", help="directory written by `ood-zoo fit`, or the name of a "
+                       "detector that needs no fit (msp, energy, ...)")
     score.add_argument("--features")
     score.add_argument("--logits")
+    score.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
+                       help="a hyperparameter of a detector given by name (JSON value), "
+                       "repeatable")
     score.add_argument("--out", required=True, help="scores file (.npy or .json)")
     with_keys(score)
     score.set_defaults(func=cmd_score)

@@ -16,7 +16,7 @@ import torch
 from ..api import Detector, Param, Requirements
 from ..errors import InputError
 from ..ops.arrays import compute_dtype
-from ..ops.streaming import normalise_rows
+from ..ops.magnitude import normalise_rows
 from ._covariance import class_means
 from .chunks import (
     check_scores_representable,

@@ -29,6 +29,11 @@ detectors), :mod:`~ood_zoo.ops.magnitude` (the safe numeric range and exact resc
 (chunking a bank), :mod:`~ood_zoo.ops.dense` (:func:`knn` and its precisions),
 :mod:`~ood_zoo.ops.index` (:class:`KNNIndex`), :mod:`~ood_zoo.ops.class_distance`
 (:func:`mahalanobis`). This package imports nothing from the rest of ood_zoo but its errors.
+
+For detector authors (a plugin's detector follows the same rules as the built-in ones):
+:func:`compute_dtype` (the dtype to compute in: float64 stays float64, fp16/bf16/fp32 become
+float32) and :func:`normalise_rows` (rows divided by ``max(|x|, NORM_EPS)``, the cosine
+convention of :func:`knn`, exact at any magnitude).
 """
 
 from __future__ import annotations
@@ -42,7 +47,7 @@ from ._dispatch import (
     describe_backend,
     knn_precision,
 )
-from .arrays import Bank
+from .arrays import Bank, compute_dtype
 from .class_distance import mahalanobis
 from .dense import BF16_MAX_RESCORE, Metric, knn
 from .index import (
@@ -58,6 +63,7 @@ from .index import (
     INDEX_WIDE_DIM,
     KNNIndex,
 )
+from .magnitude import NORM_EPS, normalise_rows
 from .streaming import CHUNK_BYTES, default_chunk_rows
 
 __all__ = [
@@ -74,16 +80,19 @@ __all__ = [
     "INDEX_SAMPLE_ROWS",
     "INDEX_SEED_FACTOR",
     "INDEX_WIDE_DIM",
+    "NORM_EPS",
     "PRECISIONS",
     "Bank",
     "KNNIndex",
     "Metric",
     "backend",
     "bf16_gemm_native",
+    "compute_dtype",
     "cpu_gemm_info",
     "default_chunk_rows",
     "describe_backend",
     "knn",
     "knn_precision",
     "mahalanobis",
+    "normalise_rows",
 ]

@@ -61,18 +61,18 @@ from .arrays import (
     compute_dtype,
 )
 from .magnitude import (
+    NORM_EPS,
     check_representable,
     in_range,
     norm_exponent,
+    normalise_rows,
     shrink_rows,
     target_exponent,
     times_pow2,
 )
 from .streaming import (
-    NORM_EPS,
     chunks,
     default_chunk_rows,
-    normalise_rows,
     sort_heaps,
     stream_rows,
     stream_topk,

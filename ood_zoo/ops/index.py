@@ -25,8 +25,8 @@ from .arrays import (
     check_positive_int,
 )
 from .dense import Metric, knn
-from .magnitude import in_range, times_pow2
-from .streaming import chunks, normalise_rows, sort_heaps
+from .magnitude import in_range, normalise_rows, times_pow2
+from .streaming import chunks, sort_heaps
 
 #: Principal directions the index projects on, by default: 64 below 1,024 features, 128 from
 #: there (at most ``d // 4``). On SmolLM2's middle layer (d = 576) 128 directions cut the k = 10

@@ -42,6 +42,8 @@ from .arrays import RowPeaks
 MAX_NORM = {torch.float32: 2.0**62, torch.float64: 2.0**510}
 #: Smallest nonzero row norm of l2 queries taken as they are (and Mahalanobis's bound).
 MIN_NORM = {torch.float32: 2.0**-50, torch.float64: 2.0**-480}
+#: Smallest norm treated as non-zero when normalising rows (torch's ``normalize`` default).
+NORM_EPS = 1e-12
 #: Largest power-of-two step of :func:`times_pow2`: ``2**±step`` is a normal number of the dtype.
 _POW2_STEP = {torch.float32: 126, torch.float64: 1022}
 #: Exponent and mantissa widths of the IEEE formats, to build powers of two bit by bit.
@@ -95,6 +97,26 @@ def shrink_rows(x: torch.Tensor) -> torch.Tensor:
     scale. Cosine similarities do not change, and the rows' norms are at most ``sqrt(d)``."""
     low, high = torch.aminmax(x, dim=1, keepdim=True)
     return times_pow2(x, -torch.frexp(torch.maximum(high, -low)).exponent.clamp_min(0))
+
+
+def normalise_rows(x: torch.Tensor) -> torch.Tensor:
+    """``x / max(|x|, NORM_EPS)`` row by row (fp32 or fp64; zero rows stay zero), at any magnitude.
+
+    The row normalisation of cosine similarity, as :func:`~ood_zoo.ops.knn` applies it; a plugin
+    detector casts to :func:`~ood_zoo.ops.compute_dtype` first. A row whose norm leaves the safe
+    range (:data:`MAX_NORM`; its sum of squares may have overflowed) is first scaled by a power of
+    two that brings its largest value into ``[0.5, 1)`` (:func:`shrink_rows`, exact), so every
+    finite row comes out right. Other rows take the plain expression, so their result is
+    unchanged.
+    """
+    norms = x.norm(dim=1, keepdim=True)
+    out = x / norms.clamp_min(NORM_EPS)
+    huge = (norms > MAX_NORM[x.dtype]).squeeze(1)
+    if bool(huge.any()):
+        rows = huge.nonzero().squeeze(1)
+        scaled = shrink_rows(x[rows])
+        out[rows] = scaled / scaled.norm(dim=1, keepdim=True)
+    return out
 
 
 def row_norms(x: torch.Tensor) -> torch.Tensor:

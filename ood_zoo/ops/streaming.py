@@ -11,12 +11,8 @@ from collections.abc import Callable, Iterator
 
 import torch
 
-from .magnitude import MAX_NORM, shrink_rows
-
 #: Bytes of scratch one chunk of a streaming op may use (its similarity block plus its upcast).
 CHUNK_BYTES = 256 * 2**20
-#: Smallest norm treated as non-zero when normalising for cosine similarity.
-NORM_EPS = 1e-12
 #: ``search(chunk, k) -> (values, chunk-local indices)``: one chunk's top-k, best first.
 ChunkSearch = Callable[[torch.Tensor, int], tuple[torch.Tensor, torch.Tensor]]
 
@@ -56,24 +52,6 @@ def stream_topk(
             values, indices = picked.values, indices.gather(1, picked.indices)
         best_values, best_indices = values, indices
     return sort_heaps(best_values, best_indices, largest=largest)
-
-
-def normalise_rows(x: torch.Tensor) -> torch.Tensor:
-    """``x / max(|x|, NORM_EPS)`` row by row (fp32 or fp64; zero rows stay zero), at any magnitude.
-
-    A row whose norm leaves the safe range (:data:`~ood_zoo.ops.magnitude.MAX_NORM`; its sum of
-    squares may have overflowed) is first scaled by a power of two that brings its largest value
-    into ``[0.5, 1)`` (:func:`~ood_zoo.ops.magnitude.shrink_rows`, exact), so every finite row
-    comes out right. Other rows take the plain expression, so their result is unchanged.
-    """
-    norms = x.norm(dim=1, keepdim=True)
-    out = x / norms.clamp_min(NORM_EPS)
-    huge = (norms > MAX_NORM[x.dtype]).squeeze(1)
-    if bool(huge.any()):
-        rows = huge.nonzero().squeeze(1)
-        scaled = shrink_rows(x[rows])
-        out[rows] = scaled / scaled.norm(dim=1, keepdim=True)
-    return out
 
 
 def sort_heaps(

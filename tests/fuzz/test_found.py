@@ -75,13 +75,13 @@ def test_residual_detector_fp32_1e20():
 # ----------------------------------------------------------------------------- tiny norms
 @pytest.mark.parametrize("name", BACKENDS)
 def test_cosine_of_tiny_rows_follows_the_norm_eps_convention(name):
-    """Found by the fuzz suite: rows below ``ops.streaming.NORM_EPS`` are divided by it (the
+    """Found by the fuzz suite: rows below ``ops.NORM_EPS`` are divided by it (the
     documented convention, torch's ``normalize``), on every backend alike."""
     bank = np.array([[1.0, 0.0], [0.0, 1.0]]) * 1e-14  # float64: nothing underflows
     queries = np.array([[1.0, 1.0]]) * 1e-14
     with backend(name):
         values, _ = ops.knn(queries, bank, 1, "cosine")
-    assert ops.streaming.NORM_EPS == 1e-12
+    assert ops.NORM_EPS == 1e-12
     np.testing.assert_allclose(values[0, 0], 1e-28 / (1e-12 * 1e-12), rtol=1e-6)
 
 

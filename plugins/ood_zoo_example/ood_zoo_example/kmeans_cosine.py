@@ -20,18 +20,10 @@ import torch
 
 from ood_zoo.api import Detector, Param, Requirements
 from ood_zoo.errors import InputError
+from ood_zoo.ops import compute_dtype, normalise_rows
 
 #: Rows handled at a time when assigning the bank to centroids (bounds the ``rows × k`` block).
 ASSIGN_CHUNK_ROWS = 65_536
-
-
-def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
-def _unit_rows(x: torch.Tensor) -> torch.Tensor:
-    """Rows scaled to unit L2 norm; an all-zero row stays zero (it is similar to nothing)."""
-    return x / x.norm(dim=1, keepdim=True).clamp_min(torch.finfo(x.dtype).tiny)
 
 
 def _nearest(units: torch.Tensor, centroids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -91,7 +83,7 @@ def spherical_kmeans(
         converged = bool(torch.equal(new_assign, assign))
         assign = new_assign
         sums = _cluster_sums(units, assign, n_clusters)
-        centroids = _unit_rows(sums)
+        centroids = normalise_rows(sums)
         if converged:
             break
     return centroids, assign, sums
@@ -139,7 +131,7 @@ class KMeansCosineDetector(Detector):
                 f"{self.name}: n_clusters={k} is larger than the {n} fit rows; "
                 f"pass n_clusters <= {n}"
             )
-        units = _unit_rows(features.to(_compute_dtype(features.dtype)))
+        units = normalise_rows(features.to(compute_dtype(features.dtype)))
         centroids, assign, sums = spherical_kmeans(
             units, k, self.hparams["n_iter"], self.hparams["seed"]
         )
@@ -147,8 +139,8 @@ class KMeansCosineDetector(Detector):
         self._fit_cache = (units, assign, sums)  # for the leave-one-out threshold, then dropped
 
     def _score(self, features, logits) -> torch.Tensor:
-        dtype = _compute_dtype(features.dtype)
-        units = _unit_rows(features.to(dtype))
+        dtype = compute_dtype(features.dtype)
+        units = normalise_rows(features.to(dtype))
         centroids = self.centroids_.to(device=units.device, dtype=dtype)
         return _nearest(units, centroids)[0]
 
@@ -161,7 +153,7 @@ class KMeansCosineDetector(Detector):
         units, own = units[rows], assign[rows]
         similarity = units @ self.centroids_.T
         counts = torch.bincount(assign, minlength=self.centroids_.shape[0])[own]
-        without_self = _unit_rows(sums[own] - units)
+        without_self = normalise_rows(sums[own] - units)
         own_similarity = (units * without_self).sum(dim=1)
         # A row alone in its cluster has no leave-one-out centroid: only the others count.
         own_similarity = torch.where(counts > 1, own_similarity, -torch.inf)
