@@ -546,6 +546,22 @@ def test_builtin_conforms(name, check_name, check):
     check()
 
 
+TWO_CLASSES = kit.detector_params(CentroidDetector, MaxLogitToy)
+
+
+@pytest.mark.parametrize(("name", "check"), TWO_CLASSES)
+def test_detector_params_ids_read_detector_colon_check(name, check, request):
+    assert request.node.callspec.id in {f"{c.name}:{name}" for c in (CentroidDetector, MaxLogitToy)}
+    check()
+
+
+def test_detector_params_covers_every_check_of_each_class():
+    classes = (CentroidDetector, MaxLogitToy)
+    expected = [f"{c.name}:{check}" for c in classes for check in kit.CHECKS]
+    assert [p.id for p in TWO_CLASSES] == expected
+    assert [p.values[0] for p in TWO_CLASSES] == [*kit.CHECKS, *kit.CHECKS]
+
+
 def test_kit_passes_a_good_detector(tmp_path):
     kit.check_detector(CentroidDetector, tmp_path=tmp_path)
     kit.check_detector(CentroidDetector, params={"mode": "l1", "alpha": 3.0})

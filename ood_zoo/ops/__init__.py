@@ -24,10 +24,10 @@ order, tensors that require grad); integer parameters must be ints, else an
 :class:`~ood_zoo.errors.InputError` names the parameter.
 
 The modules, one concern each: :mod:`~ood_zoo.ops.arrays` (input validation, shared with the
-detectors), :mod:`~ood_zoo.ops.magnitude` (the safe numeric range and exact rescaling),
-:mod:`~ood_zoo.ops.extension` (loading the compiled kernels), :mod:`~ood_zoo.ops.streaming`
-(chunking a bank), :mod:`~ood_zoo.ops.dense` (:func:`knn` and its precisions),
-:mod:`~ood_zoo.ops.index` (:class:`KNNIndex`), :mod:`~ood_zoo.ops.class_distance`
+detectors), :mod:`~ood_zoo.ops.magnitude` (the safe numeric range, exact rescaling, row norms
+and normalisation), :mod:`~ood_zoo.ops.extension` (loading the compiled kernels),
+:mod:`~ood_zoo.ops.streaming` (chunking a bank), :mod:`~ood_zoo.ops.dense` (:func:`knn` and its
+precisions), :mod:`~ood_zoo.ops.index` (:class:`KNNIndex`), :mod:`~ood_zoo.ops.class_distance`
 (:func:`mahalanobis`). This package imports nothing from the rest of ood_zoo but its errors.
 
 For detector authors (a plugin's detector follows the same rules as the built-in ones):

@@ -1,5 +1,8 @@
 """The kernels' safe numeric range, and the exact power-of-two rescaling that brings inputs into it.
 
+Row norms (:func:`row_norms`) and row normalisation (:func:`normalise_rows`, public as
+``ood_zoo.ops.normalise_rows``) are exact at any magnitude by the same rescaling (below).
+
 The kernels square their inputs: norms, dot products and the expanded form
 ``|q|² + |b|² - 2 q·b``. In float32 a row of norm above ~1.8e19 overflows that (Inf, then NaN),
 and l2 distances between rows below ~1e-19 underflow to 0. So every op keeps its operands inside

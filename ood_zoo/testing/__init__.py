@@ -55,14 +55,15 @@ the detectors that need it (``requires.head``). Detectors on layered features
 Usage, for a plugin author (in the plugin's test suite)::
 
     import pytest
-    from ood_zoo.testing import check_detector, detector_checks
-    from my_package import MyDetector
+    from ood_zoo.testing import check_detector, detector_params
+    from my_package import MyDetector, MyOtherDetector
 
     def test_conforms(tmp_path):
         check_detector(MyDetector, tmp_path=tmp_path)  # all checks, stops at the first failure
 
-    # or one test per check, so that every failure shows up:
-    @pytest.mark.parametrize(("name", "check"), detector_checks(MyDetector))
+    # or one test per check and detector, so that every failure shows up, with readable ids
+    # (test_check[my_detector:check_api_shape], ...):
+    @pytest.mark.parametrize(("name", "check"), detector_params(MyDetector, MyOtherDetector))
     def test_check(name, check):
         check()
 
@@ -93,6 +94,7 @@ from .checks import (
     check_save_load_roundtrip,
     check_score_direction,
     detector_checks,
+    detector_params,
 )
 from .inputs import (
     LIKELIHOOD_COLUMNS,
@@ -125,6 +127,7 @@ __all__ = [
     "check_score_direction",
     "default_make_inputs",
     "detector_checks",
+    "detector_params",
     "make_layered_inputs",
     "make_likelihood_inputs",
     "make_synthetic_inputs",

@@ -39,6 +39,7 @@ __all__ = [
     "check_save_load_roundtrip",
     "check_score_direction",
     "detector_checks",
+    "detector_params",
 ]
 
 #: The smallest AUROC :func:`check_score_direction` accepts on the synthetic data.
@@ -478,6 +479,8 @@ def detector_checks(
 ) -> list[tuple[str, Callable[[], None]]]:
     """``(check_name, check)`` pairs for ``pytest.mark.parametrize``; each ``check()`` runs one.
 
+    :func:`detector_params` gives the same for several classes, with ids that name the detector.
+
     Language-model detectors the kit has no data for (see :func:`default_make_inputs`) get the
     class-attribute check only.
     """
@@ -490,6 +493,28 @@ def detector_checks(
             kwargs["tmp_path"] = tmp_path
         pairs.append((name, functools.partial(check, cls, **kwargs)))
     return pairs
+
+
+def detector_params(
+    *classes: type[Detector], make_inputs: MakeInputs | None = None,
+    params: Mapping[str, Any] | None = None, tmp_path: str | Path | None = None,
+) -> list[Any]:
+    """:func:`detector_checks` of every class, as ``pytest.param`` values with readable ids.
+
+    Each is ``pytest.param(check_name, check, id="<detector name>:<check_name>")``, so that
+    ``@pytest.mark.parametrize(("name", "check"), detector_params(GEN, NNGuide))`` collects
+    ``test_check[gen:check_api_shape]``, ``test_check[nnguide:check_api_shape]``, and so on. The
+    keyword arguments go to :func:`detector_checks` for every class. Needs pytest.
+    """
+    import pytest
+
+    return [
+        pytest.param(name, check, id=f"{cls.name}:{name}")
+        for cls in classes
+        for name, check in detector_checks(
+            cls, make_inputs=make_inputs, params=params, tmp_path=tmp_path
+        )
+    ]
 
 
 def check_detector(

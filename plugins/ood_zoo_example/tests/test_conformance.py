@@ -15,12 +15,12 @@ from ood_zoo.registry import Registry
 from ood_zoo.testing import (
     check_detector,
     check_plugin,
-    detector_checks,
+    detector_params,
     make_synthetic_inputs,
 )
 
 
-@pytest.mark.parametrize(("name", "check"), detector_checks(KMeansCosineDetector))
+@pytest.mark.parametrize(("name", "check"), detector_params(KMeansCosineDetector))
 def test_conformance(name, check):
     check()
 
