@@ -262,7 +262,7 @@ def test_pickle_scanner_ignores_safe_code(source):
 
 def _package_sources() -> list[Path]:
     files = sorted((REPO / "ood_zoo").rglob("*.py"))
-    for plugin in sorted((REPO / "plugins").glob("*/")):
+    for plugin in sorted(p.parent for p in (REPO / "plugins").glob("*/pyproject.toml")):
         files += sorted(
             p for p in plugin.rglob("*.py")
             if not {"tests", "build", ".venv"} & set(p.relative_to(plugin).parts)
