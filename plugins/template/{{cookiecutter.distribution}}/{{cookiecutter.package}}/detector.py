@@ -10,7 +10,7 @@ from typing import ClassVar
 
 import torch
 from ood_zoo import Detector, Param, Requirements
-from ood_zoo.ops.arrays import compute_dtype
+from ood_zoo.ops import compute_dtype
 
 
 class {{ cookiecutter.class_name }}(Detector):
