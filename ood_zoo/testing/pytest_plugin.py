@@ -53,7 +53,8 @@ class ConformanceCheck(pytest.Item):
         return self.path, None, self.nodeid
 
     def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException]) -> str:
-        if isinstance(excinfo.value, AssertionError):
+        """The kit's message alone, unless it chains the detector's own exception."""
+        if isinstance(excinfo.value, AssertionError) and excinfo.value.__cause__ is None:
             return str(excinfo.value)
         return super().repr_failure(excinfo)
 
