@@ -52,7 +52,7 @@ class ConformanceCheck(pytest.Item):
     def reportinfo(self) -> tuple[Path, None, str]:
         return self.path, None, self.nodeid
 
-    def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException]) -> str:
+    def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException]) -> object:
         """The kit's message alone, unless it chains the detector's own exception."""
         if isinstance(excinfo.value, AssertionError) and excinfo.value.__cause__ is None:
             return str(excinfo.value)
