@@ -22,6 +22,7 @@ from ..ops.arrays import compute_dtype
 from ..ops.magnitude import row_norms
 from ._covariance import class_means, estimate_covariance, residual_moments
 from .chunks import check_state_shapes, map_rows, row_chunks, rows_per_chunk
+from .residual import check_subspace_dim
 
 
 def _cast(tensor: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -117,15 +118,7 @@ class ViMDetector(_HeadDetector):
     def _fit(self, features, labels, logits):
         n, d = features.shape
         dim = self.hparams["dim"] or min(vim_dim(d), max(0, (n - 1) // 2))
-        if dim >= d:
-            raise InputError(
-                f"{self.name}: dim={dim} must be smaller than the feature dimension {d}"
-            )
-        if dim > n - 1:
-            raise InputError(
-                f"{self.name}: dim={dim} needs at least {dim + 1} fit samples, got {n} "
-                f"(the principal subspace is undetermined beyond the data's rank)"
-            )
+        check_subspace_dim(self.name, dim, n, d)
         weight = self.head_weight_.to(torch.float64)
         origin = -(torch.linalg.pinv(weight) @ self.head_bias_.to(torch.float64))
         (moments,) = residual_moments(features, [(origin.unsqueeze(0), None)])

@@ -25,6 +25,26 @@ def auto_dim(n_samples: int, n_features: int) -> int:
     return max(0, min(n_features // 2, (n_samples - 1) // 2))
 
 
+def check_subspace_dim(owner: str, dim: int, n_samples: int, n_features: int) -> None:
+    """Refuse a principal dimension ``D`` outside ``D < d`` and ``D <= n - 1``, where the
+    residual's complement would be empty or the subspace undetermined by the fit data.
+
+    Raises
+    ------
+    InputError
+        Naming ``owner`` and the bound ``dim`` breaks.
+    """
+    if dim >= n_features:
+        raise InputError(
+            f"{owner}: dim={dim} must be smaller than the feature dimension {n_features}"
+        )
+    if dim > n_samples - 1:
+        raise InputError(
+            f"{owner}: dim={dim} needs at least {dim + 1} fit samples, got {n_samples} "
+            f"(the principal subspace is undetermined beyond the data's rank)"
+        )
+
+
 class ResidualDetector(Detector):
     """Norm of the feature's residual off the principal subspace of the fit features.
 
@@ -52,15 +72,7 @@ class ResidualDetector(Detector):
     def _fit(self, features, labels, logits):
         n, d = features.shape
         dim = self.hparams["dim"] or auto_dim(n, d)
-        if dim >= d:
-            raise InputError(
-                f"{self.name}: dim={dim} must be smaller than the feature dimension {d}"
-            )
-        if dim > n - 1:
-            raise InputError(
-                f"{self.name}: dim={dim} needs at least {dim + 1} fit samples, got {n} "
-                f"(the principal subspace is undetermined beyond the data's rank)"
-            )
+        check_subspace_dim(self.name, dim, n, d)
         _, mean = class_means(features, None)
         (moments,) = residual_moments(features, [(mean, None)])
         cov = estimate_covariance(moments, "empirical")
