@@ -10,7 +10,8 @@ members' empirical CDF values. Member states are saved inside the fusion's own s
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
@@ -73,6 +74,24 @@ def reference_rows(n_rows: int) -> torch.Tensor:
         return torch.arange(n_rows)
     generator = torch.Generator().manual_seed(0)
     return torch.randperm(n_rows, generator=generator)[:REFERENCE_ROWS].sort().values
+
+
+@dataclass(frozen=True)
+class FitScores:
+    """The fit scores of the :func:`reference_rows` (``[k, rows]``, unsorted), kept from ``_fit``
+    so that placing the default threshold right after does not score those rows again."""
+
+    rows: torch.Tensor
+    scores: torch.Tensor
+
+    def of(self, rows: torch.Tensor, compute: Callable[[torch.Tensor], torch.Tensor]
+           ) -> torch.Tensor:
+        """The scores of sorted fit rows ``rows``: looked up when every one is a reference row
+        (the threshold's sample always is), else ``compute(rows)``."""
+        at = torch.searchsorted(self.rows, rows).clamp_max(self.rows.numel() - 1)
+        if bool((self.rows[at] == rows).all()):
+            return self.scores[:, at]
+        return compute(rows)
 
 
 def empirical_cdf(reference: torch.Tensor, scores: torch.Tensor, scale: float) -> torch.Tensor:
@@ -228,7 +247,8 @@ class FusionDetector(Detector):
             for tensor in member.state_tensors:
                 setattr(self, member_state_name(i, tensor), getattr(member, tensor))
         rows = reference_rows(features.shape[0] if features is not None else logits.shape[0])
-        self.reference_ = self._member_fit_scores(features, logits, rows).sort(dim=1).values
+        self._fit_cache = FitScores(rows, self._member_fit_scores(features, logits, rows))
+        self.reference_ = self._fit_cache.scores.sort(dim=1).values
         self.tail_scale_ = tail_scale(self.reference_)
 
     def _member_fit_scores(self, features, logits, rows: torch.Tensor) -> torch.Tensor:
@@ -257,7 +277,9 @@ class FusionDetector(Detector):
 
     def _fit_scores(self, features, logits, rows):
         dtype = compute_dtype((features if features is not None else logits).dtype)
-        return self._fuse(self._member_fit_scores(features, logits, rows), dtype)
+        scores = self._fit_cache.of(
+            rows, lambda other: self._member_fit_scores(features, logits, other))
+        return self._fuse(scores, dtype)
 
     def load_state_dict(self, tensors: Mapping[str, torch.Tensor]) -> None:
         super().load_state_dict(tensors)

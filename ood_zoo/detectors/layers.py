@@ -33,7 +33,7 @@ from ..ops.arrays import compute_dtype
 from ._members import parse_json_object, registered_classes
 from .chunks import check_state_shapes
 from .distance import CosineDetector
-from .fusion import empirical_cdf, reference_rows, tail_scale
+from .fusion import FitScores, empirical_cdf, reference_rows, tail_scale
 
 #: How per-layer scores are combined (see :class:`LayersDetector`).
 COMBINATIONS: tuple[str, ...] = ("fisher", "mean", "max")
@@ -251,7 +251,9 @@ class LayersDetector(Detector):
         self._stack_inner_states()
         self.n_layers_ = torch.tensor(n_layers, dtype=torch.int64)
         self.layer_index_ = torch.tensor(chosen, dtype=torch.int64)
-        reference = self._layer_fit_scores(features, reference_rows(n_rows))  # [k, rows]
+        rows = reference_rows(n_rows)
+        self._fit_cache = FitScores(rows, self._layer_fit_scores(features, rows))
+        reference = self._fit_cache.scores  # [k, rows]
         self.reference_ = reference.sort(dim=1).values
         self.tail_scale_ = tail_scale(self.reference_)
         self.brown_ = brown_correction(self._fisher(reference), len(chosen))
@@ -315,7 +317,7 @@ class LayersDetector(Detector):
         return self._combine(scores, compute_dtype(features.dtype))
 
     def _fit_scores(self, features, logits, rows):
-        scores = self._layer_fit_scores(features, rows)
+        scores = self._fit_cache.of(rows, lambda other: self._layer_fit_scores(features, other))
         return self._combine(scores, compute_dtype(features.dtype))
 
     # ------------------------------------------------------------------ persistence
