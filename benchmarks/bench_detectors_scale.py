@@ -27,6 +27,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
+from oracles import ORACLES, peer_modules  # noqa: E402  (tests/ is on the path above)
+
 import ood_zoo  # noqa: E402
 from ood_zoo.detectors.head import vim_dim  # noqa: E402
 
@@ -61,18 +63,10 @@ def timed(fn):
     return out, time.perf_counter() - start
 
 
-def pytorch_ood_side_by_side(bank, queries, weight, bias, logits) -> dict[str, float]:
+def pytorch_ood_side_by_side(bank, queries, weight, bias) -> dict[str, float]:
     """Fit + score seconds of pytorch-ood's ViM and NNGuide on the same data, if unpacked."""
-    try:
-        from oracles import ORACLES
-    except ImportError:
-        return {}
     if not (ORACLES / "pytorch-ood" / "pytorch_ood").is_dir():
         return {}
-    import contextlib
-
-    from oracles import peer_modules
-
     x = torch.from_numpy(np.asarray(bank))  # pytorch-ood needs the bank in memory
     q = torch.from_numpy(queries)
     linear = torch.nn.Linear(weight.shape[1], weight.shape[0])
@@ -80,18 +74,16 @@ def pytorch_ood_side_by_side(bank, queries, weight, bias, logits) -> dict[str, f
         linear.weight.copy_(torch.from_numpy(weight))
         linear.bias.copy_(torch.from_numpy(bias))
     out = {}
-    with contextlib.ExitStack() as stack:
-        vim, nnguide = stack.enter_context(peer_modules(
-            "pytorch-ood", ("pytorch_ood", "pytorch_ood.detector"),
-            ["pytorch_ood.detector.vim", "pytorch_ood.detector.nnguide"]))
-        with torch.no_grad():
-            known = torch.zeros(len(x), dtype=torch.long)  # every bank row is ID
-            peer = vim.ViM(None, d=vim_dim(x.shape[1]), w=linear.weight, b=linear.bias)
-            _, out["pytorch-ood ViM fit_s"] = timed(lambda: peer.fit_features(x, known))
-            _, out["pytorch-ood ViM score_s"] = timed(lambda: peer.predict_features(q))
-            guide = nnguide.NNGuide(None, linear, k=10)
-            _, out["pytorch-ood NNGuide fit_s"] = timed(lambda: guide.fit_features(x, known))
-            _, out["pytorch-ood NNGuide score_s"] = timed(lambda: guide.predict_features(q))
+    with peer_modules("pytorch-ood", ("pytorch_ood", "pytorch_ood.detector"),
+                      ["pytorch_ood.detector.vim", "pytorch_ood.detector.nnguide"]
+                      ) as (vim, nnguide), torch.no_grad():
+        known = torch.zeros(len(x), dtype=torch.long)  # every bank row is ID
+        peer = vim.ViM(None, d=vim_dim(x.shape[1]), w=linear.weight, b=linear.bias)
+        _, out["pytorch-ood ViM fit_s"] = timed(lambda: peer.fit_features(x, known))
+        _, out["pytorch-ood ViM score_s"] = timed(lambda: peer.predict_features(q))
+        guide = nnguide.NNGuide(None, linear, k=10)
+        _, out["pytorch-ood NNGuide fit_s"] = timed(lambda: guide.fit_features(x, known))
+        _, out["pytorch-ood NNGuide score_s"] = timed(lambda: guide.predict_features(q))
     return out
 
 
@@ -131,7 +123,7 @@ def main() -> None:
                      "finite": bool(np.isfinite(scores).all())})
         print(f"{label:28s} fit {fit_s:8.2f} s   score {args.queries} queries {score_s:7.3f} s",
               flush=True)
-    peer = {} if args.no_peer else pytorch_ood_side_by_side(bank, queries, weight, bias, logits)
+    peer = {} if args.no_peer else pytorch_ood_side_by_side(bank, queries, weight, bias)
     for key, value in peer.items():
         print(f"{key:28s} {value:8.2f} s")
     if args.json:
