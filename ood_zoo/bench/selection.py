@@ -92,11 +92,6 @@ class Configuration:
         """``inputs`` of all-layer features cut to this configuration's layers."""
         return replace(inputs, features=self.features(inputs.features))
 
-    def describe(self) -> dict[str, Any]:
-        """What the configuration is, for the results file."""
-        return {"label": self.label, "detector": self.detector, "layers": list(self.layers),
-                "params": dict(self.params)}
-
 
 def _block_layers(n_states: int) -> tuple[int, ...]:
     """Every block output: hidden states ``1 .. n_states - 1`` (all of them if there is one)."""

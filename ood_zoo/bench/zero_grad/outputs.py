@@ -62,7 +62,7 @@ def render_tables(result: BenchResult) -> tuple[str, str]:
     txt = [title, *notes, "", metrics.format_table(
         [{TABLE_HEADERS.get(k, k): r.get(k) for k in TABLE_COLUMNS} for r in result.table]),
         "", "mean over settings:", metrics.format_table(summary, sum_cols), ""]
-    if config.get("selection") == "auto":
+    if config["selection"] == "auto":
         compared = configurations_table(result.table, s["oracle"])
         columns = ("setting", "paper", "auto", "auto_cv", "oracle", "oracle_layer")
         picks = sorted({f"{c['id']}: {c['auto_cv']}" for c in s["selection"]})
