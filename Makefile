@@ -28,11 +28,12 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
 # torch is pinned and installed first: unpinned, pip would pull the CUDA build (several GB).
-$(VENV)/.installed: $(BIN)/python pyproject.toml setup.py $(EXT_SOURCES) plugins/ood_zoo_example/pyproject.toml
+$(VENV)/.installed: $(BIN)/python pyproject.toml setup.py $(EXT_SOURCES) plugins/ood_zoo_example/pyproject.toml plugins/ood_zoo_ray/pyproject.toml
 	$(PIP) install -q -U pip "setuptools>=77" wheel ninja
 	$(PIP) install -q torch==2.13.0
 	$(PIP) install -q --no-build-isolation -e ".[dev]"
 	$(PIP) install -q --no-build-isolation --no-deps -e plugins/ood_zoo_example
+	$(PIP) install -q --no-build-isolation -e plugins/ood_zoo_ray
 	touch $@
 
 # after .installed: accelerate needs torch, which must already be the pinned CPU build

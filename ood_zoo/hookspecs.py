@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 
 import pluggy
 
-from .specs import DatasetSpec, ModelSpec
+from .specs import DatasetSpec, EngineSpec, ModelSpec
 
 if TYPE_CHECKING:
     from .api import Detector
@@ -44,3 +44,8 @@ def ood_zoo_models() -> list[ModelSpec]:
 @hookspec
 def ood_zoo_datasets() -> list[DatasetSpec]:
     """Return :class:`ood_zoo.specs.DatasetSpec` records of datasets loadable by name."""
+
+
+@hookspec
+def ood_zoo_engines() -> list[EngineSpec]:
+    """Return :class:`ood_zoo.specs.EngineSpec` records of execution engines usable by name."""

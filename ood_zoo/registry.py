@@ -51,7 +51,7 @@ from . import hookspecs
 from .api import Detector
 from .errors import DuplicateDetectorError, PluginError, UnknownDetectorError, UnknownNameError
 from .io import load_saved
-from .specs import DatasetSpec, ModelSpec
+from .specs import DatasetSpec, EngineSpec, ModelSpec
 from .version import __version__
 
 ENTRY_POINT_GROUP = hookspecs.PROJECT
@@ -117,10 +117,10 @@ class DetectorRecord:
 
 @dataclass(frozen=True)
 class SpecRecord:
-    """A registered model or dataset spec and the plugin that provided it."""
+    """A registered model, dataset or engine spec and the plugin that provided it."""
 
     name: str
-    spec: ModelSpec | DatasetSpec
+    spec: ModelSpec | DatasetSpec | EngineSpec
     plugin: str
     plugin_version: str | None
 
@@ -158,11 +158,13 @@ KINDS: dict[str, tuple[str, Callable[[object], str]]] = {
     "detectors": ("ood_zoo_detectors", _detector_name),
     "models": ("ood_zoo_models", _spec_name("ood_zoo_models", ModelSpec)),
     "datasets": ("ood_zoo_datasets", _spec_name("ood_zoo_datasets", DatasetSpec)),
+    "engines": ("ood_zoo_engines", _spec_name("ood_zoo_engines", EngineSpec)),
 }
-_SINGULAR = {"detectors": "detector", "models": "model", "datasets": "dataset"}
+_SINGULAR = {"detectors": "detector", "models": "model", "datasets": "dataset",
+             "engines": "engine"}
 _ITEMS = {
     "detectors": "Detector subclasses", "models": "ModelSpec records",
-    "datasets": "DatasetSpec records",
+    "datasets": "DatasetSpec records", "engines": "EngineSpec records",
 }
 
 
@@ -421,6 +423,11 @@ class Registry:
     def datasets(self) -> dict[str, SpecRecord]:
         """The datasets known by name (see :class:`ood_zoo.specs.DatasetSpec`)."""
         return dict(sorted(self._entries["datasets"].items()))
+
+    @property
+    def engines(self) -> dict[str, SpecRecord]:
+        """The execution engines known by name (see :class:`ood_zoo.specs.EngineSpec`)."""
+        return dict(sorted(self._entries["engines"].items()))
 
     @property
     def conflicts(self) -> dict[str, list[str]]:

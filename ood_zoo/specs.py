@@ -1,4 +1,5 @@
-"""The records a plugin returns from ``ood_zoo_models`` and ``ood_zoo_datasets``.
+"""The records a plugin returns from the ``ood_zoo_models``, ``ood_zoo_datasets`` and
+``ood_zoo_engines`` hooks.
 
 They sit next to :mod:`ood_zoo.hookspecs` and depend on nothing else in ood_zoo, so the plugin
 layer can check them without importing the feature or data code.
@@ -13,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Literal
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-__all__ = ["DatasetSpec", "Loaded", "ModelSpec"]
+__all__ = ["DatasetSpec", "EngineSpec", "Loaded", "ModelSpec"]
 
 #: What a model loader returns: the model and its tokenizer.
 Loaded = tuple["PreTrainedModel", "PreTrainedTokenizerBase"]
@@ -95,3 +96,30 @@ class DatasetSpec:
     needs_files: bool = False
     files: str = ""
     seeded: bool = False
+
+
+@dataclass(frozen=True)
+class EngineSpec:
+    """An execution engine that runs a stage across processes or machines (e.g. Ray).
+
+    The core is engine-free: an engine only replaces *where* a stage runs, never what it
+    computes, so its results must equal the single-process stage's.
+
+    Attributes
+    ----------
+    name : str
+        The registry name, as ``ood-zoo bench --engine NAME`` takes it.
+    extract : callable
+        ``extract(texts, model, **options) -> Extraction``: the contract of
+        :func:`ood_zoo.features.extract` with ``model`` given by registry name or local path
+        (each worker loads its own copy), returning the same rows in input order.
+    description : str
+        One line for listings.
+    package : str
+        The distribution that provides the engine.
+    """
+
+    name: str
+    extract: Callable[..., Any]
+    description: str = ""
+    package: str = ""

@@ -1,4 +1,4 @@
-"""The core commands: list detectors, plugins, models and datasets; ``doctor``; ``fit``,
+"""The core commands: list detectors, plugins, models, datasets and engines; ``doctor``; ``fit``,
 ``score`` and ``evaluate`` on feature files; and ``demo``."""
 
 from __future__ import annotations
@@ -74,11 +74,13 @@ def cmd_plugins(args: argparse.Namespace) -> int:
             "distribution": f"{p['distribution'] or '-'} {p['version'] or ''}".strip(),
             "status": p["status"],
             "detectors": ",".join(p["detectors"]) or "-",
+            "engines": ",".join(p["engines"]) or "-",
             "error": p["error"] or "",
         }
         for p in plugins
     ]
-    print(format_table(rows, columns=["plugin", "distribution", "status", "detectors", "error"]))
+    print(format_table(rows, columns=["plugin", "distribution", "status", "detectors", "engines",
+                                      "error"]))
     return 0
 
 
@@ -307,6 +309,10 @@ def cmd_datasets(args: argparse.Namespace) -> int:
     return _spec_listing("datasets", args, ["name", "description", "plugin"])
 
 
+def cmd_engines(args: argparse.Namespace) -> int:
+    return _spec_listing("engines", args, ["name", "description", "package", "plugin"])
+
+
 def add_parsers(sub: argparse._SubParsersAction) -> None:
     """Add the core commands to the ``ood-zoo`` sub-command parsers ``sub``."""
 
@@ -387,3 +393,5 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         func=cmd_models)
     with_json(sub.add_parser("datasets", help="list registered datasets")).set_defaults(
         func=cmd_datasets)
+    with_json(sub.add_parser("engines", help="list registered execution engines (plugins)")
+              ).set_defaults(func=cmd_engines)
