@@ -739,6 +739,42 @@ def test_a_bad_dataset_record_fails_the_plugin_only(make_plugin):
     assert "toy_good" in registry.detectors
 
 
+ENGINE_SOURCE = '''
+from ood_zoo import hookimpl
+from ood_zoo.specs import EngineSpec
+
+
+def _extract(texts, model, **options):
+    return [len(t) for t in texts], model, options
+
+
+@hookimpl
+def ood_zoo_engines():
+    return {engines}
+'''
+
+
+def test_plugins_register_engines(make_plugin):
+    source = ENGINE_SOURCE.format(
+        engines='[EngineSpec(name="local_pool", extract=_extract, description="d", package="p")]')
+    registry = _registry(make_plugin("engine", source))
+    assert registry.plugins["engine"].as_dict()["engines"] == ["local_pool"]
+    spec = registry.lookup("engines", "local_pool").spec
+    assert spec.extract(["ab", "c"], "m", layers=-1) == ([2, 1], "m", {"layers": -1})
+    assert registry.engines["local_pool"].as_dict()["package"] == "p"
+    with pytest.raises(UnknownNameError, match="unknown engine 'nope'; registered engines: "):
+        registry.lookup("engines", "nope")
+
+
+def test_a_bad_engine_record_fails_the_plugin_only(make_plugin):
+    bad = make_plugin("bad_engine", ENGINE_SOURCE.format(engines='[_extract]'))
+    with pytest.warns(RuntimeWarning, match="bad_engine"):
+        registry = _registry(bad, make_plugin("good"))
+    assert registry.plugins["bad_engine"].status == "failed"
+    assert "not a EngineSpec" in registry.plugins["bad_engine"].error
+    assert "toy_good" in registry.detectors
+
+
 def test_duplicate_model_name_stays_with_the_first_plugin(make_plugin):
     one = make_plugin("one", SPEC_SOURCE.format(model="same", datasets="[]"))
     two = make_plugin("two", SPEC_SOURCE.format(model="same", datasets="[]"))
