@@ -113,12 +113,14 @@ def test_merged_statistics_equal_the_direct_sums(reduce, higher):
     x, y = make_bank()
     parts = [ClassStatistics.from_features(xs, ys, higher_moments=higher)
              for xs, ys in zip(split(x), split(y), strict=True)]
-    assert parts[1].n_rows == 1 and 21 not in parts[2].classes.tolist()
+    assert parts[1].n_rows == 1
+    assert 21 not in parts[2].classes.tolist()
     merged = reduce(parts)
     want = direct_statistics(x, y)
     assert merged.higher_moments is higher
     assert_statistics(merged, want)
-    assert merged.n_rows == len(x) and merged.n_features == x.shape[1]
+    assert merged.n_rows == len(x)
+    assert merged.n_features == x.shape[1]
 
 
 def test_from_features_streams_chunks(monkeypatch):
@@ -140,7 +142,8 @@ def test_pooled_is_one_class_about_the_overall_mean():
     assert_statistics(pooled, want)
     unlabelled = ClassStatistics.from_features(x)
     assert_statistics(unlabelled, want)
-    assert not unlabelled.higher_moments and np.isnan(float(unlabelled.moments().fourth))
+    assert not unlabelled.higher_moments
+    assert np.isnan(float(unlabelled.moments().fourth))
 
 
 @settings(max_examples=25, deadline=None, derandomize=True,
@@ -178,8 +181,10 @@ def assert_same_fit(got, want, *, rtol=1e-9, score_rtol=1e-9, queries=None):
         scale = float(tensor.abs().max()) or 1.0
         torch.testing.assert_close(got_state[name], tensor, rtol=0, atol=rtol * scale,
                                    msg=name)
-    assert got.n_features_in_ == want.n_features_in_ and got.n_logits_in_ is None
-    assert got.is_fitted_ and got.calibration_scores_ is None
+    assert got.n_features_in_ == want.n_features_in_
+    assert got.n_logits_in_ is None
+    assert got.is_fitted_
+    assert got.calibration_scores_ is None
     assert got.threshold_ == pytest.approx(want.threshold_, rel=score_rtol, abs=score_rtol)
     if queries is not None:
         np.testing.assert_allclose(got.score(queries), want.score(queries), rtol=score_rtol,
@@ -227,7 +232,8 @@ def test_threshold_rows_per_shard_partition_the_bank_sample():
     together = torch.cat([r + int(o) for r, o in zip(rows, offsets, strict=True)])
     torch.testing.assert_close(together, threshold_rows(1300, 0.95))
     assert all(((r >= 0) & (r < n)).all() for r, n in zip(rows, sizes, strict=True))
-    assert rows[3].numel() == 0 and len(together) == 500
+    assert rows[3].numel() == 0
+    assert len(together) == 500
     assert torch.equal(threshold_rows(300, 0.95), torch.arange(300))
 
 
@@ -235,14 +241,16 @@ def test_a_statistics_fit_saves_and_loads(tmp_path):
     x, y = make_bank()
     fitted = fit_shards(RelativeMahalanobisDetector(covariance="ledoit_wolf"), split(x), split(y))
     loaded = load(fitted.save(tmp_path / "det"))
-    assert type(loaded) is RelativeMahalanobisDetector and loaded.threshold_ == fitted.threshold_
+    assert type(loaded) is RelativeMahalanobisDetector
+    assert loaded.threshold_ == fitted.threshold_
     np.testing.assert_array_equal(loaded.score(x[:20]), fitted.score(x[:20]))
 
 
 def test_fit_statistics_without_threshold_rows_leaves_the_threshold_unset():
     x, y = make_bank(n=300)
     detector = MahalanobisDetector().fit_statistics(ClassStatistics.from_features(x, y))
-    assert detector.threshold_ is None and detector.is_fitted_
+    assert detector.threshold_ is None
+    assert detector.is_fitted_
     assert detector.calibrate(x[:100]).threshold_ is not None
 
 
@@ -251,7 +259,7 @@ def test_statistics_errors():
     lw = MahalanobisDetector(covariance="ledoit_wolf")
     with pytest.raises(InputError, match="fourth moments"):
         lw.fit_statistics(ClassStatistics.from_features(x, y))
-    with pytest.raises(InputError, match="threshold_features has 10 rows.*on 300"):
+    with pytest.raises(InputError, match=r"threshold_features has 10 rows.*on 300"):
         lw.fit_statistics(lw.partial_statistics(x, y), x[:10])
     with pytest.raises(InputError, match="has 9 features"):
         lw.fit_statistics(lw.partial_statistics(x, y), x[:, :9])
