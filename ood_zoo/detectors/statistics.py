@@ -50,9 +50,11 @@ class ClassStatistics:
         ``[d, d]`` pooled within-class scatter ``Σ_c Σ_{i∈c} r_i r_iᵀ``.
     class_scatters, third, fourth : torch.Tensor or None
         With ``higher_moments``: ``[C, d, d]`` ``M2_c = Σ_{i∈c} r_i r_iᵀ``, ``[C, d]``
-        ``T_c = Σ_{i∈c} |r_i|² r_i`` and ``[C]`` ``F_c = Σ_{i∈c} |r_i|⁴``, which the fourth
-        moment of a merge (and so Ledoit–Wolf shrinkage) needs; ``C d²`` float64 values, so
-        only kept where asked for. ``None`` otherwise.
+        ``T_c = Σ_{i∈c} |r_i|² r_i`` and ``[C]`` ``F_c = Σ_{i∈c} |r_i|⁴``. The fourth moment
+        about a merged mean (and so Ledoit–Wolf shrinkage) needs each class's own scatter (its
+        term ``e_cᵀ M2_c e_c``, see :meth:`merge`), while the pooled scatter merges from the
+        counts and means alone; so these ``C d²`` float64 values are kept only where asked
+        for, ``None`` otherwise.
     """
 
     classes: torch.Tensor
@@ -93,16 +95,7 @@ class ClassStatistics:
         """
         x = check_matrix(features, name="features")
         y = None if labels is None else check_labels(labels, n_samples=x.shape[0])
-        total = None
-        for start, chunk in row_chunks(x, rows_per_chunk(x.shape[1])):
-            block = chunk.to(torch.float64)
-            chunk_labels = (
-                torch.zeros(block.shape[0], dtype=torch.int64) if y is None
-                else y[start : start + block.shape[0]]
-            )
-            part = _chunk_statistics(block, chunk_labels.to(block.device), higher_moments)
-            total = part if total is None else total.merge(part)
-        return total
+        return _stream_statistics(x, y, higher_moments)
 
     def merge(self, other: ClassStatistics) -> ClassStatistics:
         """The statistics of both sets of rows, exactly (Chan, Golub & LeVeque 1979, extended).
@@ -221,6 +214,22 @@ class ClassStatistics:
         return third, fourth
 
 
+def _stream_statistics(
+    features: torch.Tensor, labels: torch.Tensor | None, higher_moments: bool,
+) -> ClassStatistics:
+    """:meth:`ClassStatistics.from_features` on validated inputs."""
+    total = None
+    for start, chunk in row_chunks(features, rows_per_chunk(features.shape[1])):
+        block = chunk.to(torch.float64)
+        chunk_labels = (
+            torch.zeros(block.shape[0], dtype=torch.int64) if labels is None
+            else labels[start : start + block.shape[0]]
+        )
+        part = _chunk_statistics(block, chunk_labels.to(block.device), higher_moments)
+        total = part if total is None else total.merge(part)
+    return total
+
+
 def _chunk_statistics(
     block: torch.Tensor, labels: torch.Tensor, higher_moments: bool,
 ) -> ClassStatistics:
@@ -267,7 +276,7 @@ class StatisticsDetector(Detector):
         Labels are required when the detector fits with labels, and ignored otherwise.
         """
         x, y, _ = self._check_inputs(features, labels, None, fitting=True)
-        return ClassStatistics.from_features(x, y, higher_moments=self.higher_moments_needed())
+        return _stream_statistics(x, y, self.higher_moments_needed())
 
     def fit_statistics(
         self, statistics: ClassStatistics | Iterable[ClassStatistics],
