@@ -39,7 +39,7 @@ both in ``state_tensors``, so a loaded one needs no head to score.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, ClassVar, Self
 
@@ -116,6 +116,21 @@ def threshold_sample_rows(n_rows: int, tpr: float) -> int:
     """
     need = math.ceil(tpr * (1.0 - tpr) / THRESHOLD_TPR_STDERR**2)
     return min(n_rows, max(need, THRESHOLD_MIN_ROWS))
+
+
+def threshold_rows(n_rows: int, tpr: float) -> torch.Tensor:
+    """The fit rows :meth:`Detector.fit` scores to place the default threshold, ascending.
+
+    All ``n_rows`` rows when they are no more than :func:`threshold_sample_rows`; otherwise the
+    first ``k = threshold_sample_rows(n_rows, tpr)`` of ``torch.randperm(n_rows)`` under seed 0,
+    sorted. A fit from sharded statistics takes these rows of the whole bank (see
+    :mod:`ood_zoo.detectors.statistics`), so it places the very threshold ``fit`` would.
+    """
+    n_sample = threshold_sample_rows(n_rows, tpr)
+    if n_rows <= n_sample:
+        return torch.arange(n_rows)
+    generator = torch.Generator().manual_seed(0)
+    return torch.randperm(n_rows, generator=generator)[:n_sample].sort().values
 
 
 class Detector:
@@ -227,28 +242,11 @@ class Detector:
         if self.requires.head:
             self.head_weight_, self.head_bias_ = self._check_head(head, x, z)
         self._fit(x, y, z)
-        for attr in self.state_tensors:  # saved tensors are contiguous; score as they will load
-            value = getattr(self, attr, None)
-            if not isinstance(value, torch.Tensor):
-                raise TypeError(f"{self.name}: _fit did not set state tensor {attr!r}")
-            setattr(self, attr, value.contiguous())
-        self.n_features_in_ = None if x is None else int(x.shape[-1])
-        self.n_logits_in_ = None if z is None else int(z.shape[1])
-        self._check_state_widths()
-        self.is_fitted_ = True
-        self.calibration_scores_ = self.false_alarm_bound_ = None  # a new scorer: recalibrate
         n = _n_rows(x, z)
-        if n:
-            generator = torch.Generator().manual_seed(0)
-            n_sample = threshold_sample_rows(n, self.target_tpr)
-            rows = (
-                torch.arange(n)
-                if n <= n_sample
-                else torch.randperm(n, generator=generator)[:n_sample].sort().values
-            )
-            self.threshold_ = threshold_at_tpr(self._fit_scores(x, z, rows), self.target_tpr)
-        else:
-            self.threshold_ = None
+        self._finish_fit(
+            None if x is None else int(x.shape[-1]), None if z is None else int(z.shape[1]),
+            lambda: self._fit_scores(x, z, threshold_rows(n, self.target_tpr)) if n else None,
+        )
         return self
 
     def score(
@@ -412,6 +410,26 @@ class Detector:
         return f"{type(self).__name__}({args})"
 
     # ------------------------------------------------------------------ helpers
+    def _finish_fit(
+        self, n_features: int | None, n_logits: int | None,
+        threshold_scores: Callable[[], torch.Tensor | None],
+    ) -> None:
+        """What every fit does after ``_fit`` set the state: check it, record the input widths
+        and place the default threshold on ``threshold_scores()`` (the scores of the
+        :func:`threshold_rows` of the fit rows; ``None``: no fit rows, no threshold)."""
+        for attr in self.state_tensors:  # saved tensors are contiguous; score as they will load
+            value = getattr(self, attr, None)
+            if not isinstance(value, torch.Tensor):
+                raise TypeError(f"{self.name}: _fit did not set state tensor {attr!r}")
+            setattr(self, attr, value.contiguous())
+        self.n_features_in_ = n_features
+        self.n_logits_in_ = n_logits
+        self._check_state_widths()
+        self.is_fitted_ = True
+        self.calibration_scores_ = self.false_alarm_bound_ = None  # a new scorer: recalibrate
+        scores = threshold_scores()
+        self.threshold_ = None if scores is None else threshold_at_tpr(scores, self.target_tpr)
+
     def _checked_score(self, features: Any, logits: Any) -> torch.Tensor:
         self._check_fitted()
         x, _, z = self._check_inputs(features, None, logits, fitting=False)

@@ -14,10 +14,11 @@ from typing import ClassVar
 import torch
 
 from .. import ops
-from ..api import Detector, Param, Requirements
+from ..api import Param, Requirements
 from ..ops.arrays import compute_dtype
 from ._covariance import (
     COVARIANCES,
+    Moments,
     class_means,
     encode_labels,
     estimate_covariance,
@@ -25,6 +26,7 @@ from ._covariance import (
     residual_moments,
 )
 from .chunks import check_state_shapes
+from .statistics import ClassStatistics, StatisticsDetector
 
 _COVARIANCE_PARAM = Param(
     "covariance", "empirical",
@@ -48,7 +50,7 @@ def _min_class_distance(
     return d2
 
 
-class MahalanobisDetector(Detector):
+class MahalanobisDetector(StatisticsDetector):
     """Minimum Mahalanobis distance to the class means, with one shared covariance.
 
     ``score(x) = -min_c (x - μ_c)ᵀ Σ⁺ (x - μ_c)``, where ``μ_c`` are the class means of the fit
@@ -59,6 +61,8 @@ class MahalanobisDetector(Detector):
     Detecting Out-of-Distribution Samples and Adversarial Attacks", NeurIPS 2018.
 
     Labels may be any integers; they are mapped to ``0..C-1`` and kept in ``classes_``.
+    Fits from sharded statistics too (:meth:`partial_statistics`, :meth:`fit_statistics`; see
+    :mod:`.statistics`).
     """
 
     name = "mahalanobis"
@@ -72,27 +76,41 @@ class MahalanobisDetector(Detector):
         "n_features_in": ("class_means_", 1),
     }
 
-    def _fit(self, features, labels, logits):
-        self._fit_class_model(features, labels, background=False)
+    #: Whether the fit also models all rows as one Gaussian (``relative_mahalanobis``).
+    background: ClassVar[bool] = False
 
-    def _fit_class_model(
-        self, features: torch.Tensor, labels: torch.Tensor, *, background: bool,
-    ) -> None:
+    def higher_moments_needed(self) -> bool:
+        return self.hparams["covariance"] == "ledoit_wolf"
+
+    def _fit(self, features, labels, logits):
         classes, index = encode_labels(labels)
         counts, means = class_means(features, index, int(classes.numel()))
         centerings = [(means, index)]
-        if background:
-            overall = (counts.unsqueeze(1).to(torch.float64) * means).sum(0) / features.shape[0]
+        overall = (counts.unsqueeze(1).to(torch.float64) * means).sum(0) / features.shape[0]
+        if self.background:
             centerings.append((overall.unsqueeze(0), None))
         moments = residual_moments(features, centerings)
+        self._set_class_model(classes, means, moments[0], overall, moments[-1])
+
+    def _fit_statistics(self, statistics: ClassStatistics) -> None:
+        pooled = statistics.pooled()
+        self._set_class_model(statistics.classes, statistics.means, statistics.moments(),
+                              pooled.means[0], pooled.moments())
+
+    def _set_class_model(
+        self, classes: torch.Tensor, means: torch.Tensor, within: Moments,
+        overall: torch.Tensor, background: Moments,
+    ) -> None:
+        """The fitted state from the class means, the moments about them (``within``) and,
+        for the background model, the overall mean and the moments about it."""
         method = self.hparams["covariance"]
         self.classes_ = classes
         self.class_means_ = means
-        self.whitening_ = pinv_factor(estimate_covariance(moments[0], method))
+        self.whitening_ = pinv_factor(estimate_covariance(within, method))
         self.center_ = means.mean(dim=0)
-        if background:
+        if self.background:
             self.background_mean_ = overall
-            self.background_whitening_ = pinv_factor(estimate_covariance(moments[1], method))
+            self.background_whitening_ = pinv_factor(estimate_covariance(background, method))
 
     def _class_distance(self, features: torch.Tensor) -> torch.Tensor:
         return _min_class_distance(features, self.whitening_, self.class_means_, self.center_)
@@ -127,9 +145,7 @@ class RelativeMahalanobisDetector(MahalanobisDetector):
     state_tensors: ClassVar[tuple[str, ...]] = (
         *MahalanobisDetector.state_tensors, "background_mean_", "background_whitening_",
     )
-
-    def _fit(self, features, labels, logits):
-        self._fit_class_model(features, labels, background=True)
+    background = True
 
     def _score(self, features, logits):
         background = _min_class_distance(

@@ -7,12 +7,13 @@ from typing import ClassVar
 
 import torch
 
-from ..api import Detector, Param, Requirements
+from ..api import Param, Requirements
 from ..errors import InputError
 from ..ops.arrays import compute_dtype
 from ..ops.magnitude import row_norms
-from ._covariance import class_means, estimate_covariance, residual_moments
+from ._covariance import Moments, class_means, estimate_covariance, residual_moments
 from .chunks import check_state_shapes, map_rows
+from .statistics import ClassStatistics, StatisticsDetector
 
 
 def auto_dim(n_samples: int, n_features: int) -> int:
@@ -45,7 +46,7 @@ def check_subspace_dim(owner: str, dim: int, n_samples: int, n_features: int) ->
         )
 
 
-class ResidualDetector(Detector):
+class ResidualDetector(StatisticsDetector):
     """Norm of the feature's residual off the principal subspace of the fit features.
 
     ``score(x) = -|(x - m) Q Qᵀ|`` where ``m`` is the fit mean and ``Q`` (``[d, d - D]``) spans
@@ -56,7 +57,9 @@ class ResidualDetector(Detector):
 
     ``dim = 0`` (the default) picks ``D = min(d // 2, (n - 1) // 2)`` (see :func:`auto_dim`);
     otherwise ``1 <= D < d`` and ``D <= n - 1`` (beyond the rank of the centred fit data the
-    subspace is not determined). The covariance is accumulated in float64 row chunks.
+    subspace is not determined). The covariance is accumulated in float64 row chunks. Fits
+    from sharded statistics too (:meth:`partial_statistics`, :meth:`fit_statistics`; see
+    :mod:`.statistics`).
     """
 
     name = "residual"
@@ -70,11 +73,19 @@ class ResidualDetector(Detector):
     state_widths: ClassVar[Mapping[str, tuple[str, int]]] = {"n_features_in": ("mean_", 0)}
 
     def _fit(self, features, labels, logits):
-        n, d = features.shape
-        dim = self.hparams["dim"] or auto_dim(n, d)
-        check_subspace_dim(self.name, dim, n, d)
         _, mean = class_means(features, None)
         (moments,) = residual_moments(features, [(mean, None)])
+        self._set_subspace(mean, moments)
+
+    def _fit_statistics(self, statistics: ClassStatistics) -> None:
+        pooled = statistics.pooled()
+        self._set_subspace(pooled.means, pooled.moments())
+
+    def _set_subspace(self, mean: torch.Tensor, moments: Moments) -> None:
+        """The fitted state from the fit mean ``[1, d]`` and the moments about it."""
+        n, d = moments.n, mean.shape[1]
+        dim = self.hparams["dim"] or auto_dim(n, d)
+        check_subspace_dim(self.name, dim, n, d)
         cov = estimate_covariance(moments, "empirical")
         _, evecs = torch.linalg.eigh(0.5 * (cov + cov.T))  # ascending eigenvalues
         self.mean_ = mean[0]
