@@ -118,6 +118,16 @@ def threshold_sample_rows(n_rows: int, tpr: float) -> int:
     return min(n_rows, max(need, THRESHOLD_MIN_ROWS))
 
 
+def threshold_rows(n_rows: int, tpr: float) -> torch.Tensor:
+    """The fit rows whose scores place the default threshold, sorted: all ``n_rows`` if at most
+    :func:`threshold_sample_rows`, else that many drawn without replacement (seed 0)."""
+    n_sample = threshold_sample_rows(n_rows, tpr)
+    if n_rows <= n_sample:
+        return torch.arange(n_rows)
+    generator = torch.Generator().manual_seed(0)
+    return torch.randperm(n_rows, generator=generator)[:n_sample].sort().values
+
+
 class Detector:
     """Base class of every OOD detector.
 
@@ -239,13 +249,7 @@ class Detector:
         self.calibration_scores_ = self.false_alarm_bound_ = None  # a new scorer: recalibrate
         n = _n_rows(x, z)
         if n:
-            generator = torch.Generator().manual_seed(0)
-            n_sample = threshold_sample_rows(n, self.target_tpr)
-            rows = (
-                torch.arange(n)
-                if n <= n_sample
-                else torch.randperm(n, generator=generator)[:n_sample].sort().values
-            )
+            rows = threshold_rows(n, self.target_tpr)
             self.threshold_ = threshold_at_tpr(self._fit_scores(x, z, rows), self.target_tpr)
         else:
             self.threshold_ = None

@@ -27,7 +27,8 @@ The modules, one concern each: :mod:`~ood_zoo.ops.arrays` (input validation, sha
 detectors), :mod:`~ood_zoo.ops.magnitude` (the safe numeric range, exact rescaling, row norms
 and normalisation), :mod:`~ood_zoo.ops.extension` (loading the compiled kernels),
 :mod:`~ood_zoo.ops.streaming` (chunking a bank), :mod:`~ood_zoo.ops.dense` (:func:`knn` and its
-precisions), :mod:`~ood_zoo.ops.index` (:class:`KNNIndex`), :mod:`~ood_zoo.ops.class_distance`
+precisions), :mod:`~ood_zoo.ops.index` (:class:`KNNIndex`, and :class:`SearchIndex`, what any
+exact index offers the kNN detectors), :mod:`~ood_zoo.ops.class_distance`
 (:func:`mahalanobis`). This package imports nothing from the rest of ood_zoo but its errors.
 
 For detector authors (a plugin's detector follows the same rules as the built-in ones):
@@ -62,6 +63,8 @@ from .index import (
     INDEX_SEED_FACTOR,
     INDEX_WIDE_DIM,
     KNNIndex,
+    SearchIndex,
+    check_row_indices,
 )
 from .magnitude import NORM_EPS, normalise_rows
 from .streaming import CHUNK_BYTES, default_chunk_rows
@@ -85,8 +88,10 @@ __all__ = [
     "Bank",
     "KNNIndex",
     "Metric",
+    "SearchIndex",
     "backend",
     "bf16_gemm_native",
+    "check_row_indices",
     "compute_dtype",
     "cpu_gemm_info",
     "default_chunk_rows",

@@ -6,7 +6,7 @@ import math
 import numbers
 import time
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 
@@ -58,6 +58,31 @@ _GROUP = 16
 _SAMPLE_MAX_EXPONENT = 32
 #: Relative slack on the float64 residual ``|x|² - |c|²`` (its rounding error is ~d 2^-53).
 _FP64_SLACK = 2.0**-40
+
+
+@runtime_checkable
+class SearchIndex(Protocol):
+    """What an exact kNN index over a fixed bank offers; :class:`KNNIndex` is one.
+
+    The kNN detectors fit on any such object (``BankDetector.fit_index``), so the bank may live
+    elsewhere: in shards held by other processes (``ood_zoo_ray.ShardedIndex``), say. ``search``
+    must return what :func:`knn` over the whole bank returns (values within float rounding, the
+    same neighbours except at exact ties).
+    """
+
+    #: ``"cosine"`` (similarities, descending) or ``"l2"`` (distances, ascending).
+    metric: Metric
+    #: Rows in the bank (``N``) and their width (``d``).
+    n_rows: int
+    dim: int
+
+    def search(self, queries: ArrayLike, k: int) -> tuple[ArrayLike, ArrayLike]:
+        """``(values [Q, k], indices [Q, k] int64)`` of each query's k nearest bank rows."""
+        ...
+
+    def rows(self, indices: torch.Tensor) -> torch.Tensor:
+        """The bank rows at global positions ``indices`` (1-D int64), as a ``[len, d]`` tensor."""
+        ...
 
 
 def _index_tile_rows(dim: int) -> int:
@@ -447,6 +472,17 @@ class KNNIndex:
             values = values.sqrt()
         return values, indices, int(stats[0]), int(stats[1])
 
+    def rows(self, indices: torch.Tensor) -> torch.Tensor:
+        """The bank rows at global positions ``indices`` (1-D int64), in the bank's dtype and
+        on its device (only those rows are read from a memmap).
+
+        Raises
+        ------
+        InputError
+            If an index is outside ``[0, N)``.
+        """
+        return _gather_rows(self.shards, check_row_indices(indices, self.n_rows))
+
     def stats(self) -> dict[str, Any]:
         """How the index was built and how the last search ran (path, survivor rate, times)."""
         return {
@@ -548,14 +584,36 @@ def _index_build_rows(dim: int) -> int:
     return max(256, 2**23 // dim)
 
 
+def check_row_indices(indices: Any, n_rows: int) -> torch.Tensor:
+    """``indices`` as a 1-D int64 CPU tensor of positions in ``[0, n_rows)``.
+
+    Raises
+    ------
+    InputError
+        If ``indices`` is not 1-D integers, or one is out of range.
+    """
+    rows = torch.as_tensor(indices).cpu()
+    if rows.dim() != 1 or rows.is_floating_point() or rows.is_complex() \
+            or rows.dtype == torch.bool:
+        raise InputError(f"row indices must be a 1-D integer array, got {rows.dtype} "
+                         f"of shape {tuple(rows.shape)}")
+    rows = rows.to(torch.int64)
+    if rows.numel() and not (int(rows.min()) >= 0 and int(rows.max()) < n_rows):
+        raise InputError(f"row indices must lie in [0, {n_rows}), got "
+                         f"[{int(rows.min())}, {int(rows.max())}]")
+    return rows
+
+
 def _gather_rows(shards: list[torch.Tensor], rows: torch.Tensor) -> torch.Tensor:
-    """Bank rows at global positions ``rows`` (any order), as a new tensor in the bank's dtype."""
-    out = torch.empty((rows.numel(), shards[0].shape[1]), dtype=shards[0].dtype)
+    """Bank rows at global positions ``rows`` (any order), as a new tensor in the bank's dtype
+    on its device."""
+    device = shards[0].device
+    out = torch.empty((rows.numel(), shards[0].shape[1]), dtype=shards[0].dtype, device=device)
     offset = 0
     for shard in shards:
         n = shard.shape[0]
         inside = ((rows >= offset) & (rows < offset + n)).nonzero().squeeze(1)
         if inside.numel():
-            out[inside] = shard[rows[inside] - offset].to(out.dtype)
+            out[inside.to(device)] = shard[(rows[inside] - offset).to(shard.device)].to(out.dtype)
         offset += n
     return out
