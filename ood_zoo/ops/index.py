@@ -26,7 +26,7 @@ from .arrays import (
 )
 from .dense import Metric, knn
 from .magnitude import in_range, normalise_rows, times_pow2
-from .streaming import chunks, sort_heaps
+from .streaming import bank_rows, chunks, sort_heaps
 
 #: Principal directions the index projects on, by default: 64 below 1,024 features, 128 from
 #: there (at most ``d // 4``). On SmolLM2's middle layer (d = 576) 128 directions cut the k = 10
@@ -234,7 +234,7 @@ class KNNIndex:
         generator = torch.Generator().manual_seed(seed)
         n_sample = min(self.n_rows, sample_rows)
         rows = torch.randperm(self.n_rows, generator=generator)[:n_sample].sort().values
-        sample = _gather_rows(self.shards, rows).to(torch.float64)
+        sample = bank_rows(self.shards, rows).to(torch.float64)
         if not bool(torch.isfinite(sample).all()):
             bank_peaks(self.shards)  # raises InputError naming the bank row
         # Everything below is scale-free: a power of two (exact) brings a sample far from unit
@@ -481,7 +481,7 @@ class KNNIndex:
         InputError
             If an index is outside ``[0, N)``.
         """
-        return _gather_rows(self.shards, check_row_indices(indices, self.n_rows))
+        return bank_rows(self.shards, indices)
 
     def stats(self) -> dict[str, Any]:
         """How the index was built and how the last search ran (path, survivor rate, times)."""
@@ -582,38 +582,3 @@ def _principal_directions(x64: torch.Tensor, rank: int, generator: torch.Generat
 def _index_build_rows(dim: int) -> int:
     """Bank rows projected per call while building (bounds the projections being assembled)."""
     return max(256, 2**23 // dim)
-
-
-def check_row_indices(indices: Any, n_rows: int) -> torch.Tensor:
-    """``indices`` as a 1-D int64 CPU tensor of positions in ``[0, n_rows)``.
-
-    Raises
-    ------
-    InputError
-        If ``indices`` is not 1-D integers, or one is out of range.
-    """
-    rows = torch.as_tensor(indices).cpu()
-    if rows.dim() != 1 or rows.is_floating_point() or rows.is_complex() \
-            or rows.dtype == torch.bool:
-        raise InputError(f"row indices must be a 1-D integer array, got {rows.dtype} "
-                         f"of shape {tuple(rows.shape)}")
-    rows = rows.to(torch.int64)
-    if rows.numel() and not (int(rows.min()) >= 0 and int(rows.max()) < n_rows):
-        raise InputError(f"row indices must lie in [0, {n_rows}), got "
-                         f"[{int(rows.min())}, {int(rows.max())}]")
-    return rows
-
-
-def _gather_rows(shards: list[torch.Tensor], rows: torch.Tensor) -> torch.Tensor:
-    """Bank rows at global positions ``rows`` (any order), as a new tensor in the bank's dtype
-    on its device."""
-    device = shards[0].device
-    out = torch.empty((rows.numel(), shards[0].shape[1]), dtype=shards[0].dtype, device=device)
-    offset = 0
-    for shard in shards:
-        n = shard.shape[0]
-        inside = ((rows >= offset) & (rows < offset + n)).nonzero().squeeze(1)
-        if inside.numel():
-            out[inside.to(device)] = shard[(rows[inside] - offset).to(shard.device)].to(out.dtype)
-        offset += n
-    return out
