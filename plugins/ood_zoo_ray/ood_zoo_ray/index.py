@@ -131,6 +131,8 @@ class ShardedIndex:
     ) -> None:
         if metric not in ("cosine", "l2"):
             raise ValueError(f"metric must be 'cosine' or 'l2', got {metric!r}")
+        if mode not in ("auto", "pruned", "dense"):
+            raise ValueError(f"mode must be 'auto', 'pruned' or 'dense', got {mode!r}")
         if isinstance(shards, str | os.PathLike | np.ndarray | torch.Tensor) or not shards:
             raise InputError("ShardedIndex: shards must be a non-empty list of .npy paths or "
                              "arrays")
@@ -157,8 +159,10 @@ class ShardedIndex:
         #: per actor: (first global row, rows, shard positions)
         self.layout = [(int(offsets[g[0]]), int(offsets[g[-1] + 1] - offsets[g[0]]), g)
                        for g in groups]
-        ray = ensure_ray()
-        self._refs = [ray.put(s) if not isinstance(s, str) else s for s in sources]
+        self._ray = ray = ensure_ray()
+        # paths as they are, arrays put in the object store once (empty shards: no actor)
+        self._refs = {i: sources[i] if isinstance(sources[i], str) else ray.put(sources[i])
+                      for group in groups for i in group}
         threads = max(1, int(num_cpus_per_actor))
         options = {"mode": mode, **index_options}
         actor = ray.remote(ShardSearcher).options(
@@ -172,7 +176,7 @@ class ShardedIndex:
                        for _, _, group in self.layout]
         self._last_search: dict[str, Any] = {}
         try:
-            self._built = self._gather([a.build.remote() for a in self.actors])
+            self._gather([a.build.remote() for a in self.actors])
         except BaseException:
             self.close()
             raise
@@ -201,12 +205,11 @@ class ShardedIndex:
         k = check_positive_int(k, name="k")
         if k > self.n_rows:
             raise InputError(f"k={k} is larger than the bank ({self.n_rows} rows)")
-        ray = ensure_ray()
         start = time.perf_counter()
         q = q.detach().cpu()
         if q.dtype not in (torch.float32, torch.float64):
             q = q.to(torch.float32)  # exact; KNNIndex computes in fp32 for these anyway
-        ref = ray.put(q.numpy())
+        ref = self._ray.put(q.numpy())
         parts = self._gather([a.search.remote(ref, k) for a in self.actors])
         gathered = time.perf_counter()
         values = torch.cat([torch.from_numpy(v) for v, _, _ in parts], dim=1)
@@ -238,7 +241,6 @@ class ShardedIndex:
     def stats(self) -> dict[str, Any]:
         """The index per actor (its shards, rows, process, ``KNNIndex.stats()``: path taken,
         build seconds, the last search's survivor rate) and the last search's time split."""
-        ray = ensure_ray()
         built = self._gather([a.build.remote() for a in self.actors])
         return {
             "metric": self.metric, "rows": self.n_rows, "dim": self.dim,
@@ -246,15 +248,16 @@ class ShardedIndex:
                         **stats, "rows": rows}
                        for (offset, rows, group), stats in zip(self.layout, built, strict=True)],
             "last_search": dict(self._last_search),
-            "ray": ray.__version__,
+            "ray": self._ray.__version__,
         }
 
     # ------------------------------------------------------------------ lifetime
     def close(self) -> None:
-        """Kill the actors (no restart); the index cannot search afterwards."""
-        ray = ensure_ray()
-        for actor in self.actors:
-            ray.kill(actor, no_restart=True)
+        """Kill the actors (no restart); the index cannot search afterwards. Nothing to do once
+        Ray is shut down (its actors went with it)."""
+        if self._ray.is_initialized():
+            for actor in self.actors:
+                self._ray.kill(actor, no_restart=True)
         self.actors = []
 
     def __enter__(self) -> Self:
@@ -269,10 +272,9 @@ class ShardedIndex:
 
     def _gather(self, refs: list[Any]) -> list[Any]:
         """``ray.get(refs)``; an InputError raised in an actor is re-raised here as it is."""
-        ray = ensure_ray()
         try:
-            return ray.get(refs)
-        except ray.exceptions.RayTaskError as exc:
+            return self._ray.get(refs)
+        except self._ray.exceptions.RayTaskError as exc:
             if isinstance(exc.cause, InputError):
                 raise InputError(f"ShardedIndex: {exc.cause}") from None
             raise
