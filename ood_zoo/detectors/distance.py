@@ -6,18 +6,23 @@ on anisotropic banks (LLM hidden states) it prunes most rows with a principal-su
 elsewhere it runs the dense streaming :func:`ood_zoo.ops.knn`; the results are the same. The
 index's tensors (about ``N (p + 2)`` fp32 values) are saved with the detector. Because the bank is
 referenced, not copied, changing the array passed to ``fit`` changes the detector.
+
+``fit_index`` fits ``cosine`` and ``knn`` on an external exact index instead (any
+:class:`ood_zoo.ops.SearchIndex`, such as ``ood_zoo_ray.ShardedIndex`` over shards held by other
+processes): the scores and the default threshold are those of ``fit`` on the index's bank.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import ClassVar
+from pathlib import Path
+from typing import ClassVar, Self
 
 import torch
 
 from .. import ops
-from ..api import Detector, Param, Requirements
-from ..errors import InputError
+from ..api import Detector, Param, Requirements, threshold_at_tpr, threshold_rows
+from ..errors import InputError, PersistenceError
 
 #: State tensor names of the index, in ``KNNIndex.state_dict`` order.
 INDEX_STATE = {"basis": "index_basis_", "proj": "index_proj_", "res": "index_res_",
@@ -36,6 +41,9 @@ class BankDetector(Detector):
     def _metric(self) -> str:
         raise NotImplementedError
 
+    def _check_bank_rows(self, n_rows: int) -> None:
+        """Raise InputError if a bank of ``n_rows`` rows is too small for this detector."""
+
     def _fit_bank(self, features: torch.Tensor) -> None:
         self.bank_ = features
         self._index = ops.KNNIndex(features, self._metric())
@@ -43,13 +51,71 @@ class BankDetector(Detector):
         for key, name in INDEX_STATE.items():
             setattr(self, name, state[key])
 
-    def index(self) -> ops.KNNIndex:
-        """The fitted index over ``bank_`` (rebuilt from the saved tensors after a load)."""
+    def fit_index(self, index: ops.SearchIndex) -> Self:
+        """Fit on the bank behind an external exact kNN index, kept by reference.
+
+        Equivalent to ``fit(bank)`` with the bank that ``index`` searches: the same scores, and
+        the default threshold placed on the leave-one-out scores of the same sampled rows
+        (:func:`ood_zoo.api.threshold_rows` of ``index.n_rows``), which ``index.rows`` returns.
+        The detector holds no bank, so it cannot be saved; ``fit`` on the bank makes it
+        saveable again.
+
+        Raises
+        ------
+        InputError
+            If ``index`` is not an :class:`ood_zoo.ops.SearchIndex`, searches another metric
+            than this detector needs, or has too few rows (``knn``: fewer than ``k``).
+        TypeError
+            If the detector needs more than features to fit (labels, logits, a head).
+        """
+        if not isinstance(index, ops.SearchIndex):
+            raise InputError(f"{self.name}: fit_index needs an exact kNN index (search, rows, "
+                             f"n_rows, dim, metric), got {type(index).__name__}")
+        needs = self.requires
+        if needs.labels or needs.logits or needs.head:
+            raise TypeError(f"{self.name}: fit_index fits on features alone, but this detector "
+                            f"needs more ({needs}); use fit")
+        if index.metric != self._metric():
+            raise InputError(f"{self.name}: needs a {self._metric()!r} index with these "
+                             f"parameters, got a {index.metric!r} one")
+        self._check_bank_rows(index.n_rows)
+        self.bank_ = None
+        for name in INDEX_STATE.values():
+            setattr(self, name, None)
+        self._index = index
+        self.n_features_in_, self.n_logits_in_ = int(index.dim), None
+        self.is_fitted_ = True
+        self.calibration_scores_ = self.false_alarm_bound_ = None
+        rows = threshold_rows(index.n_rows, self.target_tpr)
+        self.threshold_ = threshold_at_tpr(self._fit_scores(None, None, rows), self.target_tpr)
+        return self
+
+    def index(self) -> ops.SearchIndex:
+        """The fitted index: over ``bank_`` (rebuilt from the saved tensors after a load), or
+        the external one given to :meth:`fit_index`."""
         index = getattr(self, "_index", None)
+        if self.bank_ is None:
+            return index
         if index is None or index.shards[0] is not self.bank_:
             state = {key: getattr(self, name) for key, name in INDEX_STATE.items()}
             index = self._index = ops.KNNIndex.from_state(self.bank_, self._metric(), state)
         return index
+
+    def _check_saveable(self) -> None:
+        if self.is_fitted_ and self.bank_ is None:
+            raise PersistenceError(
+                f"{self.name}: fitted with fit_index on an external {type(self._index).__name__}"
+                ", whose bank lives outside the detector; it cannot be saved. Fit on the bank "
+                "itself (fit(bank), a memmap works) to save"
+            )
+
+    def save(self, path: str | Path) -> Path:
+        self._check_saveable()
+        return super().save(path)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        self._check_saveable()
+        return super().state_dict()
 
     def load_state_dict(self, tensors: Mapping[str, torch.Tensor]) -> None:
         super().load_state_dict(tensors)
@@ -70,12 +136,12 @@ class BankDetector(Detector):
         plain score: the row itself only shifts the others down by one rank. A one-row bank
         keeps the self match.
         """
-        bank = self.bank_
-        k_loo = min(k, bank.shape[0] - 1)
-        queries = bank[rows.to(bank.device)]
+        index = self.index()
+        k_loo = min(k, index.n_rows - 1)
+        queries = index.rows(rows)
         if k_loo == 0:
             return self._kth_neighbour(queries, 1)
-        values, indices = self.index().search(queries, k_loo + 1)
+        values, indices = index.search(queries, k_loo + 1)
         not_self = indices != rows.to(indices.device).unsqueeze(1)
         # first column at which k_loo non-self neighbours have been seen
         column = (not_self.cumsum(dim=1) == k_loo).to(torch.int8).argmax(dim=1, keepdim=True)
@@ -135,13 +201,16 @@ class KNNDetector(BankDetector):
         Param("normalize", True, "L2-normalise features before the 'l2' distance", type=bool),
     )
 
-    def _fit(self, features, labels, logits):
+    def _check_bank_rows(self, n_rows: int) -> None:
         k = self.hparams["k"]
-        if k > features.shape[0]:
+        if k > n_rows:
             raise InputError(
-                f"{self.name}: k={k} is larger than the bank ({features.shape[0]} rows); "
+                f"{self.name}: k={k} is larger than the bank ({n_rows} rows); "
                 f"pass more fit samples or a smaller k"
             )
+
+    def _fit(self, features, labels, logits):
+        self._check_bank_rows(features.shape[0])
         self._fit_bank(features)
 
     def _metric(self) -> str:

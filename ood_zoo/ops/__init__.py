@@ -26,9 +26,11 @@ order, tensors that require grad); integer parameters must be ints, else an
 The modules, one concern each: :mod:`~ood_zoo.ops.arrays` (input validation, shared with the
 detectors), :mod:`~ood_zoo.ops.magnitude` (the safe numeric range, exact rescaling, row norms
 and normalisation), :mod:`~ood_zoo.ops.extension` (loading the compiled kernels),
-:mod:`~ood_zoo.ops.streaming` (chunking a bank), :mod:`~ood_zoo.ops.dense` (:func:`knn` and its
-precisions), :mod:`~ood_zoo.ops.index` (:class:`KNNIndex`), :mod:`~ood_zoo.ops.class_distance`
-(:func:`mahalanobis`). This package imports nothing from the rest of ood_zoo but its errors.
+:mod:`~ood_zoo.ops.streaming` (chunking a bank, its rows by position), :mod:`~ood_zoo.ops.dense`
+(:func:`knn` and its precisions), :mod:`~ood_zoo.ops.index` (:class:`KNNIndex`, and
+:class:`SearchIndex`, what any exact index offers the kNN detectors),
+:mod:`~ood_zoo.ops.class_distance` (:func:`mahalanobis`). This package imports nothing from the
+rest of ood_zoo but its errors.
 
 For detector authors (a plugin's detector follows the same rules as the built-in ones):
 :func:`compute_dtype` (the dtype to compute in: float64 stays float64, fp16/bf16/fp32 become
@@ -62,9 +64,10 @@ from .index import (
     INDEX_SEED_FACTOR,
     INDEX_WIDE_DIM,
     KNNIndex,
+    SearchIndex,
 )
 from .magnitude import NORM_EPS, normalise_rows
-from .streaming import CHUNK_BYTES, default_chunk_rows
+from .streaming import CHUNK_BYTES, bank_rows, default_chunk_rows
 
 __all__ = [
     "BACKENDS",
@@ -85,7 +88,9 @@ __all__ = [
     "Bank",
     "KNNIndex",
     "Metric",
+    "SearchIndex",
     "backend",
+    "bank_rows",
     "bf16_gemm_native",
     "compute_dtype",
     "cpu_gemm_info",

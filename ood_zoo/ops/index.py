@@ -6,7 +6,7 @@ import math
 import numbers
 import time
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 
@@ -26,7 +26,7 @@ from .arrays import (
 )
 from .dense import Metric, knn
 from .magnitude import in_range, normalise_rows, times_pow2
-from .streaming import chunks, sort_heaps
+from .streaming import bank_rows, chunks, sort_heaps
 
 #: Principal directions the index projects on, by default: 64 below 1,024 features, 128 from
 #: there (at most ``d // 4``). On SmolLM2's middle layer (d = 576) 128 directions cut the k = 10
@@ -58,6 +58,31 @@ _GROUP = 16
 _SAMPLE_MAX_EXPONENT = 32
 #: Relative slack on the float64 residual ``|x|² - |c|²`` (its rounding error is ~d 2^-53).
 _FP64_SLACK = 2.0**-40
+
+
+@runtime_checkable
+class SearchIndex(Protocol):
+    """What an exact kNN index over a fixed bank offers; :class:`KNNIndex` is one.
+
+    The kNN detectors fit on any such object (``BankDetector.fit_index``), so the bank may live
+    elsewhere: in shards held by other processes (``ood_zoo_ray.ShardedIndex``), say. ``search``
+    must return what :func:`knn` over the whole bank returns (values within float rounding, the
+    same neighbours except at exact ties).
+    """
+
+    #: ``"cosine"`` (similarities, descending) or ``"l2"`` (distances, ascending).
+    metric: Metric
+    #: Rows in the bank (``N``) and their width (``d``).
+    n_rows: int
+    dim: int
+
+    def search(self, queries: ArrayLike, k: int) -> tuple[ArrayLike, ArrayLike]:
+        """``(values [Q, k], indices [Q, k] int64)`` of each query's k nearest bank rows."""
+        ...
+
+    def rows(self, indices: torch.Tensor) -> torch.Tensor:
+        """The bank rows at global positions ``indices`` (1-D int64), as a ``[len, d]`` tensor."""
+        ...
 
 
 def _index_tile_rows(dim: int) -> int:
@@ -209,7 +234,7 @@ class KNNIndex:
         generator = torch.Generator().manual_seed(seed)
         n_sample = min(self.n_rows, sample_rows)
         rows = torch.randperm(self.n_rows, generator=generator)[:n_sample].sort().values
-        sample = _gather_rows(self.shards, rows).to(torch.float64)
+        sample = bank_rows(self.shards, rows).to(torch.float64)
         if not bool(torch.isfinite(sample).all()):
             bank_peaks(self.shards)  # raises InputError naming the bank row
         # Everything below is scale-free: a power of two (exact) brings a sample far from unit
@@ -447,6 +472,17 @@ class KNNIndex:
             values = values.sqrt()
         return values, indices, int(stats[0]), int(stats[1])
 
+    def rows(self, indices: torch.Tensor) -> torch.Tensor:
+        """The bank rows at global positions ``indices`` (1-D int64), in the bank's dtype and
+        on its device (only those rows are read from a memmap).
+
+        Raises
+        ------
+        InputError
+            If an index is outside ``[0, N)``.
+        """
+        return bank_rows(self.shards, indices)
+
     def stats(self) -> dict[str, Any]:
         """How the index was built and how the last search ran (path, survivor rate, times)."""
         return {
@@ -546,16 +582,3 @@ def _principal_directions(x64: torch.Tensor, rank: int, generator: torch.Generat
 def _index_build_rows(dim: int) -> int:
     """Bank rows projected per call while building (bounds the projections being assembled)."""
     return max(256, 2**23 // dim)
-
-
-def _gather_rows(shards: list[torch.Tensor], rows: torch.Tensor) -> torch.Tensor:
-    """Bank rows at global positions ``rows`` (any order), as a new tensor in the bank's dtype."""
-    out = torch.empty((rows.numel(), shards[0].shape[1]), dtype=shards[0].dtype)
-    offset = 0
-    for shard in shards:
-        n = shard.shape[0]
-        inside = ((rows >= offset) & (rows < offset + n)).nonzero().squeeze(1)
-        if inside.numel():
-            out[inside] = shard[rows[inside] - offset].to(out.dtype)
-        offset += n
-    return out

@@ -1,4 +1,4 @@
-"""Bounded-memory streaming over a bank: chunk sizes, chunks, and merging per-chunk top-k.
+"""Bounded-memory streaming over a bank: chunk sizes, chunks, merging per-chunk top-k, rows.
 
 The streaming ops never materialise their ``[Q, N]`` score matrix: the bank (a tensor, a numpy
 memmap or a list of shards) is read a chunk at a time, each chunk's top-k merged into a running
@@ -8,8 +8,11 @@ one. :data:`CHUNK_BYTES` bounds the scratch memory of one chunk.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import torch
+
+from ..errors import InputError
 
 #: Bytes of scratch one chunk of a streaming op may use (its similarity block plus its upcast).
 CHUNK_BYTES = 256 * 2**20
@@ -24,6 +27,38 @@ def chunks(shards: list[torch.Tensor], rows: int) -> Iterator[tuple[int, torch.T
         for start in range(0, shard.shape[0], rows):
             yield offset + start, shard[start : start + rows]
         offset += shard.shape[0]
+
+
+def bank_rows(shards: list[torch.Tensor], indices: Any) -> torch.Tensor:
+    """The rows at global positions ``indices`` (1-D integers, any order) of a bank in shards,
+    as a new ``[len, d]`` tensor in the bank's dtype on its device; only those rows are read
+    from a memmap. Shard ``s`` holds the rows after those of shards ``0 .. s-1``.
+
+    Raises
+    ------
+    InputError
+        If ``indices`` is not a 1-D integer array, or one lies outside ``[0, N)``.
+    """
+    rows = torch.as_tensor(indices).cpu()
+    if rows.dim() != 1 or rows.is_floating_point() or rows.is_complex() \
+            or rows.dtype == torch.bool:
+        raise InputError(f"row indices must be a 1-D integer array, got {rows.dtype} "
+                         f"of shape {tuple(rows.shape)}")
+    rows = rows.to(torch.int64)
+    n_rows = sum(shard.shape[0] for shard in shards)
+    if rows.numel() and not (int(rows.min()) >= 0 and int(rows.max()) < n_rows):
+        raise InputError(f"row indices must lie in [0, {n_rows}), got "
+                         f"[{int(rows.min())}, {int(rows.max())}]")
+    device = shards[0].device
+    out = torch.empty((rows.numel(), shards[0].shape[1]), dtype=shards[0].dtype, device=device)
+    offset = 0
+    for shard in shards:
+        n = shard.shape[0]
+        inside = ((rows >= offset) & (rows < offset + n)).nonzero().squeeze(1)
+        if inside.numel():
+            out[inside.to(device)] = shard[(rows[inside] - offset).to(shard.device)].to(out.dtype)
+        offset += n
+    return out
 
 
 def default_chunk_rows(n_queries: int, dim: int) -> int:
