@@ -20,8 +20,9 @@ The driver writes what the actors return into ``output``::
 Every file is written atomically (temporary file, fsync, rename). A re-run with the same
 ``output`` keeps the shards that verify (key and checksum) and computes only the others, so an
 interrupted run resumes where it stopped; an ``output`` planned with other settings is an error
-unless ``overwrite=True``. Ray Data restarts a failed actor and retries its shard (actors
-``max_restarts=-1``, ``max_task_retries=-1``).
+unless ``overwrite=True``. Ray Data restarts a failed actor and retries its shard (its
+actor-pool defaults ``max_restarts=-1``, ``max_task_retries=-1``); a shard that comes back twice
+is written once.
 
 The actors must see the model (a registered name, or a directory on a file system every node
 mounts); the driver also loads it once, on the CPU, to tokenise, fingerprint and check the
@@ -34,7 +35,8 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -325,7 +327,9 @@ def _texts(data: Any, text_column: str) -> list[str]:
         if text_column not in columns:
             raise InputError(f"the dataset has no column {text_column!r} (columns: {columns}); "
                              "pass text_column=")
-        return [row[text_column] for row in data.select_columns([text_column]).take_all()]
+        projected = data.select_columns([text_column])
+        with _quiet_ray_data(projected.context, preserve_order=True):
+            return [row[text_column] for row in projected.take_all()]
     if isinstance(data, str | bytes) or not isinstance(data, Iterable):
         raise TypeError("data must be a sequence of strings, a TextSet or a ray.data.Dataset, "
                         f"got {type(data).__name__}")
@@ -420,10 +424,7 @@ def _run_shards(
     from safetensors.torch import load as load_bytes
 
     ray = ensure_ray()
-    context = ray.data.DataContext.get_current()
-    saved = context.enable_progress_bars, context.print_on_execution_start
-    context.enable_progress_bars, context.print_on_execution_start = False, False
-    try:
+    with _quiet_ray_data(ray.data.DataContext.get_current(), preserve_order=False):
         items = [{"shard": j, "texts": [texts[i] for i in
                                         orders[shards[j].stage][shards[j].start:shards[j].stop]],
                   "stage": shards[j].stage} for j in todo]
@@ -431,7 +432,7 @@ def _run_shards(
             _ShardWorker, batch_size=1, batch_format="pyarrow", fn_constructor_kwargs=worker,
             compute=ray.data.ActorPoolStrategy(size=min(num_workers, len(items))),
             num_cpus=num_cpus,
-            num_gpus=num_gpus or None, max_restarts=-1, max_task_retries=-1,
+            num_gpus=num_gpus or None,
         )
         done = set()
         for row in dataset.iter_rows():
@@ -439,11 +440,28 @@ def _run_shards(
             if j not in done:  # a retried shard may come back twice: identical, keep one
                 done.add(j)
                 yield j, load_bytes(bytes(row["data"]))
-    finally:
-        context.enable_progress_bars, context.print_on_execution_start = saved
     missing = sorted(set(todo) - done)
     if missing:
         raise RuntimeError(f"Ray Data returned no result for shards {missing}")
+
+
+@contextmanager
+def _quiet_ray_data(context: Any, *, preserve_order: bool) -> Iterator[None]:
+    """A Ray Data context without its progress bars and start-up messages (the caller shows one
+    tqdm bar over shards), with ``preserve_order`` as given; restored on exit.
+
+    A Dataset keeps the context it was created in (``Dataset.context``), so this applies to
+    that one's context or to the current one before the Dataset is made.
+    """
+    saved = (context.enable_progress_bars, context.print_on_execution_start,
+             context.execution_options.preserve_order)
+    context.enable_progress_bars = context.print_on_execution_start = False
+    context.execution_options.preserve_order = preserve_order
+    try:
+        yield
+    finally:
+        (context.enable_progress_bars, context.print_on_execution_start,
+         context.execution_options.preserve_order) = saved
 
 
 class _ShardWorker:
