@@ -20,9 +20,16 @@ scores texts under a causal LM on its own.
 from __future__ import annotations
 
 from ..specs import ModelSpec
-from ._inputs import token_budget, tokenizer_fingerprint
+from ._inputs import length_order, token_budget, tokenizer_fingerprint
 from .encode import Template, label_token_ids
-from .extract import Extraction, extract, resolve_layers
+from .extract import (
+    Extraction,
+    cache_key,
+    extract,
+    feature_lengths,
+    model_identity,
+    resolve_layers,
+)
 from .introspect import (
     PAPER_TEMPLATE,
     backbone,
@@ -40,6 +47,7 @@ from .likelihood import (
     likelihood_ratio_inputs,
     next_token_divergences,
     next_token_statistics,
+    prompt_lengths,
     sequence_log_likelihood,
 )
 from .models import (
@@ -69,13 +77,16 @@ __all__ = [
     "Template",
     "avg_avg",
     "backbone",
+    "cache_key",
     "cache_root",
     "default_pooling",
     "default_template",
     "extract",
+    "feature_lengths",
     "input_device",
     "is_causal_lm",
     "label_token_ids",
+    "length_order",
     "likelihood_ratio_inputs",
     "lm_head",
     "load_model",
@@ -84,11 +95,13 @@ __all__ = [
     "logit_softcap",
     "minilm_dir",
     "model_fingerprint",
+    "model_identity",
     "model_spec",
     "n_hidden_states",
     "next_token_divergences",
     "next_token_statistics",
     "pool",
+    "prompt_lengths",
     "resolve_device",
     "resolve_dtype",
     "resolve_layers",

@@ -41,6 +41,17 @@ def check_texts(texts: Sequence[str]) -> list[str]:
     return texts
 
 
+def length_order(lengths: Sequence[int]) -> list[int]:
+    """Positions longest first, ties in input order (sort key ``(-length, i)``): the order in
+    which :func:`~ood_zoo.features.extract` and
+    :func:`~ood_zoo.features.next_token_statistics` batch texts.
+
+    Cutting this order into runs of whole batches and handing each run, in order, to one call
+    of those functions reproduces their batches exactly.
+    """
+    return sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+
+
 def token_budget(tokenizer: PreTrainedTokenizerBase, max_length: int) -> int:
     """``max_length``, capped by the tokenizer's ``model_max_length`` where it sets one."""
     limit = getattr(tokenizer, "model_max_length", None)

@@ -25,6 +25,7 @@ from . import cache as _cache
 from ._inputs import (
     check_texts,
     collate,
+    length_order,
     positive_int,
     resolve_model,
     token_budget,
@@ -46,7 +47,10 @@ from .pooling import POOLING_MODES, Pooling, avg_avg, pool
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-__all__ = ["Extraction", "extract", "resolve_layers"]
+__all__ = [
+    "Extraction", "cache_key", "extract", "feature_lengths", "length_order", "model_identity",
+    "resolve_layers",
+]
 
 Layers = int | Sequence[int] | Literal["all"]
 Rows = Sequence[int] | np.ndarray | torch.Tensor
@@ -223,11 +227,18 @@ class Extraction:
                        label_head_bias=pick(self.label_head_bias))
 
 
-def _model_identity(
+def model_identity(
     model: PreTrainedModel | str | os.PathLike[str],
-    tokenizer: PreTrainedTokenizerBase | None,
+    tokenizer: PreTrainedTokenizerBase | None = None,
 ) -> tuple[str, str] | None:
-    """(model id, tokenizer id) for the cache key, or ``None`` if the model must be loaded first."""
+    """``(model id, tokenizer id)`` for :func:`cache_key`, or ``None`` if the model must be
+    loaded first.
+
+    A registered name gives its ``ModelSpec.fingerprint()`` (with ``"own"`` tokenizer), a local
+    directory the SHA-256 of its files, a loaded model :func:`model_fingerprint` and
+    :func:`~ood_zoo.features.tokenizer_fingerprint`; a name or path with a tokenizer that
+    overrides its own, or a registered model without a fingerprint, gives ``None``.
+    """
     if isinstance(model, str | os.PathLike):
         if tokenizer is not None:
             return None
@@ -362,7 +373,7 @@ def extract(
     store = _cache.features_dir(cache)
 
     def lookup(identity: tuple[str, str], run_dtype: torch.dtype) -> tuple[dict[str, Any], Path]:
-        key = _cache_key(identity, texts, layers, pooling, template, max_length, run_dtype,
+        key = cache_key(identity, texts, layers, pooling, template, max_length, run_dtype,
                          words)
         return key, _cache.entry_path(store, key)
 
@@ -370,7 +381,7 @@ def extract(
     path: Path | None = None
     tensors: dict[str, torch.Tensor] | None = None
     if store is not None:
-        identity = _model_identity(model, tokenizer)
+        identity = model_identity(model, tokenizer)
         if identity is not None:
             key, path = lookup(identity, dtype or torch.float32)
             tensors = _cache.read_entry(path, key, n_rows=len(texts))
@@ -398,16 +409,22 @@ def extract(
     return _bundle(tensors, layers, words, stats)
 
 
-def _cache_key(
+def cache_key(
     identity: tuple[str, str],
-    texts: list[str],
+    texts: Sequence[str],
     layers: Layers,
     pooling: str,
     template: str | None,
     max_length: int,
     dtype: torch.dtype,
-    words: tuple[str, ...] | None,
+    words: Sequence[str] | None,
 ) -> dict[str, Any]:
+    """The features-cache key of one :func:`extract` call: everything that changes its numbers.
+
+    ``identity`` is :func:`model_identity`'s pair; the texts enter as their SHA-256
+    (:func:`~ood_zoo.features.cache.texts_sha256`) and count. An engine that runs
+    :func:`extract` elsewhere records this key to say which extraction its output is.
+    """
     layer_key: Any = layers if isinstance(layers, str) else (
         [int(x) for x in layers] if isinstance(layers, Sequence) else int(layers)
     )
@@ -417,6 +434,36 @@ def _cache_key(
         "label_words": list(words) if words is not None else None,
         "texts_sha256": _cache.texts_sha256(texts), "n_texts": len(texts),
     }
+
+
+def feature_lengths(
+    texts: Sequence[str],
+    tokenizer: PreTrainedTokenizerBase,
+    *,
+    max_length: int = 512,
+    template: str | None = None,
+) -> list[int]:
+    """The number of tokens :func:`extract` feeds the model for each text (special tokens and
+    template included, after truncation), which :func:`length_order` sorts.
+
+    Raises
+    ------
+    ValueError
+        If a text tokenises to no tokens.
+    """
+    texts = check_texts(texts)
+    parsed = Template.parse(template) if template is not None else None
+    encoded, _ = encode(texts, tokenizer, max_length=token_budget(tokenizer, max_length),
+                        template=parsed)
+    return _checked_lengths(texts, encoded)
+
+
+def _checked_lengths(texts: list[str], encoded: dict[str, list[list[int]]]) -> list[int]:
+    lengths = [len(ids) for ids in encoded["input_ids"]]
+    if any(length == 0 for length in lengths):
+        empty = lengths.index(0)
+        raise ValueError(f"text {empty} ({texts[empty]!r}) tokenises to no tokens")
+    return lengths
 
 
 def _bundle(
@@ -473,14 +520,8 @@ def _run(
 
     encoded, n_trailing = encode(texts, tokenizer, max_length=token_budget(tokenizer, max_length),
                                  template=template)
-    lengths = [len(ids) for ids in encoded["input_ids"]]
-    if any(length == 0 for length in lengths):
-        empty = lengths.index(0)
-        raise ValueError(f"text {empty} ({texts[empty]!r}) tokenises to no tokens")
-    if sort_by_length:
-        order = sorted(range(len(texts)), key=lambda i: (-lengths[i], i))
-    else:
-        order = list(range(len(texts)))
+    lengths = _checked_lengths(texts, encoded)
+    order = length_order(lengths) if sort_by_length else list(range(len(texts)))
 
     out: torch.Tensor | None = None
     if not texts:

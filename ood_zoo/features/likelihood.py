@@ -25,6 +25,7 @@ from ..ops.arrays import as_tensor
 from ._inputs import (
     check_texts,
     collate,
+    length_order,
     positive_int,
     resolve_model,
     token_budget,
@@ -44,6 +45,7 @@ __all__ = [
     "likelihood_ratio_inputs",
     "next_token_divergences",
     "next_token_statistics",
+    "prompt_lengths",
     "sequence_log_likelihood",
 ]
 
@@ -207,6 +209,28 @@ def _encode(
     return encoded
 
 
+def prompt_lengths(
+    texts: Sequence[str],
+    tokenizer: PreTrainedTokenizerBase,
+    *,
+    template: str | None = None,
+    max_length: int = 512,
+) -> list[int]:
+    """The prompt length, in tokens, of each text as :func:`next_token_statistics` feeds it
+    (template, BOS/EOS context and truncation included), which
+    :func:`~ood_zoo.features.length_order` sorts into its batches.
+
+    Raises
+    ------
+    InputError
+        If a text has no token to score.
+    """
+    texts = check_texts(texts)
+    parsed = Template.parse(template) if template is not None else None
+    budget = token_budget(tokenizer, positive_int("max_length", max_length))
+    return [len(ids) for ids, _, _ in _encode(texts, tokenizer, parsed, budget)]
+
+
 def _refuse_prompt_learning(model: torch.nn.Module) -> None:
     """Refuse peft prompt-learning adapters, whose virtual tokens this pass does not feed."""
     peft_config = getattr(model, "active_peft_config", None)
@@ -334,10 +358,8 @@ def next_token_statistics(
     encoded = _encode(texts, tokenizer, parsed, max_length)
     prompts = [ids for ids, _, _ in encoded]
     inputs = {"input_ids": prompts, "attention_mask": [[1] * len(ids) for ids in prompts]}
-    if sort_by_length:
-        order = sorted(range(len(texts)), key=lambda i: (-len(prompts[i]), i))
-    else:
-        order = list(range(len(texts)))
+    order = length_order([len(ids) for ids in prompts]) if sort_by_length else (
+        list(range(len(texts))))
     totals = torch.zeros(len(texts), len(NEXT_TOKEN_STATS) - 1, dtype=torch.float64)
     head_device = head.weight.device
     chunk = max(1, _HEAD_ELEMENTS // int(head.weight.shape[0]))
