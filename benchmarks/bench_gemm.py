@@ -56,16 +56,22 @@ def normalised(rng: np.random.Generator, n: int, d: int) -> np.ndarray:
     return x
 
 
-def interleaved(fns: dict, repeat: int) -> dict[str, list[float]]:
-    """Seconds per call of each contender: one warm-up, then ``repeat`` rounds, interleaved."""
+def interleaved(fns: dict, repeat: int, cpu: dict | None = None) -> dict[str, list[float]]:
+    """Seconds per call of each contender: one warm-up, then ``repeat`` rounds, interleaved.
+
+    ``cpu``, if given, receives the CPU seconds of the process (all threads) per call: on a
+    shared machine they count the work done, not the time spent waiting for a core.
+    """
     for fn in fns.values():
         fn()
     times: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(repeat):
         for name, fn in fns.items():
-            t = time.perf_counter()
+            c, t = time.process_time(), time.perf_counter()
             fn()
             times[name].append(time.perf_counter() - t)
+            if cpu is not None:
+                cpu.setdefault(name, []).append(time.process_time() - c)
     return times
 
 
@@ -113,7 +119,9 @@ def bench_knn(n: int, d: int, n_q: int, k: int, repeat: int) -> dict:
     def run_ext() -> None:
         out["ext"] = ops.knn(q_t, bank_t, k, precision="exact")[1].numpy()
 
-    times = interleaved({"faiss IndexFlatIP": run_faiss, "ops.knn ext exact": run_ext}, repeat)
+    cpu: dict[str, list[float]] = {}
+    times = interleaved({"faiss IndexFlatIP": run_faiss, "ops.knn ext exact": run_ext}, repeat,
+                        cpu)
     pairs = zip(out["faiss"], out["ext"], strict=True)
     agree = float(np.mean([len(set(x) & set(y)) / k for x, y in pairs]))
     flop = 2.0 * n_q * n * d
@@ -128,6 +136,10 @@ def bench_knn(n: int, d: int, n_q: int, k: int, repeat: int) -> dict:
         "gflops_median": {name: flop / s / 1e9 for name, s in med.items()},
         "speed_vs_faiss_per_round": ratios,  # faiss time / ops.knn time, > 1 = ops.knn faster
         "speed_vs_faiss_median": statistics.median(ratios),
+        "cpu_seconds_median": {name: statistics.median(v) for name, v in cpu.items()},
+        "cpu_vs_faiss_median": statistics.median(
+            f / e for f, e in zip(cpu["faiss IndexFlatIP"], cpu["ops.knn ext exact"],
+                                  strict=True)),
         "agreement_with_faiss": agree,
         "load": load(),
     }
@@ -171,6 +183,7 @@ def main() -> None:
                 f"GFLOP/s, ops.knn {g['ops.knn ext exact']:.0f} GFLOP/s, ops.knn / faiss speed "
                 f"{r['speed_vs_faiss_median']:.2f}x (per round "
                 f"{', '.join(f'{x:.2f}' for x in r['speed_vs_faiss_per_round'])}), "
+                f"CPU-seconds ratio {r['cpu_vs_faiss_median']:.2f}x, "
                 f"agreement {r['agreement_with_faiss']:.3f} (load {r['load']})",
                 flush=True,
             )
