@@ -212,10 +212,11 @@ class ShardedIndex:
         ref = self._ray.put(q.numpy())
         parts = self._gather([a.search.remote(ref, k) for a in self.actors])
         gathered = time.perf_counter()
-        values = torch.cat([torch.from_numpy(v) for v, _, _ in parts], dim=1)
-        indices = torch.cat([torch.from_numpy(i) + offset
-                             for (_, i, _), (offset, _, _) in zip(parts, self.layout,
-                                                                  strict=True)], dim=1)
+        # results from the object store are read-only views: concatenate in numpy (a copy)
+        values = torch.from_numpy(np.concatenate([v for v, _, _ in parts], axis=1))
+        indices = torch.from_numpy(np.concatenate(
+            [i + offset for (_, i, _), (offset, _, _) in zip(parts, self.layout, strict=True)],
+            axis=1))
         # per-actor results are best first, ties by lower row, actors in row order: a stable
         # sort keeps that order at ties, as ops.knn breaks them
         order = values.argsort(dim=1, descending=self.metric == "cosine", stable=True)[:, :k]
