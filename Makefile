@@ -73,6 +73,9 @@ $(CHROMIUM):
 # OOD_ZOO_REQUIRE_ORACLES=1: the peer-parity tests fail instead of skipping without .oracles/.
 test: $(VENV)/.installed $(VENV)/.demo-data $(CHROMIUM) .oracles/.unpacked lint
 	OOD_ZOO_REQUIRE_CHROMIUM=1 OOD_ZOO_REQUIRE_ORACLES=1 $(BIN)/python -m pytest
+	# the Ray plugin's tests in a fresh interpreter: a driver whose torch state earlier tests
+	# changed would not match its fresh Ray workers bit for bit
+	$(BIN)/python -m pytest plugins/ood_zoo_ray
 	bash tools/cuda_compile_check.sh
 
 clean:
