@@ -57,11 +57,6 @@ def expected_failures(estimator: OODDetector) -> dict[str, str]:
         ))
     if estimator.detector in ("knn", "lof", "gmm", "rde"):
         failures["check_fit2d_1sample"] = MIN_ROWS_MESSAGE
-    if estimator.detector == "rde":
-        failures["check_methods_subset_invariance"] = (
-            "the threshold is one fit row's own score, and that score moves by rounding "
-            "(~1e-15 relative) with the batch size, so predict flips that one row"
-        )
     if estimator.__sklearn_tags__().target_tags.required:  # mahalanobis, fusion
         failures.update(dict.fromkeys(["check_outliers_train", "check_outliers_fit_predict"],
                                       NEEDS_LABELS))
@@ -70,6 +65,11 @@ def expected_failures(estimator: OODDetector) -> dict[str, str]:
 
 @parametrize_with_checks(CHECKED, expected_failed_checks=expected_failures, xfail_strict=True)
 def test_sklearn_estimator_checks(estimator, check):
+    if estimator.detector == "rde" and "check_methods_subset_invariance" in str(check):
+        # not an xfail: whether it fails depends on the BLAS's rounding (it passes with OpenBLAS
+        # on AVX2 and failed with oneDNN on AVX-512)
+        pytest.skip("rde's threshold is one fit row's own score, which moves by rounding "
+                    "(~1e-15 relative) with the batch size, so predict may flip that one row")
     check(estimator)
 
 
