@@ -102,6 +102,23 @@ def check_positive_int(value: Any, *, name: str) -> int:
     return int(value)
 
 
+def check_search(queries: torch.Tensor, k: Any, *, n_rows: int, dim: int) -> int:
+    """``k`` as an int, if checked ``queries`` of a kNN search fit a bank of ``n_rows × dim``.
+
+    Raises
+    ------
+    InputError
+        If the queries have another width than the bank, or ``k`` is not an int in
+        ``[1, n_rows]``.
+    """
+    if queries.shape[1] != dim:
+        raise InputError(f"queries have {queries.shape[1]} features but the bank has {dim}")
+    k = check_positive_int(k, name="k")
+    if k > n_rows:
+        raise InputError(f"k={k} is larger than the bank ({n_rows} rows)")
+    return k
+
+
 def check_matrix(
     array: Any,
     *,

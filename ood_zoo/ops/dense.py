@@ -46,7 +46,7 @@ from typing import Literal, TypeVar
 
 import torch
 
-from ..errors import BackendUnavailableError, InputError
+from ..errors import BackendUnavailableError
 from ._dispatch import PRECISIONS, backend_for, bf16_gemm_native, knn_precision
 from .arrays import (
     ArrayKind,
@@ -58,6 +58,7 @@ from .arrays import (
     check_finite,
     check_matrix,
     check_positive_int,
+    check_search,
     compute_dtype,
 )
 from .magnitude import (
@@ -225,13 +226,7 @@ def knn(
     kernel_checks = name == "ext" and q.device.type == "cpu"
     shards = check_bank(bank, finite=False)
     n_bank = sum(s.shape[0] for s in shards)
-    if shards[0].shape[1] != q.shape[1]:
-        raise InputError(
-            f"queries have {q.shape[1]} features but the bank has {shards[0].shape[1]}"
-        )
-    k = check_positive_int(k, name="k")
-    if k > n_bank:
-        raise InputError(f"k={k} is larger than the bank ({n_bank} rows)")
+    k = check_search(q, k, n_rows=n_bank, dim=shards[0].shape[1])
     if chunk_rows is not None:
         chunk_rows = check_positive_int(chunk_rows, name="chunk_rows")
     if precision is None:

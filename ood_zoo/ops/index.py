@@ -23,6 +23,7 @@ from .arrays import (
     check_finite,
     check_matrix,
     check_positive_int,
+    check_search,
 )
 from .dense import Metric, knn
 from .magnitude import in_range, normalise_rows, times_pow2
@@ -352,11 +353,7 @@ class KNNIndex:
         """
         q = check_matrix(queries, name="queries", finite=False)
         peaks = check_finite(q, name="queries")
-        if q.shape[1] != self.dim:
-            raise InputError(f"queries have {q.shape[1]} features but the bank has {self.dim}")
-        k = check_positive_int(k, name="k")
-        if k > self.n_rows:
-            raise InputError(f"k={k} is larger than the bank ({self.n_rows} rows)")
+        k = check_search(q, k, n_rows=self.n_rows, dim=self.dim)
         start = time.perf_counter()
         kind = ArrayKind.of(queries)
         why = self.dense_reason if not self.pruned else self._dense_query_reason(q, peaks)

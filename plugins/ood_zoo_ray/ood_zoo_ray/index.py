@@ -22,7 +22,7 @@ import torch
 
 from ood_zoo import ops
 from ood_zoo.errors import InputError
-from ood_zoo.ops.arrays import ArrayKind, check_matrix, check_positive_int
+from ood_zoo.ops.arrays import ArrayKind, check_matrix, check_positive_int, check_search
 
 from .cluster import ensure_ray
 
@@ -200,11 +200,7 @@ class ShardedIndex:
             ``[1, N]``.
         """
         q = check_matrix(queries, name="queries")
-        if q.shape[1] != self.dim:
-            raise InputError(f"queries have {q.shape[1]} features but the bank has {self.dim}")
-        k = check_positive_int(k, name="k")
-        if k > self.n_rows:
-            raise InputError(f"k={k} is larger than the bank ({self.n_rows} rows)")
+        k = check_search(q, k, n_rows=self.n_rows, dim=self.dim)
         start = time.perf_counter()
         q = q.detach().cpu()
         if q.dtype not in (torch.float32, torch.float64):
