@@ -70,7 +70,7 @@ def fit(
         raise InputError(f"{detector.name}: {len(labels)} label arrays for {len(shards)} shards")
     ray = ensure_ray()
     shard_task = ray.remote(num_cpus=1)(_shard_shape)
-    statistics_task = ray.remote(num_cpus=1, num_returns=2)(_shard_statistics)
+    statistics_task = ray.remote(num_cpus=1, num_returns=3)(_shard_statistics)
     merge_task = ray.remote(num_cpus=1)(ClassStatistics.merge)
     inputs = [_to_ray(ray, s) for s in shards]
     label_inputs = [None] * len(shards) if labels is None else [_to_ray(ray, s) for s in labels]
@@ -88,12 +88,12 @@ def fit(
     pairs = [statistics_task.remote(detector, s, lab, rows, name)
              for s, lab, rows, name in zip(inputs, label_inputs, wanted, names, strict=True)]
     statistics, samples = [p[0] for p in pairs], [p[1] for p in pairs]
-    remaining = list(statistics)
+    remaining = [p[2] for p in pairs]  # each task's row count: fetched for progress and errors
     with tqdm(total=len(remaining), desc=f"{detector.name}: shard statistics", unit="shard",
               disable=not progress) as bar:
         while remaining:
             done, remaining = ray.wait(remaining, num_returns=1)
-            _get(ray, done)  # a failed shard raises now, by name
+            _get(ray, done)  # a failed shard raises now, by name; its statistics stay remote
             bar.update(1)
     level = statistics
     while len(level) > 1:
@@ -156,15 +156,15 @@ def _shard_shape(shard: Any, labels: Any, name: str) -> tuple[int, int]:
 
 def _shard_statistics(
     detector: StatisticsDetector, shard: Any, labels: Any, rows: torch.Tensor, name: str,
-) -> tuple[ClassStatistics, np.ndarray]:
-    """A shard's statistics and its threshold rows (in its own dtype)."""
+) -> tuple[ClassStatistics, np.ndarray, int]:
+    """A shard's statistics, its threshold rows (in its own dtype) and its row count."""
     features = _open(shard, name, "features")
     shard_labels = None if labels is None else np.asarray(_open(labels, name, "labels"))
     try:
         statistics = detector.partial_statistics(features, shard_labels)
     except InputError as exc:
         raise InputError(f"{name}: {exc}") from exc
-    return statistics, take_rows(features, rows).numpy()
+    return statistics, take_rows(features, rows).numpy(), int(features.shape[0])
 
 
 def _get(ray: Any, refs: list) -> list:
