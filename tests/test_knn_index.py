@@ -74,6 +74,15 @@ def test_matches_reference_on_anisotropic_banks(rng, metric, n, d, k, tile):
 
 
 @needs_ext
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+def test_many_tiles_in_several_parallel_regions(rng, dtype):
+    """d = 1024 with 16-row tiles: the kernel's parallel regions (8 MB of fp32 rows, i.e. 2048
+    rows) split the bank in three, the last one ending in a partial tile."""
+    bank, queries = cone(rng, 5000, 1024, dtype=dtype), cone(rng, 40, 1024)
+    check(pruned(bank, "cosine", tile_rows=16), queries, bank.astype(np.float32), 7, "cosine")
+
+
+@needs_ext
 @pytest.mark.parametrize("metric", ["cosine", "l2"])
 def test_equals_dense_kernel(rng, metric):
     bank, queries = cone(rng, 3000, 257), cone(rng, 64, 257)
@@ -344,3 +353,77 @@ def test_non_finite_bank_is_named(rng):
         ops.KNNIndex(bank, "cosine", mode="pruned", sample_rows=10)
     with pytest.raises(InputError, match="NaN"):
         ops.KNNIndex(bank, "cosine", mode="pruned")
+
+
+# ---------------------------------------------------------------------------- register blockings
+BLOCKING_SCRIPT = """
+import sys
+import numpy as np, torch
+from ood_zoo import ops
+torch.set_num_threads(1)
+out = {"kernels": np.array(ops.cpu_kernels())}
+shapes = ((3000, 257, 13, 5, 100), (1200, 64, 8, 1, None), (900, 100, 3, 20, 48))
+for metric in ("cosine", "l2"):
+    for n, d, nq, k, tile in shapes:
+        rng = np.random.default_rng(n + d)
+        mean = 3.0 * rng.standard_normal(d)
+        basis = np.linalg.qr(rng.standard_normal((d, 8)))[0]
+        def draw(m):
+            rows = mean + (rng.standard_normal((m, 8)) * np.logspace(0.3, -1, 8)) @ basis.T
+            return (rows + 0.02 * rng.standard_normal((m, d))).astype(np.float32)
+        bank, queries = draw(n), draw(nq)
+        index = ops.KNNIndex(bank, metric, mode="pruned", tile_rows=tile)
+        values, indices = index.search(queries, k)
+        key = f"{metric}-{n}-{d}"
+        out[key + "-values"], out[key + "-indices"] = values, indices
+        out[key + "-bank"], out[key + "-queries"] = bank, queries
+        out[key + "-k"] = np.array(k)
+np.savez(sys.argv[1], **out)
+"""
+
+
+def _blocking_run(tmp_path, choice: str) -> dict[str, np.ndarray]:
+    import os
+    import subprocess
+    import sys
+
+    path = tmp_path / f"{choice or 'auto'}.npz"
+    env = {**os.environ, "OOD_ZOO_BACKEND": "ext", "OOD_ZOO_CPU_KERNELS": choice,
+           "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-c", BLOCKING_SCRIPT, str(path)], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    with np.load(path) as data:
+        return dict(data)
+
+
+@needs_ext
+def test_avx2_and_avx512_blockings_give_the_same_bits(tmp_path):
+    """Both register blockings of the pruned kernels (``OOD_ZOO_CPU_KERNELS``) sum every lane in
+    the same order: the searches agree bit for bit, and with the float64 reference. On an AVX2
+    CPU both runs take the AVX2 kernels, and the test checks the override's plumbing."""
+    auto, narrow = _blocking_run(tmp_path, ""), _blocking_run(tmp_path, "avx2")
+    assert str(narrow["kernels"]) in ("avx2", "generic")
+    assert str(auto["kernels"]) in ("avx512", "avx2", "generic")
+    assert auto.keys() == narrow.keys()
+    for key in auto.keys() - {"kernels"}:
+        np.testing.assert_array_equal(auto[key], narrow[key], err_msg=key)
+        if key.endswith("-values"):
+            stem, metric = key[: -len("-values")], key.split("-")[0]
+            bank, queries = auto[stem + "-bank"], auto[stem + "-queries"]
+            assert_knn(auto[key], auto[stem + "-indices"], queries, bank,
+                       int(auto[stem + "-k"]), metric)
+
+
+@needs_ext
+def test_unknown_cpu_kernels_choice_is_an_error(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    code = "from ood_zoo import ops; ops.cpu_kernels()"
+    env = {**os.environ, "OOD_ZOO_CPU_KERNELS": "sse9"}
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode != 0
+    assert "OOD_ZOO_CPU_KERNELS must be auto or avx2, got 'sse9'" in proc.stderr

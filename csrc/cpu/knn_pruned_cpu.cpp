@@ -4,12 +4,13 @@
 // With V an orthonormal [d, p] basis, a = Vᵀq, c = Vᵀb and the residual norms r_q = |q - Va|,
 // r_b = |b - Vc|, Cauchy–Schwarz gives  <q, b> = <a, c> + <q⊥, b⊥> <= <a, c> + r_q r_b.
 // Per bank tile and block of 8 queries, a register-blocked micro-kernel gives <a, c> for 8 x 16
-// pairs at a time (group_scores), screened at once; a pair is scored exactly only if its bound,
+// pairs at a time (block_scores), screened at once; a pair is scored exactly only if its bound,
 // widened by the caller's rounding margin, can still reach the query's threshold: the larger
 // (cosine) or smaller (l2) of the caller's seed `tau` and the k-th best exact score at the start
 // of the tile. A query's survivors in the tile are then scored from the bank rows themselves
-// (converted to fp32 a tile at a time, which stays in cache), four at a time, and offered to
-// caller-owned top-k heaps (topk_heap.h).
+// (converted to fp32 a tile at a time, which stays in cache), several at a time, and offered to
+// caller-owned top-k heaps (topk_heap.h). Each micro-kernel has an AVX-512 and an AVX2 register
+// blocking with the same sums (see wide_kernels below).
 //
 //   knn_pruned_update(seed=false): the pruned exact pass described above;
 //   knn_pruned_update(seed=true):  the heaps collect the rows with the best *approximate* scores
@@ -35,9 +36,11 @@
 #include <atomic>
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <limits>
 #include <mutex>
+#include <string>
 #include <tuple>
 #include <type_traits>
 #include <vector>
@@ -46,94 +49,215 @@
 #include "row_ops.h"
 #include "topk_heap.h"
 
-// The 16-lane vector helpers below take and return vectors, so they must be inlined into each
-// ISA clone of their callers: a shared out-of-line copy would see another calling convention.
+// The vector helpers below take and return vectors, so they must be inlined into each ISA
+// variant of their callers: a shared out-of-line copy would see another calling convention.
 #define OOD_ZOO_INLINE inline __attribute__((always_inline))
 #pragma GCC diagnostic ignored "-Wpsabi"
+
+// Two register blockings of each micro-kernel. GCC lowers a generic vector wider than the
+// target's registers (a 16-float vector on AVX2) through the stack, element by element, so the
+// 16-lane kernels written for AVX-512 ran several times slower on AVX2 CPUs than native 8-lane
+// code. Hence:
+//   wide   (x86-64-v4, AVX-512: 16-float vectors, 32 registers): dot_x4_wide, bound_scores_wide;
+//   narrow (x86-64-v3, AVX2/FMA, or the baseline: 8-float vectors, 16 registers): dot_x2_narrow,
+//          bound_scores_narrow (4 queries, run twice per block of 8).
+// cpu_kernels() picks one per process. Every variant sums each lane in the same order, so the
+// choice never changes a result, only its speed.
+#if defined(__GNUC__) && defined(__x86_64__) && !defined(__clang__)
+#define OOD_ZOO_WIDE_ISA __attribute__((target("arch=x86-64-v4")))
+#define OOD_ZOO_NARROW_ISA __attribute__((target_clones("arch=x86-64-v3", "default")))
+#define OOD_ZOO_HAS_WIDE_ISA 1
+#else
+#define OOD_ZOO_WIDE_ISA
+#define OOD_ZOO_NARROW_ISA
+#define OOD_ZOO_HAS_WIDE_ISA 0
+#endif
 
 namespace ood_zoo {
 namespace {
 
-// Exact dot products accumulate in fp32 over kLanes = 32 lanes (two 16-wide vectors per row, so
-// that independent FMA chains hide the FMA latency), then a 5-level tree.
-constexpr int kLanes = 32;
-typedef float Lanes16 __attribute__((vector_size(16 * sizeof(float)), aligned(4)));
+// fp32 vectors of 16 and 8 lanes (register-aligned), their unaligned views for loads and stores,
+// and the lane-wise operations the kernels need.
+typedef float Float16 __attribute__((vector_size(16 * sizeof(float))));
+typedef float Float16Unaligned __attribute__((vector_size(16 * sizeof(float)), aligned(4)));
+typedef float Float8 __attribute__((vector_size(8 * sizeof(float))));
+typedef float Float8Unaligned __attribute__((vector_size(8 * sizeof(float)), aligned(4)));
 
-OOD_ZOO_INLINE float tree_sum(Lanes16 lo, Lanes16 hi) {
-  const Lanes16 sum = lo + hi;  // the tree's first level, lane by lane
-  float acc[16];
-  std::memcpy(acc, &sum, sizeof sum);
-  for (int width = 8; width >= 1; width /= 2) {
-    for (int l = 0; l < width; ++l) {
-      acc[l] += acc[l + width];
-    }
-  }
-  return acc[0];
-}
-
-// Lane l of a row's accumulators sums q[j] b[j] over j = l, l + 32, ... in that order.
-OOD_ZOO_INLINE Lanes16 load16(const float* x) {
-  Lanes16 v;
-  std::memcpy(&v, x, sizeof v);
-  return v;
-}
-
-// c + a * b lane by lane, always fused (one rounding), whichever ISA the clone targets.
-OOD_ZOO_INLINE Lanes16 fma16(Lanes16 a, Lanes16 b, Lanes16 c) {
-  for (int l = 0; l < 16; ++l) {
+// c + a * b lane by lane, always fused (one rounding), whichever ISA the caller targets.
+template <typename Vector, int W>
+OOD_ZOO_INLINE Vector fma_lanes(Vector a, Vector b, Vector c) {
+  for (int l = 0; l < W; ++l) {
     c[l] = std::fma(a[l], b[l], c[l]);
   }
   return c;
 }
 
-// The d % 32 tail, lane by lane, in the same order as the vector loop.
-OOD_ZOO_INLINE void dot_tail(const float* q, const float* b, int64_t j, int64_t d, Lanes16& lo,
-                     Lanes16& hi) {
+// (The unaligned views cannot be template arguments: GCC drops their alignment attribute.)
+struct V16 {
+  using type = Float16;
+  static OOD_ZOO_INLINE type load(const float* x) {
+    return *reinterpret_cast<const Float16Unaligned*>(x);
+  }
+  static OOD_ZOO_INLINE void store(float* x, type v) {
+    *reinterpret_cast<Float16Unaligned*>(x) = v;
+  }
+  static OOD_ZOO_INLINE type fma(type a, type b, type c) { return fma_lanes<type, 16>(a, b, c); }
+};
+struct V8 {
+  using type = Float8;
+  static OOD_ZOO_INLINE type load(const float* x) {
+    return *reinterpret_cast<const Float8Unaligned*>(x);
+  }
+  static OOD_ZOO_INLINE void store(float* x, type v) {
+    *reinterpret_cast<Float8Unaligned*>(x) = v;
+  }
+  static OOD_ZOO_INLINE type fma(type a, type b, type c) { return fma_lanes<type, 8>(a, b, c); }
+};
+
+// Exact dot products accumulate in fp32 over kLanes = 32 lanes (lane l sums q[j] b[j] over
+// j = l, l + 32, ... in that order, with FMA), then the d % 32 tail lane by lane in the same
+// order, then a tree: lanes l and l + 16 first, then halving widths 8, 4, 2, 1.
+constexpr int kLanes = 32;
+
+OOD_ZOO_INLINE float finish_dot(float* lanes, const float* q, const float* b, int64_t j,
+                                int64_t d) {
   for (int l = 0; j + l < d; ++l) {
-    if (l < 16) {
-      lo[l] = std::fma(q[j + l], b[j + l], lo[l]);
-    } else {
-      hi[l - 16] = std::fma(q[j + l], b[j + l], hi[l - 16]);
+    lanes[l] = std::fma(q[j + l], b[j + l], lanes[l]);
+  }
+  for (int width = kLanes / 2; width >= 1; width /= 2) {
+    for (int l = 0; l < width; ++l) {
+      lanes[l] += lanes[l + width];
     }
   }
+  return lanes[0];
 }
 
-// Four dot products sharing the query's loads: out[r] = <q, b_r>.
-OOD_ZOO_CLONES void dot_x4(const float* q, const float* const* b, int64_t d, float* out) {
-  Lanes16 l0 = {}, h0 = {}, l1 = {}, h1 = {}, l2 = {}, h2 = {}, l3 = {}, h3 = {};
+// Four dot products sharing the query's loads: out[r] = <q, b_r> (8 accumulators of 16 lanes).
+OOD_ZOO_WIDE_ISA void dot_x4_wide(const float* q, const float* const* b, int64_t d, float* out) {
+  V16::type l0 = {}, h0 = {}, l1 = {}, h1 = {}, l2 = {}, h2 = {}, l3 = {}, h3 = {};
   const float *b0 = b[0], *b1 = b[1], *b2 = b[2], *b3 = b[3];
   int64_t j = 0;
   for (; j + kLanes <= d; j += kLanes) {
-    const Lanes16 ql = load16(q + j), qh = load16(q + j + 16);
-    l0 = fma16(ql, load16(b0 + j), l0);
-    h0 = fma16(qh, load16(b0 + j + 16), h0);
-    l1 = fma16(ql, load16(b1 + j), l1);
-    h1 = fma16(qh, load16(b1 + j + 16), h1);
-    l2 = fma16(ql, load16(b2 + j), l2);
-    h2 = fma16(qh, load16(b2 + j + 16), h2);
-    l3 = fma16(ql, load16(b3 + j), l3);
-    h3 = fma16(qh, load16(b3 + j + 16), h3);
+    const V16::type ql = V16::load(q + j), qh = V16::load(q + j + 16);
+    l0 = V16::fma(ql, V16::load(b0 + j), l0);
+    h0 = V16::fma(qh, V16::load(b0 + j + 16), h0);
+    l1 = V16::fma(ql, V16::load(b1 + j), l1);
+    h1 = V16::fma(qh, V16::load(b1 + j + 16), h1);
+    l2 = V16::fma(ql, V16::load(b2 + j), l2);
+    h2 = V16::fma(qh, V16::load(b2 + j + 16), h2);
+    l3 = V16::fma(ql, V16::load(b3 + j), l3);
+    h3 = V16::fma(qh, V16::load(b3 + j + 16), h3);
   }
-  dot_tail(q, b0, j, d, l0, h0);
-  dot_tail(q, b1, j, d, l1, h1);
-  dot_tail(q, b2, j, d, l2, h2);
-  dot_tail(q, b3, j, d, l3, h3);
-  out[0] = tree_sum(l0, h0);
-  out[1] = tree_sum(l1, h1);
-  out[2] = tree_sum(l2, h2);
-  out[3] = tree_sum(l3, h3);
+  const V16::type acc[4][2] = {{l0, h0}, {l1, h1}, {l2, h2}, {l3, h3}};
+  for (int r = 0; r < 4; ++r) {
+    float lanes[kLanes];
+    V16::store(lanes, acc[r][0]);
+    V16::store(lanes + 16, acc[r][1]);
+    out[r] = finish_dot(lanes, q, b[r], j, d);
+  }
 }
 
-// The same accumulation for one pair (bit-identical to one row of dot_x4).
-OOD_ZOO_CLONES float dot_x1(const float* q, const float* b, int64_t d) {
-  Lanes16 lo = {}, hi = {};
+// Two dot products with 8 accumulators of 8 lanes (plus the query's 4: 12 of AVX2's 16 ymm).
+OOD_ZOO_NARROW_ISA void dot_x2_narrow(const float* q, const float* const* b, int64_t d,
+                                      float* out) {
+  V8::type a0 = {}, a1 = {}, a2 = {}, a3 = {}, c0 = {}, c1 = {}, c2 = {}, c3 = {};
+  const float *b0 = b[0], *b1 = b[1];
   int64_t j = 0;
   for (; j + kLanes <= d; j += kLanes) {
-    lo = fma16(load16(q + j), load16(b + j), lo);
-    hi = fma16(load16(q + j + 16), load16(b + j + 16), hi);
+    const V8::type x0 = V8::load(q + j), x1 = V8::load(q + j + 8);
+    const V8::type x2 = V8::load(q + j + 16), x3 = V8::load(q + j + 24);
+    a0 = V8::fma(x0, V8::load(b0 + j), a0);
+    a1 = V8::fma(x1, V8::load(b0 + j + 8), a1);
+    a2 = V8::fma(x2, V8::load(b0 + j + 16), a2);
+    a3 = V8::fma(x3, V8::load(b0 + j + 24), a3);
+    c0 = V8::fma(x0, V8::load(b1 + j), c0);
+    c1 = V8::fma(x1, V8::load(b1 + j + 8), c1);
+    c2 = V8::fma(x2, V8::load(b1 + j + 16), c2);
+    c3 = V8::fma(x3, V8::load(b1 + j + 24), c3);
   }
-  dot_tail(q, b, j, d, lo, hi);
-  return tree_sum(lo, hi);
+  const V8::type acc[2][4] = {{a0, a1, a2, a3}, {c0, c1, c2, c3}};
+  for (int r = 0; r < 2; ++r) {
+    float lanes[kLanes];
+    for (int h = 0; h < 4; ++h) {
+      V8::store(lanes + 8 * h, acc[r][h]);
+    }
+    out[r] = finish_dot(lanes, q, b[r], j, d);
+  }
+}
+
+// One dot product, the same sums (one row of either kernel above).
+OOD_ZOO_NARROW_ISA float dot_x1(const float* q, const float* b, int64_t d) {
+  V8::type a0 = {}, a1 = {}, a2 = {}, a3 = {};
+  int64_t j = 0;
+  for (; j + kLanes <= d; j += kLanes) {
+    a0 = V8::fma(V8::load(q + j), V8::load(b + j), a0);
+    a1 = V8::fma(V8::load(q + j + 8), V8::load(b + j + 8), a1);
+    a2 = V8::fma(V8::load(q + j + 16), V8::load(b + j + 16), a2);
+    a3 = V8::fma(V8::load(q + j + 24), V8::load(b + j + 24), a3);
+  }
+  float lanes[kLanes];
+  V8::store(lanes, a0);
+  V8::store(lanes + 8, a1);
+  V8::store(lanes + 16, a2);
+  V8::store(lanes + 24, a3);
+  return finish_dot(lanes, q, b, j, d);
+}
+
+// The register blocking of this process: "avx512" (wide) where the CPU has x86-64-v4 and
+// OOD_ZOO_CPU_KERNELS is unset or "auto", else "avx2" (narrow; "generic" on CPUs without AVX2,
+// where the narrow kernels run their baseline variant). OOD_ZOO_CPU_KERNELS=avx2 forces the
+// narrow kernels, to measure or test them on an AVX-512 CPU.
+bool wide_kernels() {
+  static const bool wide = [] {
+    const char* forced = std::getenv("OOD_ZOO_CPU_KERNELS");
+    const std::string choice = forced == nullptr ? "" : forced;
+    TORCH_CHECK(choice.empty() || choice == "auto" || choice == "avx2",
+                "OOD_ZOO_CPU_KERNELS must be auto or avx2, got '", choice, "'");
+#if OOD_ZOO_HAS_WIDE_ISA
+    return choice != "avx2" && __builtin_cpu_supports("x86-64-v4");
+#else
+    return false;
+#endif
+  }();
+  return wide;
+}
+
+// The blocking wide_kernels() chose, as ops.cpu_kernels() reports it.
+std::string cpu_kernels() {
+  if (wide_kernels()) {
+    return "avx512";
+  }
+#if OOD_ZOO_HAS_WIDE_ISA
+  return __builtin_cpu_supports("x86-64-v3") ? "avx2" : "generic";
+#else
+  return "generic";
+#endif
+}
+
+// Exact dot products of query q with rows[0..n) (pointers), four (narrow: two) at a time; a
+// remainder of two or three rows also takes dot_x4_wide (padded with repeats), which hides the
+// FMA latency better.
+void dot_rows(const float* q, const float* const* rows, int64_t n, int64_t d, float* out) {
+  int64_t r = 0;
+  if (!wide_kernels()) {
+    for (; r + 2 <= n; r += 2) {
+      dot_x2_narrow(q, rows + r, d, out + r);
+    }
+  } else {
+    for (; r + 4 <= n; r += 4) {
+      dot_x4_wide(q, rows + r, d, out + r);
+    }
+    if (n - r >= 2) {
+      const float* padded[4] = {rows[r], rows[r + 1], rows[n - 1], rows[n - 1]};
+      float dots[4];
+      dot_x4_wide(q, padded, d, dots);
+      std::copy(dots, dots + (n - r), out + r);
+      r = n;
+    }
+  }
+  if (r < n) {
+    out[r] = dot_x1(q, rows[r], d);
+  }
 }
 
 // The ranking value of an exact dot product s: cosine s * inv_b, l2 the squared distance.
@@ -143,23 +267,6 @@ inline float exact_value(float s, float q_sq, float b_term) {
     return s * b_term;
   } else {
     return std::max(q_sq + b_term - 2.0f * s, 0.0f);
-  }
-}
-
-// Exact dot products of query q with rows[0..n) (pointers), four at a time; a remainder of two
-// or three rows also takes dot_x4 (padded with repeats), which hides the FMA latency better.
-inline void dot_rows(const float* q, const float* const* rows, int64_t n, int64_t d, float* out) {
-  int64_t r = 0;
-  for (; r + 4 <= n; r += 4) {
-    dot_x4(q, rows + r, d, out + r);
-  }
-  if (n - r >= 2) {
-    const float* padded[4] = {rows[r], rows[r + 1], rows[n - 1], rows[n - 1]};
-    float dots[4];
-    dot_x4(q, padded, d, dots);
-    std::copy(dots, dots + (n - r), out + r);
-  } else if (n - r == 1) {
-    out[r] = dot_x1(q, rows[r], d);
   }
 }
 
@@ -182,14 +289,14 @@ struct Inputs {
 // scores stay in registers until the caller screens them: the [Q, N] matrix is never written.
 constexpr int kQueries = 8;
 constexpr int kGroup = 16;
-typedef float Lanes __attribute__((vector_size(kGroup * sizeof(float)), aligned(4)));
 
 #pragma GCC push_options
 #pragma GCC optimize("fp-contract=fast")
-OOD_ZOO_CLONES void group_scores(const float* a, const float* ct, int64_t p, float* out) {
-  Lanes s0 = {}, s1 = {}, s2 = {}, s3 = {}, s4 = {}, s5 = {}, s6 = {}, s7 = {};
+// All 8 queries at once: 8 accumulators of 16 lanes.
+OOD_ZOO_WIDE_ISA void bound_scores_wide(const float* a, const float* ct, int64_t p, float* out) {
+  V16::type s0 = {}, s1 = {}, s2 = {}, s3 = {}, s4 = {}, s5 = {}, s6 = {}, s7 = {};
   for (int64_t t = 0; t < p; ++t) {
-    const Lanes c = *reinterpret_cast<const Lanes*>(ct + t * kGroup);
+    const V16::type c = V16::load(ct + t * kGroup);
     s0 += a[0 * p + t] * c;
     s1 += a[1 * p + t] * c;
     s2 += a[2 * p + t] * c;
@@ -199,10 +306,54 @@ OOD_ZOO_CLONES void group_scores(const float* a, const float* ct, int64_t p, flo
     s6 += a[6 * p + t] * c;
     s7 += a[7 * p + t] * c;
   }
-  Lanes* o = reinterpret_cast<Lanes*>(out);
-  o[0] = s0, o[1] = s1, o[2] = s2, o[3] = s3, o[4] = s4, o[5] = s5, o[6] = s6, o[7] = s7;
+  V16::store(out + 0 * kGroup, s0);
+  V16::store(out + 1 * kGroup, s1);
+  V16::store(out + 2 * kGroup, s2);
+  V16::store(out + 3 * kGroup, s3);
+  V16::store(out + 4 * kGroup, s4);
+  V16::store(out + 5 * kGroup, s5);
+  V16::store(out + 6 * kGroup, s6);
+  V16::store(out + 7 * kGroup, s7);
+}
+
+// 4 queries: 8 accumulators of 8 lanes (the group's two halves are the other 2 registers).
+OOD_ZOO_NARROW_ISA void bound_scores_narrow(const float* a, const float* ct, int64_t p,
+                                            float* out) {
+  V8::type l0 = {}, h0 = {}, l1 = {}, h1 = {}, l2 = {}, h2 = {}, l3 = {}, h3 = {};
+  for (int64_t t = 0; t < p; ++t) {
+    const V8::type lo = V8::load(ct + t * kGroup), hi = V8::load(ct + t * kGroup + 8);
+    const float a0 = a[0 * p + t], a1 = a[1 * p + t], a2 = a[2 * p + t], a3 = a[3 * p + t];
+    l0 += a0 * lo;
+    h0 += a0 * hi;
+    l1 += a1 * lo;
+    h1 += a1 * hi;
+    l2 += a2 * lo;
+    h2 += a2 * hi;
+    l3 += a3 * lo;
+    h3 += a3 * hi;
+  }
+  // (stored one by one: through an array GCC keeps the accumulators on the stack)
+  V8::store(out + 0 * 8, l0);
+  V8::store(out + 1 * 8, h0);
+  V8::store(out + 2 * 8, l1);
+  V8::store(out + 3 * 8, h1);
+  V8::store(out + 4 * 8, l2);
+  V8::store(out + 5 * 8, h2);
+  V8::store(out + 6 * 8, l3);
+  V8::store(out + 7 * 8, h3);
 }
 #pragma GCC pop_options
+
+// The bound scores of a block of kQueries queries against one group.
+void block_scores(const float* a, const float* ct, int64_t p, float* out) {
+  static_assert(kQueries == 8 && kGroup == 16, "the micro-kernels are written for 8 x 16");
+  if (wide_kernels()) {
+    bound_scores_wide(a, ct, p, out);
+  } else {
+    bound_scores_narrow(a, ct, p, out);
+    bound_scores_narrow(a + 4 * p, ct, p, out + 4 * kGroup);
+  }
+}
 
 // Scans bank rows [start, start + n) (one tile; ct its grouped projections) for the query
 // blocks [block_begin, block_end), updating the heaps hv/hi ([Q, k]). Returns the pairs scored.
@@ -238,7 +389,7 @@ int64_t scan_tile(const Inputs& in, const float* rows, const float* ct, int64_t 
     }
     for (int64_t j0 = 0; j0 < n; j0 += kGroup) {
       const int64_t len = std::min<int64_t>(kGroup, n - j0);
-      group_scores(a.data(), ct + j0 * p, p, approx);
+      block_scores(a.data(), ct + j0 * p, p, approx);
       for (int64_t r = 0; r < nb; ++r) {
         const int64_t i = q0 + r;
         const float* u = approx + r * kGroup;
@@ -312,6 +463,9 @@ int64_t scan_tile(const Inputs& in, const float* rows, const float* ct, int64_t 
   return scored;
 }
 
+// Bank rows (as fp32) per parallel region of pruned_kernel's many-query path.
+constexpr int64_t kRegionBytes = int64_t{8} << 20;
+
 // Runs scan_tile over the bank. Many queries: tile by tile, the query blocks split among the
 // threads (the tile's rows stay in cache for all of them). Few queries (online search): the
 // tiles split among the threads, each with private copies of the heaps, merged at the end.
@@ -334,12 +488,23 @@ void pruned_kernel(const Inputs& in, const at::Tensor& bank, int64_t offset, at:
   std::atomic<int64_t> scored{0};
 
   if (n_blocks >= 2 * at::get_num_threads() || n_tiles == 1) {
-    for (int64_t t = 0; t < n_tiles; ++t) {
-      const int64_t start = t * tile, n = std::min(tile, n_bank - start);
-      const at::Tensor rows = tile_rows_f32(start, n);
+    // One parallel region per run of tiles whose fp32 rows take kRegionBytes (they stay in the
+    // shared cache while every thread takes its query blocks through each tile of the run):
+    // one region per tile cost more in thread wake-ups and barriers than a small tile's work.
+    const int64_t region = std::max<int64_t>(1, kRegionBytes / (tile * in.d * 4)) * tile;
+    for (int64_t r0 = 0; r0 < n_bank; r0 += region) {
+      const int64_t rn = std::min(region, n_bank - r0);
+      const at::Tensor rows = tile_rows_f32(r0, rn);
+      const float* base = data(rows);
       at::parallel_for(0, n_blocks, 1, [&](int64_t begin, int64_t end) {
-        scored.fetch_add(scan_tile<Cosine, Seed>(in, data(rows), groups(start), start, n, offset,
-                                                 hv_all, hi_all, begin, end));
+        int64_t local = 0;
+        for (int64_t start = r0; start < r0 + rn; start += tile) {
+          const int64_t n = std::min(tile, r0 + rn - start);
+          const float* tile_rows = base == nullptr ? nullptr : base + (start - r0) * in.d;
+          local += scan_tile<Cosine, Seed>(in, tile_rows, groups(start), start, n, offset,
+                                           hv_all, hi_all, begin, end);
+        }
+        scored.fetch_add(local);
       });
     }
   } else {
@@ -603,6 +768,7 @@ void knn_pruned_rescore_cpu(const at::Tensor& queries, const at::Tensor& q_sq,
 }  // namespace ood_zoo
 
 TORCH_LIBRARY_FRAGMENT(ood_zoo, m) {
+  m.def("cpu_kernels() -> str", &ood_zoo::cpu_kernels);
   m.def(
       "knn_pruned_update(Tensor queries, Tensor q_proj, Tensor q_res, Tensor q_sq, Tensor bank, "
       "Tensor b_proj, Tensor b_res, Tensor b_term, int offset, Tensor(a!) values, "

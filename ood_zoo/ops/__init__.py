@@ -46,6 +46,7 @@ from ._dispatch import (
     backend,
     bf16_gemm_native,
     cpu_gemm_info,
+    cpu_kernels,
     describe_backend,
     knn_precision,
 )
@@ -94,6 +95,7 @@ __all__ = [
     "bf16_gemm_native",
     "compute_dtype",
     "cpu_gemm_info",
+    "cpu_kernels",
     "default_chunk_rows",
     "describe_backend",
     "knn",

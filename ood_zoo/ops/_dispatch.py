@@ -141,6 +141,7 @@ def describe_backend() -> dict[str, Any]:
         "torch_threads": torch.get_num_threads(),
         "faiss_threads": faiss_threads,
         "cpu_gemm": cpu_gemm_info(),
+        "cpu_kernels": cpu_kernels(),
     }
 
 
@@ -154,6 +155,21 @@ def cpu_gemm_info() -> dict[str, Any] | None:
     if not extension.available():
         return None
     return json.loads(torch.ops.ood_zoo.gemm_info())
+
+
+def cpu_kernels() -> str | None:
+    """The register blocking of :class:`~ood_zoo.ops.KNNIndex`'s CPU micro-kernels.
+
+    ``"avx512"`` (16-float vectors, 32 registers) on CPUs with x86-64-v4, ``"avx2"`` (8-float
+    vectors, 16 registers) on AVX2/FMA CPUs or with ``OOD_ZOO_CPU_KERNELS=avx2``, ``"generic"``
+    otherwise. Both blockings sum every dot product in the same order, so results do not depend
+    on it; ``OOD_ZOO_CPU_KERNELS=avx2`` exists to measure and test the AVX2 kernels on an
+    AVX-512 machine. Read once per process; any other value than ``auto`` or ``avx2`` is an
+    error at the first pruned search. None without the C++ extension.
+    """
+    if not extension.available():
+        return None
+    return str(torch.ops.ood_zoo.cpu_kernels())
 
 
 def _describe_precision() -> str:
