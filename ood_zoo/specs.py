@@ -112,7 +112,8 @@ class EngineSpec:
     extract : callable
         ``extract(texts, model, **options) -> Extraction``: the contract of
         :func:`ood_zoo.features.extract` with ``model`` given by registry name or local path
-        (each worker loads its own copy), returning the same rows in input order.
+        (each worker loads its own copy), returning the same rows in input order; it also
+        takes ``num_workers`` (``ood-zoo bench --workers``).
     description : str
         One line for listings.
     package : str

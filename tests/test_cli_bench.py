@@ -48,6 +48,11 @@ def test_datasets_listing(capsys):
         (["--model", "minilm", "--seeds", "1,1"], "seeds must be distinct"),
         (["--model", "minilm", "--max-per-split", "1"], "max_per_split must be >= 2"),
         (["--suite", "fine-tuned", "--config", "auto"], "--config auto is a zero-grad option"),
+        (["--model", "minilm", "--engine", "nope"], "unknown engine 'nope'"),
+        (["--model", "minilm", "--workers", "2"], "workers is an engine option"),
+        (["--model", "minilm", "--engine", "ray", "--workers", "0"],
+         "workers must be a positive int"),
+        (["--suite", "fine-tuned", "--engine", "ray"], "--engine runs the zero-grad suite"),
     ],
 )
 def test_bench_usage_errors_exit_2(argv, message, capsys, tmp_path, monkeypatch):

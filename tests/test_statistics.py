@@ -13,13 +13,12 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ood_zoo import load
+from ood_zoo import load, ops
 from ood_zoo.api import threshold_rows
 from ood_zoo.detectors import MahalanobisDetector, RelativeMahalanobisDetector, ResidualDetector
 from ood_zoo.detectors.statistics import (
     ClassStatistics,
     fit_shards,
-    take_rows,
     threshold_rows_per_shard,
 )
 from ood_zoo.errors import InputError
@@ -218,7 +217,8 @@ def test_fit_statistics_in_any_merge_order_and_half_precision(name):
     shards, labels = split(x16), split(y)
     parts = [detector.partial_statistics(s, lab) for s, lab in zip(shards, labels, strict=True)]
     wanted = threshold_rows_per_shard([len(s) for s in shards], detector.target_tpr)
-    sample = torch.cat([take_rows(s, r) for s, r in zip(shards, wanted, strict=True)])
+    sample = torch.cat([ops.bank_rows([torch.from_numpy(s)], r)
+                        for s, r in zip(shards, wanted, strict=True)])
     assert sample.dtype == torch.float16
     fitted = detector.fit_statistics(reversed_left(parts), sample)
     # the state is float64 from the same fp16 values; scores are float32

@@ -109,6 +109,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
         if args.config != "paper":
             raise CommandError("--config auto is a zero-grad option; the fine-tuned suite runs "
                                "the paper's configuration")
+        if args.engine is not None:
+            raise CommandError("--engine runs the zero-grad suite's extraction; the fine-tuned "
+                               "suite trains and extracts in this process")
         return cmd_bench_fine_tuned(args)
     if args.layers in ("none", "off"):
         sweep: Any = None
@@ -126,6 +129,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         sweep_detectors=_names(args.sweep_detectors) or (),
         datasets=_names(args.datasets), cache=not args.no_cache, plots=not args.no_plots,
         progress=not args.quiet, threads=args.threads, selection=args.config,
+        engine=args.engine, workers=args.workers,
     )
     suite.select(config.datasets)  # unknown dataset: ValueError, exit 2 before any work
     out = Path(args.out or f"results/{suite.name}-{Path(args.model).name}")
@@ -261,6 +265,11 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     bench.add_argument("--no-cache", action="store_true", help="do not use the features cache")
     bench.add_argument("--no-plots", action="store_true", help="do not draw plots")
     bench.add_argument("--threads", type=int, help="torch threads (default OMP_NUM_THREADS or 2)")
+    bench.add_argument("--engine", help="run the extraction on a registered engine "
+                       "(ood-zoo engines, e.g. ray): the features of --threads 1 in process (one "
+                       "thread per worker), no features cache")
+    bench.add_argument("--workers", type=int, help="the engine's workers (ray: actors, one "
+                       "model each; default the engine's)")
     bench.add_argument("--quiet", action="store_true", help="no progress bars")
     tuned = bench.add_argument_group("fine-tuned suite")
     tuned.add_argument("--objectives", help="generative,discriminative (default both)")

@@ -28,6 +28,7 @@ import torch
 from ..api import Detector, threshold_rows, threshold_sample_rows
 from ..errors import InputError
 from ..ops.arrays import ArrayLike, as_tensor, check_labels, check_matrix
+from ..ops.streaming import bank_rows
 from ._covariance import Moments
 from .chunks import row_chunks, rows_per_chunk
 
@@ -331,14 +332,6 @@ def threshold_rows_per_shard(shard_rows: Sequence[int], tpr: float) -> list[torc
             for lo, hi in pairwise(bounds)]
 
 
-def take_rows(features: ArrayLike, rows: torch.Tensor) -> torch.Tensor:
-    """``features[rows]`` as a tensor in its own dtype: only those rows are read (a memmap
-    stays on disk)."""
-    if isinstance(features, torch.Tensor):
-        return features[rows.to(features.device)]
-    return as_tensor(np.ascontiguousarray(features[rows.numpy()]), name="features")
-
-
 def fit_shards(
     detector: StatisticsDetector, shards: Sequence[ArrayLike],
     labels: Sequence[ArrayLike] | None = None,
@@ -366,5 +359,5 @@ def fit_shards(
     for i, (shard, rows) in enumerate(zip(shards, wanted, strict=True)):
         part = detector.partial_statistics(shard, None if labels is None else labels[i])
         total = part if total is None else total.merge(part)
-        sample.append(take_rows(shard, rows))
+        sample.append(bank_rows([as_tensor(shard, name="features")], rows))
     return detector.fit_statistics(total, torch.cat(sample))

@@ -23,6 +23,7 @@ from ...features import (
     model_spec,
 )
 from ...registry import Registry, get_registry
+from ...specs import EngineSpec
 from ..pools import MakeInputs, Pool, Task, draw_pools, label_words, tasks
 from ..runner import (
     MSP_VOCAB,
@@ -110,6 +111,14 @@ class BenchConfig:
     selection : {"paper", "auto"}
         ``"auto"`` also runs the configurations chosen from ID data alone next to the paper's and
         the peeking oracle layer (:mod:`ood_zoo.bench.selection`); it needs every hidden state.
+    engine : str, optional
+        A registered execution engine (``ood-zoo engines``, e.g. ``"ray"``) that runs the
+        extraction instead of this process; its features equal the in-process ones at the
+        engine's threads per worker (Ray: one, so ``threads=1``), and so do the tables. Engines
+        keep no features cache: ``cache`` does not apply.
+    workers : int, optional
+        The engine's workers (``num_workers``; Ray: actors, each with its own model); default
+        the engine's.
     """
 
     suite: str = "zero-grad"
@@ -132,6 +141,8 @@ class BenchConfig:
     progress: bool = True
     threads: int | None = None
     selection: Literal["paper", "auto"] = "paper"
+    engine: str | None = None
+    workers: int | None = None
 
     def __post_init__(self) -> None:
         if self.bank not in ("validation", "train"):
@@ -151,6 +162,12 @@ class BenchConfig:
             raise ValueError(f"selection must be 'paper' or 'auto', got {self.selection!r}")
         if self.template and "{text}" not in self.template:
             raise ValueError("template must contain the field {text}")
+        if self.workers is not None:
+            if isinstance(self.workers, bool) or not isinstance(self.workers, int) or (
+                    self.workers < 1):
+                raise ValueError(f"workers must be a positive int, got {self.workers!r}")
+            if self.engine is None:
+                raise ValueError("workers is an engine option: give an engine too")
 
     def pool_sizes(self, is_id: bool, n: int) -> dict[str, int]:
         """Texts per part of the pool of a corpus of ``n`` texts (:func:`~.pools.draw_pools`):
@@ -175,6 +192,9 @@ class ModelExtractor:
         The suite's prompt for causal LMs (``config.template`` overrides it).
     label_words : sequence of str
         Every ID label word of the suite, for the label-token logits.
+    engine : EngineSpec, optional
+        Runs the extraction (``engine.extract(texts, config.model, ...)``); default this process.
+        The model is still loaded here, for its kind and default pooling.
 
     Notes
     -----
@@ -185,8 +205,10 @@ class ModelExtractor:
     layers, pooling, template and texts).
     """
 
-    def __init__(self, config: BenchConfig, template: str, label_words: Sequence[str]) -> None:
+    def __init__(self, config: BenchConfig, template: str, label_words: Sequence[str],
+                 engine: EngineSpec | None = None) -> None:
         self.config = config
+        self.engine = engine
         start = time.perf_counter()
         self.model, self.tokenizer = load_model(config.model)
         self.load_s = time.perf_counter() - start
@@ -213,7 +235,10 @@ class ModelExtractor:
             "label_words": list(self.label_words),
             "label_token_ids": list(self.label_token_ids),
             "load_s": self.load_s,
-            "features_cache": self.config.cache,
+            "engine": None if self.engine is None else {
+                "name": self.engine.name, "package": self.engine.package,
+                "workers": self.config.workers},
+            "features_cache": self.config.cache and self.engine is None,
             "logits": ("label-token logits of the LM (first sub-token of each label word)"
                        if self.causal else "linear probe fit on the bank"),
             "lm_stats": ("next_token_statistics of each text in the template (base model)"
@@ -224,13 +249,19 @@ class ModelExtractor:
         """Features of every layer and (causal LMs) label-token logits and LM stats of ``texts``."""
         if self.config.progress:
             print(f"extracting {key}: {len(texts)} texts", file=sys.stderr)
-        out = extract(
-            list(texts), self.model, self.tokenizer, layers="all", pooling=self.pooling,
-            batch_size=self.config.batch_size, max_length=self.config.max_length,
-            template=self.template or None, label_words=list(self.label_words) or None,
-            lm_stats=bool(self.label_words), cache=self.config.cache,
-            progress=self.config.progress,
-        )
+        options: dict[str, Any] = {
+            "layers": "all", "pooling": self.pooling, "batch_size": self.config.batch_size,
+            "max_length": self.config.max_length, "template": self.template or None,
+            "label_words": list(self.label_words) or None, "lm_stats": bool(self.label_words),
+            "progress": self.config.progress,
+        }
+        if self.engine is None:
+            out = extract(list(texts), self.model, self.tokenizer, cache=self.config.cache,
+                          **options)
+        else:
+            if self.config.workers is not None:
+                options["num_workers"] = self.config.workers
+            out = self.engine.extract(list(texts), self.config.model, **options)
         self.label_token_ids = out.label_token_ids
         return out
 
@@ -278,6 +309,18 @@ def _check_detectors(
     return usable_detectors(registry, names, lm_columns)
 
 
+def _engine(registry: Registry, name: str | None) -> EngineSpec | None:
+    """The registered engine ``name`` (``None``: run in this process)."""
+    if name is None:
+        return None
+    if name not in registry.engines:
+        known = ", ".join(registry.engines) or "none (engines come from plugins, e.g. ood_zoo_ray)"
+        raise ValueError(f"unknown engine {name!r}; registered: {known}")
+    spec = registry.engines[name].spec
+    assert isinstance(spec, EngineSpec)
+    return spec
+
+
 def run_bench(
     config: BenchConfig,
     *,
@@ -306,7 +349,7 @@ def run_bench(
     Raises
     ------
     ValueError
-        On an unknown suite, dataset or detector, or when no setting can run.
+        On an unknown suite, dataset, detector or engine, or when no setting can run.
     """
     suite = (suite or get_suite(config.suite)).select(config.datasets)
     if not suite.settings:
@@ -314,6 +357,7 @@ def run_bench(
     registry = registry or get_registry()
     _check_detectors(registry, config.detectors, "main")  # unknown names fail before extraction
     sweep_names, _ = _check_detectors(registry, config.sweep_detectors, "sweep")
+    engine = _engine(registry, config.engine)
     want_vocab_msp = config.detectors is None or MSP_VOCAB in config.detectors or (
         "msp" in config.detectors)
 
@@ -329,7 +373,7 @@ def run_bench(
             words = [w for key in suite.id_corpora() if key in pools
                      for w in label_words(suite, pools[key])]
             with session.stage("load"):
-                model_extractor = ModelExtractor(config, suite.template, words)
+                model_extractor = ModelExtractor(config, suite.template, words, engine)
             extractor = model_extractor
         with session.stage("extract"):
             extractions = {key: extractor(key, pool.texts) for key, pool in pools.items()}

@@ -16,14 +16,14 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ood_zoo import create
+from ood_zoo import create, ops
 from ood_zoo.detectors.statistics import (
     ClassStatistics,
     StatisticsDetector,
-    take_rows,
     threshold_rows_per_shard,
 )
 from ood_zoo.errors import InputError, OodZooError
+from ood_zoo.ops.arrays import as_tensor
 
 from .cluster import ensure_ray
 
@@ -157,14 +157,17 @@ def _shard_shape(shard: Any, labels: Any, name: str) -> tuple[int, int]:
 def _shard_statistics(
     detector: StatisticsDetector, shard: Any, labels: Any, rows: torch.Tensor, name: str,
 ) -> tuple[ClassStatistics, np.ndarray, int]:
-    """A shard's statistics, its threshold rows (in its own dtype) and its row count."""
+    """A shard's statistics, its threshold rows (in its own dtype) and its row count, with one
+    torch thread (the task's one Ray CPU; a reused worker may have started with more)."""
+    torch.set_num_threads(1)
     features = _open(shard, name, "features")
     shard_labels = None if labels is None else np.asarray(_open(labels, name, "labels"))
     try:
         statistics = detector.partial_statistics(features, shard_labels)
     except InputError as exc:
         raise InputError(f"{name}: {exc}") from exc
-    return statistics, take_rows(features, rows).numpy(), int(features.shape[0])
+    sample = ops.bank_rows([as_tensor(features, name=name)], rows)
+    return statistics, sample.numpy(), int(features.shape[0])
 
 
 def _get(ray: Any, refs: list) -> list:

@@ -12,8 +12,8 @@ from ood_zoo.specs import EngineSpec
 
 
 def _extract(texts: Any, model: Any, **options: Any) -> Any:
-    """:func:`ood_zoo_ray.extract.extract_features`, imported at the first call."""
-    from .extract import extract_features
+    """:func:`ood_zoo_ray.extraction.extract_features`, imported at the first call."""
+    from .extraction import extract_features
 
     return extract_features(texts, model, **options)
 

@@ -12,8 +12,8 @@ import time
 import psutil
 import pytest
 import torch
-from ood_zoo_ray.extract import MANIFEST, PLAN, load
-from ood_zoo_ray.extract import extract as ray_extract
+from ood_zoo_ray.extraction import MANIFEST, PLAN, load
+from ood_zoo_ray.extraction import extract as ray_extract
 
 from ood_zoo.data import TextSet, rotten_tomatoes
 from ood_zoo.errors import InputError, PersistenceError
@@ -39,9 +39,20 @@ def assert_same(got, want) -> None:
         want.layers, want.n_states, want.label_words, want.label_token_ids)
 
 
+def extract_with_threads(*args, threads: int = 1, **options):
+    """Single-process ``extract`` with ``threads`` torch threads: the actors' count (one per Ray
+    CPU, ``num_cpus_per_worker=1`` by default), since the GEMMs' rounding depends on it."""
+    saved = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        return extract(*args, progress=False, **options)
+    finally:
+        torch.set_num_threads(saved)
+
+
 @pytest.fixture(scope="module")
 def reference():
-    return extract(TEXTS, "minilm", layers=LAYERS, batch_size=4, progress=False)
+    return extract_with_threads(TEXTS, "minilm", layers=LAYERS, batch_size=4)
 
 
 @pytest.fixture(scope="module")
@@ -159,7 +170,7 @@ def test_decoder_label_words_and_lm_stats_from_a_ray_dataset(ray_cluster, tiny_l
     options = {"layers": "all", "pooling": "last", "template": PAPER_TEMPLATE,
                "label_words": ["negative", "positive"], "lm_stats": True, "batch_size": 4,
                "max_length": 48}
-    want = extract(TEXTS, tiny_lm, progress=False, **options)
+    want = extract_with_threads(TEXTS, tiny_lm, **options)
     dataset = ray_cluster.data.from_items([{"review": t} for t in TEXTS])
     engine = get_registry().engines["ray"].spec
     got = engine.extract(dataset, tiny_lm, text_column="review", shard_rows=12, num_workers=2,
@@ -192,3 +203,28 @@ def test_engine_refuses_what_it_cannot_honour(ray_cluster):
     no_text = ray_cluster.data.from_items([{"x": "a"}])
     with pytest.raises(InputError, match="no column 'text'"):
         engine.extract(no_text, "minilm")
+
+
+def test_actor_sets_its_torch_threads():
+    """A reused Ray worker keeps the torch thread count it was first started with (another
+    task's CPUs), so each extraction actor sets its own from ``num_cpus_per_worker``."""
+    from ood_zoo_ray.extraction import _ShardWorker
+
+    saved = torch.get_num_threads()
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(3 - threads)
+            _ShardWorker("minilm", {}, None, "cpu", threads=threads)
+            assert torch.get_num_threads() == threads
+    finally:
+        torch.set_num_threads(saved)
+
+
+def test_two_cpu_actor_equals_two_thread_extract(ray_cluster, tmp_path):
+    """``num_cpus_per_worker=2``: the actor runs two torch threads, so its features are those of
+    a two-thread single-process ``extract`` (one thread rounds some GEMMs differently)."""
+    want = extract_with_threads(TEXTS, "minilm", layers=LAYERS, batch_size=4, threads=2)
+    got = load(ray_extract(TEXTS, "minilm", layers=LAYERS, batch_size=4, shard_rows=8,
+                           num_workers=1, num_cpus_per_worker=2, output=tmp_path,
+                           progress=False))
+    assert_same(got, want)

@@ -96,3 +96,20 @@ def test_fit_errors_name_the_shard(ray_cluster, tmp_path):
         fit("knn", [x], progress=False)
     with pytest.raises(TypeError, match="go with a detector name"):
         fit(RelativeMahalanobisDetector(), [x], [y], covariance="ledoit_wolf")
+
+
+def test_shard_task_runs_on_one_torch_thread():
+    """Each statistics task holds one Ray CPU; a reused worker may have started with more."""
+    from ood_zoo_ray.fitting import _shard_statistics
+
+    x, y = make_bank(200)
+    saved = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        statistics, _, n = _shard_statistics(ood_zoo.create("mahalanobis"), x, y,
+                                             torch.arange(3), "shard 0")
+        assert n == 200
+        assert int(statistics.counts.sum()) == 200
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(saved)

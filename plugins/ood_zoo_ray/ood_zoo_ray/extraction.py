@@ -6,8 +6,10 @@ first, ties in input order). It cuts that order into shards of whole batches (``
 multiple of ``batch_size``), and each Ray Data actor (one model load per actor) runs the core's
 own :func:`~ood_zoo.features.extract` on a shard's texts in that order. So every forward pass
 sees exactly the batch it would see in one process, and the result is bitwise that of
-``ood_zoo.features.extract(texts, model, ...)``. With ``lm_stats=True`` a second set of shards
-cuts the order of :func:`~ood_zoo.features.next_token_statistics` (its prompt lengths,
+``ood_zoo.features.extract(texts, model, ...)`` run with the actors' torch thread count
+(``max(1, int(num_cpus_per_worker))``: the CPU GEMMs round differently with 1 and 2
+threads). With ``lm_stats=True`` a second set of shards cuts the order of
+:func:`~ood_zoo.features.next_token_statistics` (its prompt lengths,
 :func:`~ood_zoo.features.prompt_lengths`) the same way.
 
 The driver writes what the actors return into ``output``::
@@ -140,8 +142,9 @@ sort_by_length
     num_workers : int
         Actors in the pool (each loads the model once).
     num_cpus_per_worker, num_gpus_per_worker : float
-        Ray resources of each actor; torch in an actor uses ``num_cpus_per_worker`` threads
-        (Ray sets ``OMP_NUM_THREADS``), and a GPU actor sees its GPU as ``cuda``.
+        Ray resources of each actor; torch in an actor uses ``max(1, int(num_cpus_per_worker))``
+        threads (set in the actor: a reused Ray worker keeps the thread count it was started
+        with), and a GPU actor sees its GPU as ``cuda``.
     shard_rows : int, optional
         Texts per shard, a multiple of ``batch_size``; default
         ``DEFAULT_BATCHES_PER_SHARD * batch_size``. Part of the plan: a re-run must keep it.
@@ -197,7 +200,8 @@ sort_by_length
                           n_rows=shard.stop - shard.start) is None]
     if todo:
         (directory / MANIFEST).unlink(missing_ok=True)
-        worker = {"model": str(model), "options": options, "dtype": dtype, "device": device}
+        worker = {"model": str(model), "options": options, "dtype": dtype, "device": device,
+                  "threads": max(1, int(num_cpus_per_worker))}
         with tqdm(total=len(shards), initial=len(shards) - len(todo), desc="extract (ray)",
                   unit="shard", disable=not progress) as bar:
             for j, tensors in _run_shards(texts, orders, shards, todo, worker, num_workers,
@@ -291,7 +295,8 @@ def extract_features(
     Runs :func:`extract` (``options`` are its keyword arguments, engine ones included:
     ``num_workers``, ``num_gpus_per_worker``, ``shard_rows``, ...) into ``output`` (default a
     temporary directory, removed afterwards) and returns :func:`load` of it: bitwise the rows of
-    ``ood_zoo.features.extract(texts, model, **options)``, in input order.
+    ``ood_zoo.features.extract(texts, model, **options)`` with the actors' torch thread count
+    (one by default), in input order.
 
     Raises
     ------
@@ -467,7 +472,11 @@ def _quiet_ray_data(context: Any, *, preserve_order: bool) -> Iterator[None]:
 class _ShardWorker:
     """A Ray Data actor: loads the model once, then runs the core's extraction on shards."""
 
-    def __init__(self, model: str, options: dict[str, Any], dtype: Any, device: str | None):
+    def __init__(self, model: str, options: dict[str, Any], dtype: Any, device: str | None,
+                 threads: int):
+        # Set, not inherited: Ray reuses worker processes, whose torch keeps the thread count
+        # of the OMP_NUM_THREADS it was first imported under (another task's CPUs).
+        torch.set_num_threads(threads)
         self.model, self.tokenizer = load_model(model, device=device, dtype=dtype)
         self.options = options
 
