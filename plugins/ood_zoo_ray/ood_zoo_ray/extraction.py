@@ -70,7 +70,7 @@ from ood_zoo.io import atomic_write_bytes, sha256_file
 
 from .cluster import ensure_ray
 
-__all__ = ["FORMAT", "MANIFEST", "PLAN", "extract", "extract_features", "load"]
+__all__ = ["FORMAT", "MANIFEST", "PLAN", "ShardWorker", "extract", "extract_features", "load"]
 
 #: Written into the plan, the manifest and every shard's header.
 FORMAT = "ood_zoo_ray.extract/1"
@@ -434,7 +434,7 @@ def _run_shards(
                                         orders[shards[j].stage][shards[j].start:shards[j].stop]],
                   "stage": shards[j].stage} for j in todo]
         dataset = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
-            _ShardWorker, batch_size=1, batch_format="pyarrow", fn_constructor_kwargs=worker,
+            ShardWorker, batch_size=1, batch_format="pyarrow", fn_constructor_kwargs=worker,
             compute=ray.data.ActorPoolStrategy(size=min(num_workers, len(items))),
             num_cpus=num_cpus,
             num_gpus=num_gpus or None,
@@ -469,7 +469,7 @@ def _quiet_ray_data(context: Any, *, preserve_order: bool) -> Iterator[None]:
          context.execution_options.preserve_order) = saved
 
 
-class _ShardWorker:
+class ShardWorker:
     """A Ray Data actor: loads the model once, then runs the core's extraction on shards."""
 
     def __init__(self, model: str, options: dict[str, Any], dtype: Any, device: str | None,

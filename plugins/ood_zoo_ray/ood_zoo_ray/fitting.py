@@ -70,7 +70,7 @@ def fit(
         raise InputError(f"{detector.name}: {len(labels)} label arrays for {len(shards)} shards")
     ray = ensure_ray()
     shard_task = ray.remote(num_cpus=1)(_shard_shape)
-    statistics_task = ray.remote(num_cpus=1, num_returns=3)(_shard_statistics)
+    statistics_task = ray.remote(num_cpus=1, num_returns=3)(shard_statistics)
     merge_task = ray.remote(num_cpus=1)(ClassStatistics.merge)
     inputs = [_to_ray(ray, s) for s in shards]
     label_inputs = [None] * len(shards) if labels is None else [_to_ray(ray, s) for s in labels]
@@ -154,7 +154,7 @@ def _shard_shape(shard: Any, labels: Any, name: str) -> tuple[int, int]:
     return int(features.shape[0]), int(features.shape[1])
 
 
-def _shard_statistics(
+def shard_statistics(
     detector: StatisticsDetector, shard: Any, labels: Any, rows: torch.Tensor, name: str,
 ) -> tuple[ClassStatistics, np.ndarray, int]:
     """A shard's statistics, its threshold rows (in its own dtype) and its row count, with one

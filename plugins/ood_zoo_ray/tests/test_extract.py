@@ -119,7 +119,7 @@ def _kill_first_worker(output, killed: list[int], stop: threading.Event) -> None
     while not stop.is_set():
         if any(output.glob("features-*.safetensors")):
             for proc in psutil.process_iter(["pid", "cmdline"]):
-                if "_ShardWorker" in " ".join(proc.info["cmdline"] or ()):
+                if "ShardWorker" in " ".join(proc.info["cmdline"] or ()):
                     os.kill(proc.info["pid"], signal.SIGKILL)
                     killed.append(proc.info["pid"])
                     return
@@ -208,13 +208,13 @@ def test_engine_refuses_what_it_cannot_honour(ray_cluster):
 def test_actor_sets_its_torch_threads():
     """A reused Ray worker keeps the torch thread count it was first started with (another
     task's CPUs), so each extraction actor sets its own from ``num_cpus_per_worker``."""
-    from ood_zoo_ray.extraction import _ShardWorker
+    from ood_zoo_ray.extraction import ShardWorker
 
     saved = torch.get_num_threads()
     try:
         for threads in (1, 2):
             torch.set_num_threads(3 - threads)
-            _ShardWorker("minilm", {}, None, "cpu", threads=threads)
+            ShardWorker("minilm", {}, None, "cpu", threads=threads)
             assert torch.get_num_threads() == threads
     finally:
         torch.set_num_threads(saved)

@@ -100,13 +100,13 @@ def test_fit_errors_name_the_shard(ray_cluster, tmp_path):
 
 def test_shard_task_runs_on_one_torch_thread():
     """Each statistics task holds one Ray CPU; a reused worker may have started with more."""
-    from ood_zoo_ray.fitting import _shard_statistics
+    from ood_zoo_ray.fitting import shard_statistics
 
     x, y = make_bank(200)
     saved = torch.get_num_threads()
     try:
         torch.set_num_threads(2)
-        statistics, _, n = _shard_statistics(ood_zoo.create("mahalanobis"), x, y,
+        statistics, _, n = shard_statistics(ood_zoo.create("mahalanobis"), x, y,
                                              torch.arange(3), "shard 0")
         assert n == 200
         assert int(statistics.counts.sum()) == 200
