@@ -158,6 +158,16 @@ def test_stored_key_and_shape_are_verified(tmp_cache):
     assert fcache.read_entry(path, key, n_rows=2) is None  # missing: silent
 
 
+def test_write_returns_the_files_sha256(tmp_cache):
+    from ood_zoo.io import sha256_file
+
+    key = {"k": 2}
+    path = fcache.entry_path(tmp_cache, key)
+    digest = fcache.write_entry(path, {"features": torch.arange(6.0).reshape(2, 3)}, key)
+    assert digest == sha256_file(path)
+    assert len(digest) == 64
+
+
 def test_writes_are_atomic_and_leave_no_temporaries(tmp_cache, monkeypatch):
     key = {"k": 1}
     path = fcache.entry_path(tmp_cache, key)

@@ -105,8 +105,9 @@ def _checksum(tensors: Mapping[str, torch.Tensor]) -> str:
     return digest.hexdigest()
 
 
-def write_entry(path: Path, tensors: Mapping[str, torch.Tensor], key: Mapping[str, Any]) -> None:
-    """Write ``tensors`` (CPU) with ``key`` atomically (:func:`ood_zoo.io.atomic_write_bytes`)."""
+def write_entry(path: Path, tensors: Mapping[str, torch.Tensor], key: Mapping[str, Any]) -> str:
+    """Write ``tensors`` (CPU) with ``key`` atomically (:func:`ood_zoo.io.atomic_write_bytes`);
+    returns the file's SHA-256 (hex), from the bytes written, so no caller reads it back."""
     from safetensors.torch import save
 
     tensors = {name: t.detach().cpu().contiguous() for name, t in tensors.items()}
@@ -114,6 +115,7 @@ def write_entry(path: Path, tensors: Mapping[str, torch.Tensor], key: Mapping[st
     data = save(tensors, metadata=meta)
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(path, data)
+    return hashlib.sha256(data).hexdigest()
 
 
 def read_entry(

@@ -198,6 +198,7 @@ sort_by_length
     todo = [j for j, shard in enumerate(shards)
             if read_entry(directory / shard.file, _shard_key(plan, shard),
                           n_rows=shard.stop - shard.start) is None]
+    digests: dict[int, str] = {}  # of the shards written now (the others are hashed below)
     if todo:
         (directory / MANIFEST).unlink(missing_ok=True)
         worker = {"model": str(model), "options": options, "dtype": dtype, "device": device,
@@ -208,12 +209,13 @@ sort_by_length
                                           num_cpus_per_worker, num_gpus_per_worker):
                 shard = shards[j]
                 tensors["rows"] = torch.tensor(orders[shard.stage][shard.start : shard.stop])
-                write_entry(directory / shard.file, tensors, _shard_key(plan, shard))
+                digests[j] = write_entry(directory / shard.file, tensors,
+                                         _shard_key(plan, shard))
                 bar.update(1)
     manifest = {**plan, "shards": [
-        {**entry, "sha256": sha256_file(directory / entry["file"]),
+        {**entry, "sha256": digests.get(j) or sha256_file(directory / entry["file"]),
          "bytes": (directory / entry["file"]).stat().st_size}
-        for entry in plan["shards"]
+        for j, entry in enumerate(plan["shards"])
     ]}
     atomic_write_bytes(directory / MANIFEST, json.dumps(manifest, indent=1).encode())
     return directory
