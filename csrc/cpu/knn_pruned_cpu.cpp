@@ -8,9 +8,9 @@
 // widened by the caller's rounding margin, can still reach the query's threshold: the larger
 // (cosine) or smaller (l2) of the caller's seed `tau` and the k-th best exact score at the start
 // of the tile. A query's survivors in the tile are then scored from the bank rows themselves
-// (converted to fp32 a tile at a time, which stays in cache), several at a time, and offered to
-// caller-owned top-k heaps (topk_heap.h). Each micro-kernel has an AVX-512 and an AVX2 register
-// blocking with the same sums (see wide_kernels below).
+// (converted to fp32 a run of tiles at a time, which stays in cache), several at a time, and
+// offered to caller-owned top-k heaps (topk_heap.h). Each micro-kernel has an AVX-512 and an
+// AVX2 register blocking with the same sums (see wide_kernels below).
 //
 //   knn_pruned_update(seed=false): the pruned exact pass described above;
 //   knn_pruned_update(seed=true):  the heaps collect the rows with the best *approximate* scores
@@ -76,43 +76,32 @@
 namespace ood_zoo {
 namespace {
 
-// fp32 vectors of 16 and 8 lanes (register-aligned), their unaligned views for loads and stores,
-// and the lane-wise operations the kernels need.
+// fp32 vectors of 16 and 8 lanes (register-aligned), with unaligned loads and stores (memcpy,
+// which GCC turns into one vector move) and the lane-wise FMA the kernels need. (The lane count
+// is not a template parameter: GCC ignores a dependent vector_size.)
 typedef float Float16 __attribute__((vector_size(16 * sizeof(float))));
-typedef float Float16Unaligned __attribute__((vector_size(16 * sizeof(float)), aligned(4)));
 typedef float Float8 __attribute__((vector_size(8 * sizeof(float))));
-typedef float Float8Unaligned __attribute__((vector_size(8 * sizeof(float)), aligned(4)));
 
-// c + a * b lane by lane, always fused (one rounding), whichever ISA the caller targets.
-template <typename Vector, int W>
-OOD_ZOO_INLINE Vector fma_lanes(Vector a, Vector b, Vector c) {
-  for (int l = 0; l < W; ++l) {
-    c[l] = std::fma(a[l], b[l], c[l]);
-  }
-  return c;
-}
-
-// (The unaligned views cannot be template arguments: GCC drops their alignment attribute.)
-struct V16 {
-  using type = Float16;
+template <typename Vector>
+struct Vec {
+  using type = Vector;
+  static constexpr int kWidth = sizeof(Vector) / sizeof(float);
   static OOD_ZOO_INLINE type load(const float* x) {
-    return *reinterpret_cast<const Float16Unaligned*>(x);
+    type v;
+    std::memcpy(&v, x, sizeof v);
+    return v;
   }
-  static OOD_ZOO_INLINE void store(float* x, type v) {
-    *reinterpret_cast<Float16Unaligned*>(x) = v;
+  static OOD_ZOO_INLINE void store(float* x, type v) { std::memcpy(x, &v, sizeof v); }
+  // c + a * b lane by lane, always fused (one rounding), whichever ISA the caller targets.
+  static OOD_ZOO_INLINE type fma(type a, type b, type c) {
+    for (int l = 0; l < kWidth; ++l) {
+      c[l] = std::fma(a[l], b[l], c[l]);
+    }
+    return c;
   }
-  static OOD_ZOO_INLINE type fma(type a, type b, type c) { return fma_lanes<type, 16>(a, b, c); }
 };
-struct V8 {
-  using type = Float8;
-  static OOD_ZOO_INLINE type load(const float* x) {
-    return *reinterpret_cast<const Float8Unaligned*>(x);
-  }
-  static OOD_ZOO_INLINE void store(float* x, type v) {
-    *reinterpret_cast<Float8Unaligned*>(x) = v;
-  }
-  static OOD_ZOO_INLINE type fma(type a, type b, type c) { return fma_lanes<type, 8>(a, b, c); }
-};
+using V16 = Vec<Float16>;
+using V8 = Vec<Float8>;
 
 // Exact dot products accumulate in fp32 over kLanes = 32 lanes (lane l sums q[j] b[j] over
 // j = l, l + 32, ... in that order, with FMA), then the d % 32 tail lane by lane in the same
@@ -466,9 +455,10 @@ int64_t scan_tile(const Inputs& in, const float* rows, const float* ct, int64_t 
 // Bank rows (as fp32) per parallel region of pruned_kernel's many-query path.
 constexpr int64_t kRegionBytes = int64_t{8} << 20;
 
-// Runs scan_tile over the bank. Many queries: tile by tile, the query blocks split among the
-// threads (the tile's rows stay in cache for all of them). Few queries (online search): the
-// tiles split among the threads, each with private copies of the heaps, merged at the end.
+// Runs scan_tile over the bank. Many queries: run of tiles by run of tiles, the query blocks
+// split among the threads (the run's rows stay in cache for all of them). Few queries (online
+// search): the tiles split among the threads, each with private copies of the heaps, merged at
+// the end.
 template <bool Cosine, bool Seed>
 void pruned_kernel(const Inputs& in, const at::Tensor& bank, int64_t offset, at::Tensor& values,
                    at::Tensor& indices, int64_t tile_rows, at::Tensor& stats) {
@@ -500,8 +490,8 @@ void pruned_kernel(const Inputs& in, const at::Tensor& bank, int64_t offset, at:
         int64_t local = 0;
         for (int64_t start = r0; start < r0 + rn; start += tile) {
           const int64_t n = std::min(tile, r0 + rn - start);
-          const float* tile_rows = base == nullptr ? nullptr : base + (start - r0) * in.d;
-          local += scan_tile<Cosine, Seed>(in, tile_rows, groups(start), start, n, offset,
+          const float* tile_data = base == nullptr ? nullptr : base + (start - r0) * in.d;
+          local += scan_tile<Cosine, Seed>(in, tile_data, groups(start), start, n, offset,
                                            hv_all, hi_all, begin, end);
         }
         scored.fetch_add(local);
