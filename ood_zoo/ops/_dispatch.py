@@ -165,7 +165,8 @@ def cpu_kernels() -> str | None:
     otherwise. Both blockings sum every dot product in the same order, so results do not depend
     on it; ``OOD_ZOO_CPU_KERNELS=avx2`` exists to measure and test the AVX2 kernels on an
     AVX-512 machine. Read once per process; any other value than ``auto`` or ``avx2`` is an
-    error at the first pruned search. None without the C++ extension.
+    error (a ``RuntimeError`` here or at the first pruned search). None without the C++
+    extension.
     """
     if not extension.available():
         return None
