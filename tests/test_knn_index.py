@@ -9,6 +9,9 @@ exactly inside the subspace, duplicates, a query equal to a bank row, extreme no
 from __future__ import annotations
 
 import math
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -356,71 +359,62 @@ def test_non_finite_bank_is_named(rng):
 
 
 # ---------------------------------------------------------------------------- register blockings
+#: Searches every case of the inputs file in a fresh process (OOD_ZOO_CPU_KERNELS is read once).
 BLOCKING_SCRIPT = """
 import sys
 import numpy as np, torch
 from ood_zoo import ops
 torch.set_num_threads(1)
-out = {"kernels": np.array(ops.cpu_kernels())}
-shapes = ((3000, 257, 13, 5, 100), (1200, 64, 8, 1, None), (900, 100, 3, 20, 48))
-for metric in ("cosine", "l2"):
-    for n, d, nq, k, tile in shapes:
-        rng = np.random.default_rng(n + d)
-        mean = 3.0 * rng.standard_normal(d)
-        basis = np.linalg.qr(rng.standard_normal((d, 8)))[0]
-        def draw(m):
-            rows = mean + (rng.standard_normal((m, 8)) * np.logspace(0.3, -1, 8)) @ basis.T
-            return (rows + 0.02 * rng.standard_normal((m, d))).astype(np.float32)
-        bank, queries = draw(n), draw(nq)
-        index = ops.KNNIndex(bank, metric, mode="pruned", tile_rows=tile)
-        values, indices = index.search(queries, k)
-        key = f"{metric}-{n}-{d}"
-        out[key + "-values"], out[key + "-indices"] = values, indices
-        out[key + "-bank"], out[key + "-queries"] = bank, queries
-        out[key + "-k"] = np.array(k)
-np.savez(sys.argv[1], **out)
+inputs, out = np.load(sys.argv[1]), {"kernels": np.array(ops.cpu_kernels())}
+for case in sorted({key.rsplit("-", 1)[0] for key in inputs.files}):
+    metric, k, tile = case.split("-")[0], int(inputs[case + "-k"]), int(inputs[case + "-tile"])
+    index = ops.KNNIndex(inputs[case + "-bank"], metric, mode="pruned", tile_rows=tile or None)
+    out[case + "-values"], out[case + "-indices"] = index.search(inputs[case + "-queries"], k)
+np.savez(sys.argv[2], **out)
 """
+#: (rows, dim, queries, k, tile rows; 0: the default) of each case, run for cosine and l2.
+BLOCKING_CASES = ((3000, 257, 13, 5, 100), (1200, 64, 8, 1, 0), (900, 100, 3, 20, 48))
 
 
-def _blocking_run(tmp_path, choice: str) -> dict[str, np.ndarray]:
-    import os
-    import subprocess
-    import sys
-
+def _blocking_run(inputs, tmp_path, choice: str) -> dict[str, np.ndarray]:
     path = tmp_path / f"{choice or 'auto'}.npz"
     env = {**os.environ, "OOD_ZOO_BACKEND": "ext", "OOD_ZOO_CPU_KERNELS": choice,
            "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, "-c", BLOCKING_SCRIPT, str(path)], env=env,
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run([sys.executable, "-c", BLOCKING_SCRIPT, str(inputs), str(path)],
+                          env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     with np.load(path) as data:
         return dict(data)
 
 
 @needs_ext
-def test_avx2_and_avx512_blockings_give_the_same_bits(tmp_path):
+def test_avx2_and_avx512_blockings_give_the_same_bits(rng, tmp_path):
     """Both register blockings of the pruned kernels (``OOD_ZOO_CPU_KERNELS``) sum every lane in
     the same order: the searches agree bit for bit, and with the float64 reference. On an AVX2
     CPU both runs take the AVX2 kernels, and the test checks the override's plumbing."""
-    auto, narrow = _blocking_run(tmp_path, ""), _blocking_run(tmp_path, "avx2")
+    cases = {}
+    for metric in ("cosine", "l2"):
+        for n, d, n_q, k, tile in BLOCKING_CASES:
+            case = f"{metric}-{n}x{d}"
+            cases |= {f"{case}-bank": cone(rng, n, d), f"{case}-queries": cone(rng, n_q, d),
+                      f"{case}-k": np.array(k), f"{case}-tile": np.array(tile)}
+    inputs = tmp_path / "inputs.npz"
+    np.savez(inputs, **cases)
+    auto, narrow = _blocking_run(inputs, tmp_path, ""), _blocking_run(inputs, tmp_path, "avx2")
     assert str(narrow["kernels"]) in ("avx2", "generic")
     assert str(auto["kernels"]) in ("avx512", "avx2", "generic")
     assert auto.keys() == narrow.keys()
+    assert len(auto) == 1 + 2 * 2 * len(BLOCKING_CASES)
     for key in auto.keys() - {"kernels"}:
         np.testing.assert_array_equal(auto[key], narrow[key], err_msg=key)
         if key.endswith("-values"):
-            stem, metric = key[: -len("-values")], key.split("-")[0]
-            bank, queries = auto[stem + "-bank"], auto[stem + "-queries"]
-            assert_knn(auto[key], auto[stem + "-indices"], queries, bank,
-                       int(auto[stem + "-k"]), metric)
+            case, metric = key[: -len("-values")], key.split("-")[0]
+            assert_knn(auto[key], auto[case + "-indices"], cases[case + "-queries"],
+                       cases[case + "-bank"], int(cases[case + "-k"]), metric)
 
 
 @needs_ext
-def test_unknown_cpu_kernels_choice_is_an_error(tmp_path):
-    import os
-    import subprocess
-    import sys
-
+def test_unknown_cpu_kernels_choice_is_an_error():
     code = "from ood_zoo import ops; ops.cpu_kernels()"
     env = {**os.environ, "OOD_ZOO_CPU_KERNELS": "sse9"}
     proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
