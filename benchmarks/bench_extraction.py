@@ -41,6 +41,13 @@ def texts(n: int, seed: int = 0) -> list[str]:
     return chosen
 
 
+def count_tokens(tokenizer, data: list[str], *, template: str | None, max_length: int) -> int:
+    """Real tokens an extraction of ``data`` processes (template included, no padding)."""
+    parsed = Template.parse(template) if template else None
+    encoded, _ = encode(data, tokenizer, max_length=max_length, template=parsed)
+    return sum(len(ids) for ids in encoded["input_ids"])
+
+
 def run(name: str, data: list[str], *, batch_size: int, sort: bool) -> dict[str, float]:
     """Time one extraction (after a short warm-up) and count the real tokens it processed."""
     spec = model_spec(name)
@@ -48,9 +55,7 @@ def run(name: str, data: list[str], *, batch_size: int, sort: bool) -> dict[str,
     kw = {"pooling": spec.pooling, "template": spec.template, "max_length": spec.max_length,
           "batch_size": batch_size, "progress": False}
     extract(data[:batch_size], model, tokenizer, **kw)  # warm-up
-    template = Template.parse(spec.template) if spec.template else None
-    encoded, _ = encode(data, tokenizer, max_length=spec.max_length, template=template)
-    n_tokens = sum(len(ids) for ids in encoded["input_ids"])
+    n_tokens = count_tokens(tokenizer, data, template=spec.template, max_length=spec.max_length)
     tick = time.perf_counter()
     extract(data, model, tokenizer, sort_by_length=sort, **kw)
     seconds = time.perf_counter() - tick

@@ -42,14 +42,13 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "plugins" / "ood_zoo_ray"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from bench_extraction import texts  # noqa: E402
+from bench_extraction import count_tokens, texts  # noqa: E402
 from bench_index import load, machine  # noqa: E402
 from ood_zoo_ray.cluster import ensure_ray  # noqa: E402
 from ood_zoo_ray.extraction import extract as ray_extract  # noqa: E402
 from ood_zoo_ray.extraction import load as ray_load  # noqa: E402
 
 from ood_zoo.features import extract, load_model, model_spec  # noqa: E402
-from ood_zoo.features.encode import Template, encode  # noqa: E402
 
 MODELS = ("smollm2-135m", "minilm")
 
@@ -62,17 +61,10 @@ def options(name: str, batch_size: int) -> dict[str, Any]:
             "batch_size": batch_size}
 
 
-def count_tokens(name: str, data: list[str], settings: dict[str, Any]) -> int:
-    """Real tokens the extraction processes (template included, no padding)."""
-    _, tokenizer = load_model(name, device="cpu")
-    template = Template.parse(settings["template"]) if settings["template"] else None
-    encoded, _ = encode(data, tokenizer, max_length=settings["max_length"], template=template)
-    return sum(len(ids) for ids in encoded["input_ids"])
-
-
 def one_process(name: str, data: list[str], settings: dict[str, Any], threads: int
                 ) -> tuple[dict[str, float], torch.Tensor]:
-    """Model load and extraction time in this process with ``threads`` torch threads."""
+    """Model load and extraction time in this process with ``threads`` torch threads, and the
+    real tokens extracted."""
     saved = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
@@ -85,7 +77,10 @@ def one_process(name: str, data: list[str], settings: dict[str, Any], threads: i
         seconds = time.perf_counter() - tick
     finally:
         torch.set_num_threads(saved)
-    return {"load_s": load_s, "seconds": seconds, "texts_per_s": len(data) / seconds}, features
+    tokens = count_tokens(tokenizer, data, template=settings["template"],
+                          max_length=settings["max_length"])
+    return {"load_s": load_s, "seconds": seconds, "texts_per_s": len(data) / seconds,
+            "tokens": tokens}, features
 
 
 def on_ray(name: str, data: list[str], settings: dict[str, Any], actors: int, cpus: float,
@@ -129,13 +124,12 @@ def main() -> None:
     results: list[dict[str, Any]] = []
     for name in args.models:
         settings = options(name, args.batch_size)
-        tokens = count_tokens(name, data, settings)
         reference: torch.Tensor | None = None
         for threads in sorted({1, args.threads}):
             figures, features = one_process(name, data, settings, threads)
             reference = features if reference is None else reference
-            results.append({"model": name, "run": f"extract, {threads} thread(s)",
-                            "tokens": tokens, **figures})
+            tokens = figures["tokens"]
+            results.append({"model": name, "run": f"extract, {threads} thread(s)", **figures})
             print(results[-1], flush=True)
         for config in args.configs:
             actors, cpus = config.split("x")
