@@ -26,3 +26,10 @@ def ensure_ray(**init_options: Any) -> Any:
     if not ray.is_initialized():
         ray.init(**{"include_dashboard": False, "log_to_driver": False, **init_options})
     return ray
+
+
+def torch_threads(num_cpus: float) -> int:
+    """The torch threads of an actor or task that reserves ``num_cpus`` Ray CPUs: its whole CPUs,
+    at least one. Set explicitly in the worker: Ray reuses worker processes, and torch keeps the
+    thread count it was first imported under (another task's reservation)."""
+    return max(1, int(num_cpus))

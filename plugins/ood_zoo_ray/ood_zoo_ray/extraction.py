@@ -68,7 +68,7 @@ from ood_zoo.features import extract as extract_one_process
 from ood_zoo.features.cache import key_digest, read_entry, write_entry
 from ood_zoo.io import atomic_write_bytes, sha256_file
 
-from .cluster import ensure_ray
+from .cluster import ensure_ray, torch_threads
 
 __all__ = ["FORMAT", "MANIFEST", "PLAN", "ShardWorker", "extract", "extract_features", "load"]
 
@@ -202,7 +202,7 @@ sort_by_length
     if todo:
         (directory / MANIFEST).unlink(missing_ok=True)
         worker = {"model": str(model), "options": options, "dtype": dtype, "device": device,
-                  "threads": max(1, int(num_cpus_per_worker))}
+                  "threads": torch_threads(num_cpus_per_worker)}
         with tqdm(total=len(shards), initial=len(shards) - len(todo), desc="extract (ray)",
                   unit="shard", disable=not progress) as bar:
             for j, tensors in _run_shards(texts, orders, shards, todo, worker, num_workers,
@@ -476,9 +476,7 @@ class ShardWorker:
 
     def __init__(self, model: str, options: dict[str, Any], dtype: Any, device: str | None,
                  threads: int):
-        # Set, not inherited: Ray reuses worker processes, whose torch keeps the thread count
-        # of the OMP_NUM_THREADS it was first imported under (another task's CPUs).
-        torch.set_num_threads(threads)
+        torch.set_num_threads(threads)  # set, not inherited: see cluster.torch_threads
         self.model, self.tokenizer = load_model(model, device=device, dtype=dtype)
         self.options = options
 

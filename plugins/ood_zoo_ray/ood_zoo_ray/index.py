@@ -24,7 +24,7 @@ from ood_zoo import ops
 from ood_zoo.errors import InputError
 from ood_zoo.ops.arrays import ArrayKind, check_matrix, check_positive_int, check_search
 
-from .cluster import ensure_ray
+from .cluster import ensure_ray, torch_threads
 
 #: How often a dead actor is restarted, and a search it was running retried, by default.
 MAX_RESTARTS = 3
@@ -163,7 +163,7 @@ class ShardedIndex:
         # paths as they are, arrays put in the object store once (empty shards: no actor)
         self._refs = {i: sources[i] if isinstance(sources[i], str) else ray.put(sources[i])
                       for group in groups for i in group}
-        threads = max(1, int(num_cpus_per_actor))
+        threads = torch_threads(num_cpus_per_actor)
         options = {"mode": mode, **index_options}
         actor = ray.remote(ShardSearcher).options(
             num_cpus=num_cpus_per_actor, max_restarts=max_restarts,
