@@ -121,7 +121,11 @@ def test_rows_inside_the_subspace_have_zero_residual(rng, metric):
     bank = (rng.standard_normal((600, 6)) @ basis.T).astype(np.float32)
     queries = (rng.standard_normal((20, 6)) @ basis.T).astype(np.float32)
     index = pruned(bank, metric, rank=8)
-    assert float(index.bank_res.max()) < 1e-5
+    # zero up to the fp32 build's widening, sqrt(4 e) |b| (zero with a float64 build)
+    norms = 1.0 if metric == "cosine" else np.linalg.norm(bank, axis=1)
+    widening = math.sqrt(4 * index.projection_error() * 1.0001) * norms
+    assert bool((index.bank_res.numpy() <= widening + 1e-6).all())
+    assert_projections_within_their_bound(index, bank, unit=metric == "cosine")
     check(index, queries, bank, 4, metric)
 
 
@@ -179,6 +183,70 @@ def test_memmap_and_shards(rng, tmp_path):
     queries = cone(rng, 12, 64)
     for source in (mm, [mm[:700], mm[700:1499], mm[1499:]]):
         check(pruned(source, "cosine", tile_rows=90), queries, bank, 6, "cosine")
+
+
+def assert_projections_within_their_bound(index: ops.KNNIndex, bank: np.ndarray, *,
+                                          unit: bool) -> None:
+    """The bank's fp32-GEMM projections are within ``e |b|`` of the float64 ones (plus their fp32
+    storage), and its residual norms bound the true ones from above, widened by no more than
+    the ``e`` term allows (so an over-wide residual fails too)."""
+    rows = torch.from_numpy(bank.astype(np.float32)).double()
+    norms = rows.norm(dim=1, keepdim=True)
+    if unit:
+        rows = rows / norms.clamp_min(1e-300)
+        norms = torch.ones_like(norms)
+    exact = rows @ index.basis
+    e = index.projection_error()
+    got = index.bank_proj.double()
+    # fp32 storage of the projections (absolute where they are subnormal: the kernel's margin is
+    # relative to |q|² + |b|², and l2 queries stay above 2^-50, so that costs nothing there)
+    slack = 2.0**-23 * exact.norm(dim=1) + math.sqrt(exact.shape[1]) * 2.0**-149
+    assert bool(((got - exact).norm(dim=1) <= e * norms[:, 0] + slack).all())
+    residual = (rows - exact @ index.basis.T).norm(dim=1)
+    stored = index.bank_res.double()
+    assert bool((stored >= residual).all())
+    # |c̃| - e|b| >= |c| - 2e|b|, so the stored r² <= |b|² - (|c| - 2e|b|)² <= r² + 4e|b|²
+    widest = torch.sqrt(residual**2 + 4 * e * norms[:, 0] ** 2) * (1 + 2.0**-20)
+    assert bool((stored <= widest + 2.0**-19 * norms[:, 0] + 2.0**-149).all())
+
+
+@needs_ext
+@pytest.mark.parametrize("metric", ["cosine", "l2"])
+@pytest.mark.parametrize("exponent", [-140, -30, 0, 50])
+def test_fp32_gemm_projections_stay_within_their_bound(rng, metric, exponent):
+    """At any magnitude the pruned kernel accepts, entries spread over 40 binades: the build's
+    fp32 GEMM is covered by ``e``. (l2 rows near 2^-140 are subnormal: without the per-row power
+    of two before the GEMM their products would underflow.)"""
+    if metric == "cosine" and exponent < -30:
+        pytest.skip("cosine rows below kNormEps (1e-12) count as zero rows")
+    bank = cone(rng, 3000, 200).astype(np.float64)
+    bank *= np.exp2(rng.integers(-40, 1, bank.shape))  # entries from 2^-40 to 1 of the cone's
+    bank = (bank * 2.0**exponent).astype(np.float32)
+    index = pruned(bank, metric, rank=16)
+    assert_projections_within_their_bound(index, bank, unit=metric == "cosine")
+
+
+@needs_ext
+def test_build_chunks_and_partial_groups_of_several_shards(rng):
+    """The build projects 2**23 values per call, straight into the grouped layout: shards that
+    take two calls and end in partial groups of 16 get every row's projection, residual and
+    term in place (against float64), zero padding, and a non-finite row named globally."""
+    d = 2048  # 4,096 rows per build call
+    bank = cone(rng, 8220, d, rank=4)
+    shards = [bank[:4100], bank[4100:8213], bank[8213:]]
+    index = pruned(shards, "cosine", rank=8)
+    assert_projections_within_their_bound(index, bank, unit=True)
+    norms = torch.from_numpy(bank).double().norm(dim=1)
+    assert torch.allclose(index.bank_term.double(), 1 / norms, rtol=1e-6, atol=0)
+    assert index.bank_groups.shape == (257 + 258 + 1, 8, 16)  # ceil(4100 / 16), ceil(4113 / 16)
+    for last, used in ((256, 4), (514, 1), (515, 7)):  # every shard's last group is padded
+        assert bool((index.bank_groups[last, :, used:] == 0).all())
+        assert bool((index.bank_groups[last, :, :used] != 0).any())
+    check(index, cone(rng, 5, d, rank=4), bank, 3, "cosine")
+    shards[1] = shards[1].copy()
+    shards[1][4097, 9] = np.inf  # the second build call of shard 1
+    with pytest.raises(InputError, match=str(4100 + 4097)):
+        ops.KNNIndex(shards, "cosine", mode="pruned", rank=8, sample_rows=16)
 
 
 @needs_ext

@@ -218,13 +218,14 @@ def test_op_rejects_bad_state():
 @pytest.mark.parametrize("precision", ["exact", "bf16"])
 @pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf])
 def test_kernel_reports_non_finite_bank_rows(rng, precision, value):
-    """The CPU kernels check the bank's finiteness in their norm pass (no separate scan)."""
+    """The CPU kernels check the bank's finiteness in their norm pass (no separate scan); a bad row
+    is named by its position in the whole bank, not in its shard."""
     q, b = gaussian(rng, 3, 5), gaussian(rng, 40, 5)
     bad = b.copy()
     bad[33, 4] = value
     kind = "NaN" if np.isnan(value) else "Inf"
     for metric in ("cosine", "l2"):
-        with pytest.raises(InputError, match=f"{kind} \\(first bad row 13\\)"):
+        with pytest.raises(InputError, match=f"{kind} \\(first bad row 33\\)"):
             ops.knn(q, [b[:20], bad[20:]], 2, metric, chunk_rows=8, precision=precision)
         with pytest.raises(RuntimeError, match="bank row 33 is not finite"):
             torch.ops.ood_zoo.knn(torch.from_numpy(q), torch.from_numpy(bad), 2, metric, 8)

@@ -17,7 +17,8 @@
 //                                  <a, c> instead (no residual, no exact scores), so that the
 //                                  caller can seed `tau` from rows scored exactly;
 //   knn_pruned_rescore:            exact scores of given (query, row) pairs, same arithmetic;
-//   knn_pruned_project:            the projections and residual norms, in float64.
+//   knn_pruned_project:            the projections and residual norms (float64, or an fp32
+//                                  GEMM with a stated error bound for bank rows).
 //
 // Exact scores: s = fl(<q, b>) accumulated in fp32 over 32 lanes (each lane sums ceil(d/32)
 // products with FMA, then a 5-level tree), so |s - <q, b>| <= gamma_(ceil(d/32)+5) |q| |b|
@@ -46,6 +47,7 @@
 #include <vector>
 
 #include "../common.h"
+#include "gemm.h"
 #include "row_ops.h"
 #include "topk_heap.h"
 
@@ -573,25 +575,65 @@ inline float round_up(double x) {
   return static_cast<double>(f) < x ? std::nextafter(f, std::numeric_limits<float>::infinity()) : f;
 }
 
-// Rows per block of knn_pruned_project: converted to float64 (the block stays in cache) and
-// multiplied by the basis with ATen's float64 mm, a BLAS dgemm (~10x the hand-written float64
-// loop it replaced on AVX2 CPUs, where that loop's 32 vector accumulators spilled).
+// Rows per block of knn_pruned_project: converted (the block stays in cache) and multiplied by
+// the basis with one BLAS call.
 constexpr int64_t kProjectBlock = 512;
 
-// knn_pruned_project(rows [n, d] any float dtype (as fp32), basis [d, p] fp64, unit, slack) ->
-// (proj [n, p] fp32, residual norms [n] fp32 rounded up, term [n] fp32): c = Vᵀx̂, |x̂ - Vc| from
-// sqrt(max(0, |x̂|² - |c|²) + slack |x̂|²), x̂ = x / max(|x|, eps) if unit (term = that inverse
-// norm) else x (term = |x|²), all in float64 (the products of fp32 values and float64 basis
-// entries accumulate in float64, in whatever order the BLAS takes: within d 2^-53 |x| per
-// entry, which the slack and the caller's margin cover). Returns the first non-finite row in
-// `bad` (or -1).
+// The residual norm rounded up, from |x̂|² and |c̃|² in float64: |x̂ - Vc| <= sqrt(max(0,
+// |x̂|² - max(0, |c̃| - e |x̂|)²) + slack |x̂|²) when |c̃ - c| <= e |x̂| (e = 0: c̃ exact in float64,
+// whose rounding the slack covers).
+inline float residual_up(double xx, double cc, double e, double slack) {
+  double low_sq = cc;
+  if (e > 0) {
+    const double low = std::max(0.0, std::sqrt(cc) - e * std::sqrt(xx));
+    low_sq = low * low;
+  }
+  return round_up(std::sqrt(std::max(0.0, xx - low_sq) + slack * xx));
+}
+
+// Scales a row by 2^-e so that its peak |x_j| lies in [1/2, 1), and returns e (0 for a zero or
+// non-finite row, left as it is). Exact except for entries that become subnormal.
+OOD_ZOO_CLONES int scale_to_unit_peak(float* x, int64_t d) {
+  float peak = 0.0f;
+#pragma omp simd reduction(max : peak)
+  for (int64_t j = 0; j < d; ++j) {
+    peak = std::max(peak, std::fabs(x[j]));  // a NaN row keeps its NaN through the GEMM
+  }
+  int e = 0;
+  if (!(std::isfinite(peak) && peak > 0.0f)) {
+    return 0;
+  }
+  std::frexp(peak, &e);
+  const double factor = std::ldexp(1.0, -e);  // up to 2^149: not a float, so via double
+#pragma omp simd
+  for (int64_t j = 0; j < d; ++j) {
+    x[j] = static_cast<float>(static_cast<double>(x[j]) * factor);
+  }
+  return e;
+}
+
+// knn_pruned_project(rows [n, d] any float dtype (as fp32), basis [d, p] fp64, unit, slack,
+// proj_error) -> (proj [n, p] fp32, residual norms [n] fp32 rounded up, term [n] fp32): c = Vᵀx̂,
+// x̂ = x / max(|x|, eps) if unit (term = that inverse norm) else x (term = |x|²), |x|² in float64.
+//   proj_error = 0 (queries): c in float64 (ATen's mm, a BLAS dgemm; the products of fp32
+//     values and float64 basis entries accumulate in whatever order the BLAS takes, within
+//     d 2^-53 |x| per entry, which the slack and the caller's margin cover).
+//   proj_error = e > 0 (bank rows): c from one fp32 GEMM (gemm_nt) of the rows, each scaled by a
+//     power of two to a peak in [1/2, 1) first, with the basis rounded to fp32; the caller
+//     guarantees |c̃ - c| <= e |x̂| for that arithmetic (ops.KNNIndex: e = 1.01 sqrt(p)
+//     (γ_(d+2) + d 2^-146), the last term for products, sums and scaled entries that
+//     underflow), and the residual is widened to match.
+// Returns the first non-finite row in `bad` (or -1).
 std::tuple<at::Tensor, at::Tensor, at::Tensor, int64_t> knn_pruned_project_cpu(
-    const at::Tensor& rows, const at::Tensor& basis, bool unit, double slack) {
+    const at::Tensor& rows, const at::Tensor& basis, bool unit, double slack, double proj_error) {
   check_feature_matrix(rows, "knn_pruned_project", "rows");
   const int64_t n = rows.size(0), d = rows.size(1), p = basis.size(1);
   TORCH_CHECK(basis.scalar_type() == at::kDouble && basis.is_contiguous() && basis.dim() == 2 &&
                   basis.size(0) == d && p >= 1,
               "knn_pruned_project: basis must be a contiguous float64 [d, p] matrix");
+  TORCH_CHECK(proj_error >= 0 && std::isfinite(proj_error),
+              "knn_pruned_project: proj_error must be finite and >= 0");
+  const bool fp32 = proj_error > 0;
   const auto f32 = rows.options().dtype(at::kFloat);
   const auto f64 = rows.options().dtype(at::kDouble);
   at::Tensor proj = at::empty({n, p}, f32);
@@ -601,29 +643,51 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, int64_t> knn_pruned_project_cpu(
   float* rp = res.data_ptr<float>();
   float* tp = term.data_ptr<float>();
   const int64_t block = std::min(kProjectBlock, std::max<int64_t>(n, 1));
-  at::Tensor x64 = at::empty({block, d}, f64);
-  at::Tensor c64 = at::empty({block, p}, f64);
+  at::Tensor xs = at::empty({block, d}, fp32 ? f32 : f64);  // the block as the GEMM reads it
+  at::Tensor cs = at::empty({block, p}, fp32 ? f32 : f64);
+  // fp32: the basis transposed ([p, d], as gemm_nt's B) and rounded; each row's power of two
+  const at::Tensor basis_t = fp32 ? basis.t().to(at::kFloat).contiguous() : at::Tensor();
+  std::vector<int> exponents(fp32 ? block : 0);
+  std::vector<double> squares(block);  // |x|² of each row of the block, in float64
   std::atomic<int64_t> first_bad{std::numeric_limits<int64_t>::max()};
+  auto flag_bad = [&](int64_t r) {
+    int64_t seen = first_bad.load();
+    while (r < seen && !first_bad.compare_exchange_weak(seen, r)) {
+    }
+  };
   for (int64_t start = 0; start < n; start += block) {
     const int64_t m = std::min(block, n - start);
-    // the rows as fp32 (exact for fp16/bf16; float64 rows are rounded, as the kernels read
-    // them), widened to float64 exactly
+    // the rows as fp32 (exact for fp16/bf16; float64 rows are rounded, as the kernels read them)
     const at::Tensor block_rows = rows.narrow(0, start, m);
-    at::Tensor xb = x64.narrow(0, 0, m);
+    at::Tensor xb = xs.narrow(0, 0, m);
     xb.copy_(block_rows.scalar_type() == at::kDouble ? block_rows.to(at::kFloat) : block_rows);
-    at::Tensor cb = c64.narrow(0, 0, m);
-    at::mm_out(cb, xb, basis);
-    const double* xp = x64.const_data_ptr<double>();
-    const double* cp = c64.const_data_ptr<double>();
+    if (fp32) {
+      float* xp = xs.data_ptr<float>();
+      at::parallel_for(0, m, 64, [&](int64_t begin, int64_t end) {
+        for (int64_t i = begin; i < end; ++i) {
+          float* x = xp + i * d;
+          squares[i] = sum_sq<float>(x, d);  // of the row as stored, before any scaling
+          exponents[i] = scale_to_unit_peak(x, d);
+        }
+      });
+      gemm_nt(xp, d, basis_t.const_data_ptr<float>(), d, cs.data_ptr<float>(), p, m, p, d);
+    } else {
+      at::Tensor cb = cs.narrow(0, 0, m);
+      at::mm_out(cb, xb, basis);
+      const double* xp = xs.const_data_ptr<double>();
+      at::parallel_for(0, m, 64, [&](int64_t begin, int64_t end) {
+        for (int64_t i = begin; i < end; ++i) {
+          squares[i] = sum_sq<double>(xp + i * d, d);
+        }
+      });
+    }
     at::parallel_for(0, m, 64, [&](int64_t begin, int64_t end) {
       for (int64_t i = begin; i < end; ++i) {
         const int64_t r = start + i;
-        const double* c = cp + i * p;
-        double sq = sum_sq<double>(xp + i * d, d);
+        const double back = fp32 ? std::ldexp(1.0, exponents[i]) : 1.0;  // undoes the scaling
+        double sq = squares[i];
         if (!std::isfinite(sq)) {
-          int64_t seen = first_bad.load();
-          while (r < seen && !first_bad.compare_exchange_weak(seen, r)) {
-          }
+          flag_bad(r);
           sq = 0.0;
         }
         double scale = 1.0;
@@ -635,12 +699,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, int64_t> knn_pruned_project_cpu(
         }
         double cc = 0.0;
         for (int64_t j = 0; j < p; ++j) {
-          const double v = c[j] * scale;
+          const double c = fp32 ? static_cast<double>(cs.const_data_ptr<float>()[i * p + j]) * back
+                                : cs.const_data_ptr<double>()[i * p + j];
+          const double v = c * scale;
           pp[r * p + j] = static_cast<float>(v);
           cc += v * v;
         }
-        const double xx = sq * scale * scale;
-        rp[r] = round_up(std::sqrt(std::max(0.0, xx - cc) + slack * xx));
+        rp[r] = residual_up(sq * scale * scale, cc, proj_error, slack);
       }
     });
   }
@@ -765,7 +830,7 @@ TORCH_LIBRARY_FRAGMENT(ood_zoo, m) {
       "Tensor(b!) indices, Tensor tau, str metric, bool seed, float margin, int tile_rows, "
       "Tensor(c!) stats) -> ()");
   m.def(
-      "knn_pruned_project(Tensor rows, Tensor basis, bool unit, float slack) "
+      "knn_pruned_project(Tensor rows, Tensor basis, bool unit, float slack, float proj_error=0) "
       "-> (Tensor proj, Tensor res, Tensor term, int bad_row)");
   m.def(
       "knn_pruned_rescore(Tensor queries, Tensor q_sq, Tensor bank, int offset, Tensor indices, "

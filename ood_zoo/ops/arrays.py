@@ -174,8 +174,9 @@ class RowPeaks:
         return RowPeaks(min(self.low, other.low), max(self.high, other.high))
 
 
-def check_finite(tensor: torch.Tensor, *, name: str) -> RowPeaks:
-    """Raise :class:`InputError` naming the first row that holds NaN or Inf; return the row peaks.
+def check_finite(tensor: torch.Tensor, *, name: str, first_row: int = 0) -> RowPeaks:
+    """Raise :class:`InputError` naming the first row that holds NaN or Inf (numbered from
+    ``first_row``, the position of a shard's first row in its bank); return the row peaks.
 
     One bounded-memory pass (``aminmax`` per row chunk, which propagates NaN) both checks the
     values and measures their range, so the peaks cost nothing over the check. A 1-D tensor counts
@@ -190,7 +191,7 @@ def check_finite(tensor: torch.Tensor, *, name: str) -> RowPeaks:
         peak = torch.maximum(high, -low)
         bad = ~torch.isfinite(peak)
         if bad.any():
-            row = start + int(bad.nonzero()[0, 0])
+            row = first_row + start + int(bad.nonzero()[0, 0])
             kind = "NaN" if torch.isnan(peak).any() else "Inf"
             raise InputError(f"{name}: contains {kind} (first bad row {row})")
         nonzero = peak[peak > 0]
@@ -201,10 +202,12 @@ def check_finite(tensor: torch.Tensor, *, name: str) -> RowPeaks:
 
 
 def bank_peaks(shards: list[torch.Tensor]) -> RowPeaks:
-    """:func:`check_finite` over every shard of a bank: one pass, the peaks of all its rows."""
-    peaks = RowPeaks()
+    """:func:`check_finite` over every shard of a bank: one pass, the peaks of all its rows (a bad
+    row is named by its position in the whole bank)."""
+    peaks, offset = RowPeaks(), 0
     for shard in shards:
-        peaks = peaks.merge(check_finite(shard, name="bank"))
+        peaks = peaks.merge(check_finite(shard, name="bank", first_row=offset))
+        offset += shard.shape[0]
     return peaks
 
 
@@ -217,12 +220,14 @@ def check_bank(bank: Bank, *, finite: bool = True) -> list[torch.Tensor]:
     shards = list(bank) if isinstance(bank, list | tuple) else [bank]
     if not shards:
         raise InputError("bank: no shards given")
-    tensors = [check_matrix(s, name="bank", allow_empty=True, finite=finite) for s in shards]
+    tensors = [check_matrix(s, name="bank", allow_empty=True, finite=False) for s in shards]
     widths = {t.shape[1] for t in tensors}
     if len(widths) != 1:
         raise InputError(f"bank: shards have different feature dimensions {sorted(widths)}")
     if sum(t.shape[0] for t in tensors) == 0:
         raise InputError("bank: empty input")
+    if finite:
+        bank_peaks(tensors)
     return tensors
 
 

@@ -27,7 +27,7 @@ from .arrays import (
 )
 from .dense import Metric, knn
 from .magnitude import in_range, normalise_rows, times_pow2
-from .streaming import bank_rows, chunks, sort_heaps
+from .streaming import bank_rows, sort_heaps
 
 #: Principal directions the index projects on, by default: 64 below 1,024 features, 128 from
 #: there (at most ``d // 4``). On SmolLM2's middle layer (d = 576) 128 directions cut the k = 10
@@ -110,8 +110,16 @@ class KNNIndex:
     That threshold is seeded by a first pass: the ``4 k`` rows with the best approximate scores
     ``<a, c>``, scored exactly. Exact scores come from the bank rows as stored, in fp32.
 
-    **Rounding.** ``c``, ``r_b`` (and ``a``, ``r_q`` at search) are computed in float64 from the
-    fp32 rows and stored in fp32, the residuals rounded up. With ``u = 2^-24`` and
+    **Rounding.** ``a`` and ``r_q`` are computed in float64 from the fp32 queries. The bank's
+    ``c`` comes from one fp32 GEMM of its rows (each scaled by a power of two to a peak in
+    ``[1/2, 1)``, exactly) with the basis rounded to fp32: in any summation order, each entry is
+    within ``γ_d Σ_i |x_i| |V_ij|`` of the product with the fp32 basis, which is within
+    ``u Σ_i |x_i| |V_ij|`` of the exact one, and ``Σ_i |x_i| |V_ij| <= |x|`` (Cauchy–Schwarz,
+    unit columns), so ``|c̃ - c| <= e |b|`` with ``e = 1.01 √p (γ_(d+2) + d 2^-146)`` (the last
+    term for underflow). Hence ``<a, c> <= <a, c̃> + e |q| |b|``, and ``r_b`` is stored as the
+    float64 ``sqrt(|b|² - max(0, |c̃| - e |b|)²)`` plus a ``2^-40`` slack, rounded up to fp32; ``e``
+    is added to ``M`` (cosine: ``|q| = |b| = 1``; l2: ``2 e |q| |b| <= e (|q|² + |b|²)``).
+    With ``u = 2^-24`` and
     ``γ_m = m u / (1 - m u)``, for cosine (unit rows, ``|a|, |c| <= 1``): the stored projections
     cost ``2u``, the fp32 sum of the ``p`` products ``γ_p``, the bound's product and sum ``2u``;
     the exact score (32-lane FMA accumulation, see ``csrc/cpu/knn_pruned_cpu.cpp``) is within
@@ -119,7 +127,7 @@ class KNNIndex:
     at most that multiple of ``u (|q|² + |b|²)`` on squared distances, plus ``u`` for each of
     ``|q|²`` and ``|b|²`` and ``4u`` for each of the two sums of three terms. A row is pruned
     only if ``bound + M < τ`` (cosine; l2: ``(1 - M)(|q|² + |b|²) - 2 bound > τ``) with
-    ``M = 1.01 (p + ⌈d/32⌉ + 24) u``, which exceeds the sum of these terms. So a row whose
+    ``M = 1.01 (p + ⌈d/32⌉ + 24) u + e``, which exceeds the sum of these terms. So a row whose
     exactly computed score reaches the k-th best is never pruned, and the result is the top-k
     of the exact scores over the whole bank.
 
@@ -253,26 +261,43 @@ class KNNIndex:
             return f"residual energy {self.residual_energy:.3f} > {INDEX_MAX_RESIDUAL_ENERGY}"
         # One pass over the bank: the projections, which also check NaN/Inf and measure every
         # row's norm (the term: 1/|b| for cosine, |b|² for l2), so the safe range costs no pass.
-        proj, res, term = [], [], []
         try:
-            for offset, chunk in chunks(self.shards, _index_build_rows(self.dim)):
-                c, r, t = self.project(chunk, unit=self.metric == "cosine", offset=offset)
-                proj.append(c)
-                res.append(r)
-                term.append(t)
+            self.bank_groups, self.bank_res, self.bank_term = self._project_bank()
         except InputError:
             # a NaN/Inf row (bank_peaks raises naming it), or an l2 row whose |b|² overflows
             if in_range(bank_peaks(self.shards), self.dim, torch.float32, lower=False):
                 raise
             return self._beyond_safe_range()
-        terms = torch.cat(term)
-        beyond = (terms < 2.0**-62) if self.metric == "cosine" else (terms > 2.0**124)
+        beyond = (self.bank_term < 2.0**-62) if self.metric == "cosine" \
+            else (self.bank_term > 2.0**124)
         if bool(beyond.any()):
             return self._beyond_safe_range()
-        self.bank_groups = self._group_projections(torch.cat(proj))
-        self.bank_res = torch.cat(res)
-        self.bank_term = terms
         return None
+
+    def _project_bank(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(groups, residual norms, terms)`` of the whole bank, a chunk of rows at a time, each
+        chunk's projections written straight into the grouped layout the kernel reads: per
+        shard, rows in groups of 16, each group transposed, a shard's last group padded with
+        zero rows (``[sum_s ceil(n_s / 16), p, 16]``, also the saved form)."""
+        n_groups = sum(-(-shard.shape[0] // _GROUP) for shard in self.shards)
+        groups = torch.empty(n_groups, self.basis.shape[1], _GROUP)
+        res, term = torch.empty(self.n_rows), torch.empty(self.n_rows)
+        step = _index_build_rows(self.dim)
+        offset = group = 0
+        for shard in self.shards:
+            for start in range(0, shard.shape[0], step):
+                c, r, t = self.project(shard[start : start + step], unit=self.metric == "cosine",
+                                       offset=offset + start, fp32_gemm=True)
+                rows = c.shape[0]
+                width = -(-rows // _GROUP)
+                if rows % _GROUP:
+                    c = torch.cat([c, c.new_zeros(width * _GROUP - rows, c.shape[1])])
+                groups[group : group + width].copy_(c.view(width, _GROUP, -1).transpose(1, 2))
+                res[offset + start : offset + start + rows] = r
+                term[offset + start : offset + start + rows] = t
+                group += width
+            offset += shard.shape[0]
+        return groups, res, term
 
     def _beyond_safe_range(self) -> str:
         """Why a bank with rows beyond the fp32 safe range is searched densely (or, with
@@ -283,35 +308,25 @@ class KNNIndex:
         return "bank row norms beyond the safe range (2**62)"
 
     def project(
-        self, x: torch.Tensor, *, unit: bool, offset: int = 0
+        self, x: torch.Tensor, *, unit: bool, offset: int = 0, fp32_gemm: bool = False
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Rows -> (projections, residual norms rounded up, per-row term), via float64: the
-        quantities of the bound (bank rows give :attr:`bank_proj`, ``bank_res``, ``bank_term``).
+        """Rows -> (projections, residual norms rounded up, per-row term): the quantities of the
+        bound (bank rows give :attr:`bank_proj`, ``bank_res``, ``bank_term``).
 
-        ``c = Vᵀx̂`` and ``|x̂ - Vc| = sqrt(max(0, |x̂|² - |c|²) + 2^-40 |x̂|²)`` (the slack covers
-        the float64 rounding), where ``x̂`` is the row scaled to unit norm if ``unit`` (cosine
-        bank rows; the term is then the inverse norm) or the row itself (the term is the squared
-        norm). The squared norms double as the finiteness check: a row holding NaN or Inf is
-        reported with its position ``offset + i``.
+        ``c = Vᵀx̂`` and ``|x̂ - Vc| <= sqrt(max(0, |x̂|² - max(0, |c̃| - e |x̂|)²) + 2^-40 |x̂|²)``,
+        where ``x̂`` is the row scaled to unit norm if ``unit`` (cosine bank rows; the term is then
+        the inverse norm) or the row itself (the term is the squared norm), ``|x̂|²`` is in
+        float64 and ``c̃`` the computed ``c``: in float64 (``e = 0``; the slack covers its
+        rounding), or with ``fp32_gemm`` from one fp32 GEMM, ``|c̃ - c| <= e |x̂|`` with
+        ``e =`` :meth:`projection_error`. The squared norms double as the finiteness check: a
+        row holding NaN or Inf is reported with its position ``offset + i``.
         """
         project = torch.ops.ood_zoo.knn_pruned_project  # reads any float dtype as fp32
-        proj, res, term, bad = project(x, self.basis, unit, _FP64_SLACK)
+        error = self.projection_error() if fp32_gemm else 0.0
+        proj, res, term, bad = project(x, self.basis, unit, _FP64_SLACK, error)
         if bad >= 0:
             raise InputError(f"bank: row {offset + bad} is not finite (NaN or Inf) or overflows")
         return proj, res, term
-
-    def _group_projections(self, proj: torch.Tensor) -> torch.Tensor:
-        """The ``[N, p]`` projections as the kernel reads them: per shard, rows in groups of 16,
-        each group transposed; shards padded with zero rows to whole groups, then stacked
-        (``[sum_s ceil(n_s / 16), p, 16]``). This is also the saved form."""
-        blocks, offset = [], 0
-        for shard in self.shards:
-            n = shard.shape[0]
-            block = torch.zeros(-(-n // _GROUP) * _GROUP, proj.shape[1])
-            block[:n] = proj[offset : offset + n]
-            blocks.append(block.reshape(-1, _GROUP, proj.shape[1]).transpose(1, 2))
-            offset += n
-        return torch.cat(blocks).contiguous()
 
     def _shard_groups(self) -> Iterator[tuple[torch.Tensor, int, torch.Tensor]]:
         """``(shard, its first row, its groups of projections)`` for every shard."""
@@ -339,7 +354,15 @@ class KNNIndex:
 
     def margin(self) -> float:
         """The rounding margin ``M`` of the bound (see the class docstring)."""
-        return 1.01 * (self.rank + math.ceil(self.dim / 32) + 24) * _UNIT_ROUNDOFF
+        return 1.01 * (self.rank + math.ceil(self.dim / 32) + 24) * _UNIT_ROUNDOFF \
+            + self.projection_error()
+
+    def projection_error(self) -> float:
+        """``e``, the bound on ``|c̃ - c| / |b|`` of the bank's projections, computed by one fp32
+        GEMM: ``1.01 √p (γ_(d+2) + d 2^-146)`` (see the class docstring)."""
+        width = self.dim + 2
+        gamma = width * _UNIT_ROUNDOFF / (1 - width * _UNIT_ROUNDOFF)
+        return 1.01 * math.sqrt(self.rank) * (gamma + self.dim * 2.0**-146)
 
     # ------------------------------------------------------------------ search
     def search(self, queries: ArrayLike, k: int) -> tuple[ArrayLike, ArrayLike]:
@@ -577,5 +600,5 @@ def _principal_directions(x64: torch.Tensor, rank: int, generator: torch.Generat
 
 
 def _index_build_rows(dim: int) -> int:
-    """Bank rows projected per call while building (bounds the projections being assembled)."""
-    return max(256, 2**23 // dim)
+    """Bank rows projected per call while building: about 32 MB of fp32 rows, whole groups."""
+    return max(256, 2**23 // dim // _GROUP * _GROUP)
