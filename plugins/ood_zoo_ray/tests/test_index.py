@@ -207,8 +207,8 @@ def test_unreadable_shards_are_named(tmp_path, bank):
 def test_nonfinite_shard_is_named(ray_cluster, bank):
     broken = bank[:50].copy()
     broken[7, 3] = np.inf
-    # one actor over both shards (ops.knn counts the row within its shard)
-    message = r"shard 0 \(in memory\), shard 1 \(in memory\): bank: contains Inf \(.*row 7\)"
+    # one actor over both shards: ops.knn counts the row within the actor's bank (20 + 7)
+    message = r"shard 0 \(in memory\), shard 1 \(in memory\): bank: contains Inf \(.*row 27\)"
     with pytest.raises(InputError, match=message), \
             ShardedIndex([bank[:20], broken], shards_per_actor=2, num_cpus_per_actor=CPUS) as index:
         index.search(bank[:2], 1)
