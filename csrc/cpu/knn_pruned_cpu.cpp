@@ -681,6 +681,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, int64_t> knn_pruned_project_cpu(
         }
       });
     }
+    const float* c32 = fp32 ? cs.const_data_ptr<float>() : nullptr;
+    const double* c64 = fp32 ? nullptr : cs.const_data_ptr<double>();
     at::parallel_for(0, m, 64, [&](int64_t begin, int64_t end) {
       for (int64_t i = begin; i < end; ++i) {
         const int64_t r = start + i;
@@ -699,8 +701,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, int64_t> knn_pruned_project_cpu(
         }
         double cc = 0.0;
         for (int64_t j = 0; j < p; ++j) {
-          const double c = fp32 ? static_cast<double>(cs.const_data_ptr<float>()[i * p + j]) * back
-                                : cs.const_data_ptr<double>()[i * p + j];
+          const double c = fp32 ? static_cast<double>(c32[i * p + j]) * back : c64[i * p + j];
           const double v = c * scale;
           pp[r * p + j] = static_cast<float>(v);
           cc += v * v;
